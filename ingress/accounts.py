@@ -1,0 +1,129 @@
+"""Accounts, credit, balance, provider keys and billing history."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.body import read_json
+from ingress.params import int_param
+from ingress.responses import JSON
+from ingress.schemas import AccountCreate, AdminCredit
+from ingress.state import AppState, state
+from jobs.errors import BadRequest, Forbidden, NotFound
+from jobs.names import PROVIDER_KEY_NAMES
+from jobs.settings import to_dollars, to_micros
+from storage.accounts import AccountRepository
+from storage.ledger import LedgerRepository
+from storage.secrets import hash_api_key, mask, new_api_key
+
+
+def _is_admin(st: AppState, request: Request) -> bool:
+    token = st.settings.admin_token
+    header = request.headers.get("authorization", "")
+    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    return token is not None and bool(given) and hmac.compare_digest(given, token.get_secret_value())
+
+
+def _require_admin(st: AppState, request: Request) -> None:
+    if st.settings.admin_token is None:
+        raise Forbidden("The admin API is off: set SYNCNODE_ADMIN_TOKEN to enable it")
+    if not _is_admin(st, request):
+        raise Forbidden("Admin token required: 'Authorization: Bearer <SYNCNODE_ADMIN_TOKEN>'")
+
+
+async def create_account(db: asyncpg.Pool | asyncpg.Connection, email: str | None,
+                         grant: Decimal) -> dict[str, Any]:
+    """Shared by POST /accounts and `syncnode accounts create`."""
+    uid, key = str(uuid.uuid4()), new_api_key()
+    repo = AccountRepository(db)
+    balance = await repo.create(uid, email, to_micros(grant))
+    await repo.add_api_key(uid, hash_api_key(key), key[:8])
+    return {"uid": uid, "api_key": key, "balance": to_dollars(balance)}
+
+
+async def post_accounts(request: Request) -> Response:
+    st = state(request)
+    if not (st.settings.open_signup or _is_admin(st, request)):
+        raise Forbidden("Sign-up is closed: an admin token is required (or set SYNCNODE_OPEN_SIGNUP=true)")
+    body = AccountCreate.model_validate(await read_json(request, 64 << 10)
+                                        if request.headers.get("content-length") not in (None, "0") else {})
+    async with st.db.acquire() as conn, conn.transaction():
+        created = await create_account(conn, body.email, st.settings.starting_balance)
+    return JSON(created, status_code=201)
+
+
+async def admin_credit(request: Request) -> Response:
+    st = state(request)
+    _require_admin(st, request)
+    body = AdminCredit.model_validate(await read_json(request, 64 << 10))
+    try:
+        balance = await AccountRepository(st.db).credit(
+            body.uid, to_micros(Decimal(str(body.amount))), "credit", body.reason)
+    except asyncpg.CheckViolationError:
+        raise BadRequest("Invalid amount: the balance cannot go below zero")
+    if balance is None:
+        raise NotFound("Unknown uid")
+    return JSON({"balance": to_dollars(balance)})
+
+
+async def balance(request: Request) -> Response:
+    st = state(request)
+    who = await st.auth.principal(request, request.query_params.get("uid"), public=True)
+    micros = await AccountRepository(st.db).balance(who.uid)
+    if micros is None:
+        raise NotFound("Unknown uid")
+    return JSON({"balance": to_dollars(micros)})
+
+
+async def get_api_keys(request: Request) -> Response:
+    st = state(request)
+    who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
+    masked = await AccountRepository(st.db).masked_provider_keys(who.uid)
+    return JSON({name: masked.get(name) for name in PROVIDER_KEY_NAMES})
+
+
+async def post_api_keys(request: Request) -> Response:
+    st = state(request)
+    body = await read_json(request, 64 << 10)
+    uid = body.pop("uid", None)
+    if uid is not None and not isinstance(uid, str):
+        raise BadRequest("Invalid uid: must be a string")
+    who = await st.auth.principal(request, uid, public=False)
+    updates: dict[str, tuple[bytes, str] | None] = {}
+    for name, value in body.items():
+        if name not in PROVIDER_KEY_NAMES:
+            raise BadRequest(f"Unknown key name {name!r}: expected one of {', '.join(PROVIDER_KEY_NAMES)}")
+        if value is None or value == "":
+            updates[name] = None
+            continue
+        if not isinstance(value, str) or len(value) > 1000 or value.strip() != value or " " in value:
+            raise BadRequest(f"Invalid {name}: must be a key string without spaces (at most 1000 characters)")
+        updates[name] = (st.box.encrypt(value), mask(value))
+    if not updates:
+        raise BadRequest(f"Send at least one of {', '.join(PROVIDER_KEY_NAMES)}")
+    repo = AccountRepository(st.db)
+    async with st.db.acquire() as conn, conn.transaction():
+        await AccountRepository(conn).set_provider_keys(who.uid, updates)
+    masked = await repo.masked_provider_keys(who.uid)
+    return JSON({name: masked.get(name) for name in PROVIDER_KEY_NAMES})
+
+
+async def billing_history(request: Request) -> Response:
+    st = state(request)
+    who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
+    page = int_param(request, "page", 1, 1, 1_000_000)
+    size = int_param(request, "size", 20, 1, 100)
+    rows, total = await LedgerRepository(st.db).history(who.uid, size, (page - 1) * size)
+    return JSON({
+        "history": [{"id": r["id"], "amount": to_dollars(r["amount_micros"]), "kind": r["kind"],
+                     "reason": r["reason"], "job_id": r["job_id"],
+                     "created_at": r["created_at"].isoformat().replace("+00:00", "Z")} for r in rows],
+        "page": page, "size": size, "total": total,
+    })

@@ -1,0 +1,76 @@
+"""``create_app()``: the whole ingress in one place — routes, middleware, errors, lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from ingress import accounts, chat, health, tasks
+from ingress.auth import Authenticator
+from ingress.errors import HANDLERS
+from ingress.metrics import RequestMetrics, metrics
+from ingress.openapi import openapi
+from ingress.state import AppState
+from jobs.queue import JobQueue
+from jobs.settings import Settings, get_settings
+from storage.db import create_pool
+from storage.secrets import SecretBox
+from storage.status import StatusStore
+
+ROUTES = [
+    # The reference's API.
+    Route("/chat-completion", chat.chat_completion, methods=["POST"]),
+    Route("/chatgpt-completion", chat.chatgpt_completion, methods=["POST"]),
+    Route("/prediction-status", tasks.prediction_status, methods=["GET"]),
+    Route("/balance", accounts.balance, methods=["GET"]),
+    Route("/api-keys", accounts.get_api_keys, methods=["GET"]),
+    Route("/api-keys", accounts.post_api_keys, methods=["POST"]),
+    Route("/tasks", tasks.list_tasks, methods=["GET"]),
+    Route("/tasks/{id}", tasks.get_task, methods=["GET"]),
+    Route("/tasks/{id}", tasks.delete_task, methods=["DELETE"]),
+    Route("/billing-history", accounts.billing_history, methods=["GET"]),
+    # Added by the CONTRACT.
+    Route("/accounts", accounts.post_accounts, methods=["POST"]),
+    Route("/admin/credit", accounts.admin_credit, methods=["POST"]),
+    Route("/healthz", health.healthz, methods=["GET"]),
+    Route("/readyz", health.readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        assert settings.database_url and settings.redis_url, "DATABASE_URL and REDIS_URL must be set"
+        db = await create_pool(settings.database_url, min_size=4, max_size=40)
+        # BLPOP waits hold a connection each: no cap beyond the OS's.
+        redis = Redis.from_url(settings.redis_url, max_connections=10_000)
+        app.state.sn = AppState(
+            settings=settings, db=db, redis=redis,
+            queue=JobQueue(redis, settings.status_ttl_seconds),
+            status=StatusStore(redis, settings.status_ttl_seconds),
+            box=SecretBox(settings.master_key_value()),
+            auth=Authenticator(settings, db),
+        )
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await db.close()
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(RequestMetrics)],
+        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )

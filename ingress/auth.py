@@ -1,0 +1,147 @@
+"""Who is calling (CONTRACT §3): a SyncNode API key, a Supabase access token, or, when the
+operator opts in, a bare uid on the reference's public endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import jwt
+from starlette.requests import Request
+
+from jobs.errors import Forbidden, NotFound, Unauthorized
+from jobs.settings import Settings, to_micros
+from storage.accounts import AccountRepository
+from storage.secrets import API_KEY_PREFIX, hash_api_key
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    uid: str
+    via: str  # "api_key" | "jwt" | "uid"
+
+
+class _TTLCache:
+    """A small LRU with expiry: API keys are looked up on every request, and never change."""
+
+    def __init__(self, size: int, ttl: float) -> None:
+        self.size, self.ttl = size, ttl
+        self._d: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+
+    def get(self, k: Any) -> Any:
+        hit = self._d.get(k)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        self._d.move_to_end(k)
+        return hit[1]
+
+    def put(self, k: Any, v: Any) -> None:
+        self._d[k] = (time.monotonic() + self.ttl, v)
+        self._d.move_to_end(k)
+        while len(self._d) > self.size:
+            self._d.popitem(last=False)
+
+
+class Authenticator:
+    def __init__(self, settings: Settings, db: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.db = db
+        self._keys = _TTLCache(50_000, 60.0)
+        self._provisioned = _TTLCache(50_000, 3600.0)
+        self._jwks: jwt.PyJWKSet | None = None
+        self._jwks_at = 0.0
+        self._jwks_lock = asyncio.Lock()
+
+    async def principal(self, request: Request, claimed_uid: str | None, *, public: bool) -> Principal:
+        """Authenticate, then check a uid named in the body or query is the caller's own."""
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if token:
+            p = await self._from_token(token)
+        elif public and self.settings.allow_uid_only and claimed_uid:
+            if not await AccountRepository(self.db).exists(claimed_uid):
+                raise NotFound("Unknown uid")
+            return Principal(claimed_uid, "uid")
+        elif header:
+            raise Unauthorized("Authorization header must be 'Bearer <API key or access token>'")
+        else:
+            raise Unauthorized("Missing credential: send 'Authorization: Bearer <your API key>'")
+        if claimed_uid is not None and claimed_uid != p.uid:
+            raise Forbidden("uid does not match the credential's account")
+        return p
+
+    async def _from_token(self, token: str) -> Principal:
+        if token.startswith(API_KEY_PREFIX):
+            digest = hash_api_key(token)
+            uid = self._keys.get(digest)
+            if uid is None:
+                uid = await AccountRepository(self.db).uid_for_api_key(digest)
+                if uid is None:
+                    raise Unauthorized("Invalid API key")
+                self._keys.put(digest, uid)
+            return Principal(uid, "api_key")
+        if token.count(".") == 2:
+            uid = await self._verify_jwt(token)
+            if self._provisioned.get(uid) is None:
+                await AccountRepository(self.db).ensure(uid, to_micros(self.settings.starting_balance))
+                self._provisioned.put(uid, True)
+            return Principal(uid, "jwt")
+        raise Unauthorized("Invalid API key")
+
+    async def _verify_jwt(self, token: str) -> str:
+        s = self.settings
+        if s.supabase_jwt_secret is None and s.supabase_jwks_url is None:
+            raise Unauthorized("Access tokens are not accepted here (JWT auth is off): use an API key")
+        try:
+            header = jwt.get_unverified_header(token)
+            alg = header.get("alg", "")
+            if alg == "HS256":
+                if s.supabase_jwt_secret is None:
+                    raise Unauthorized("HS256 access tokens are not accepted (no SUPABASE_JWT_SECRET)")
+                key: Any = s.supabase_jwt_secret.get_secret_value()
+            else:
+                key = await self._jwks_key(header.get("kid"))
+            claims = jwt.decode(token, key, algorithms=[alg] if alg in _ASYMMETRIC | {"HS256"} else [],
+                                audience=s.supabase_audience, options={"require": ["sub", "exp"]})
+        except jwt.PyJWTError as e:
+            raise Unauthorized(f"Invalid access token: {e}")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise Unauthorized("Invalid access token: no subject")
+        return sub
+
+    async def _jwks_key(self, kid: str | None) -> Any:
+        if self.settings.supabase_jwks_url is None:
+            raise Unauthorized("Asymmetric access tokens are not accepted (no SUPABASE_JWKS_URL)")
+        for refresh in (False, True):
+            jwks = await self._load_jwks(force=refresh)
+            for k in jwks.keys:
+                if kid is None or k.key_id == kid:
+                    return k.key
+        raise Unauthorized("Invalid access token: unknown signing key")
+
+    async def _load_jwks(self, force: bool) -> jwt.PyJWKSet:
+        async with self._jwks_lock:
+            fresh = time.monotonic() - self._jwks_at < (30 if force else 600)
+            if self._jwks is not None and fresh:
+                return self._jwks
+            assert self.settings.supabase_jwks_url is not None
+            try:
+                async with httpx.AsyncClient(timeout=5) as client:
+                    r = await client.get(self.settings.supabase_jwks_url)
+                    r.raise_for_status()
+                    self._jwks = jwt.PyJWKSet.from_dict(r.json())
+            except (httpx.HTTPError, jwt.PyJWTError, ValueError) as e:
+                if self._jwks is None:
+                    raise Unauthorized(f"Cannot verify access token: JWKS unavailable ({e})")
+            self._jwks_at = time.monotonic()
+            assert self._jwks is not None
+            return self._jwks
+
+
+_ASYMMETRIC = {"RS256", "ES256", "RS384", "ES384", "RS512", "EdDSA"}

@@ -1,0 +1,72 @@
+"""POST /chat-completion (OpenRouter) and POST /chatgpt-completion (OpenAI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.body import read_json
+from ingress.responses import JSON
+from ingress.schemas import ChatRequest
+from ingress.state import AppState, state
+from ingress.submit import Submitted, submit
+from jobs.errors import BadRequest, GatewayTimeout, UpstreamError
+from jobs.names import CHAT, CHATGPT, TaskKind
+from jobs.settings import to_dollars
+
+
+def wants_async(request: Request) -> bool:
+    """RFC 7240 ``Prefer: respond-async``: answer at once with a job to poll."""
+    return "respond-async" in request.headers.get("prefer", "").lower()
+
+
+def accepted(st: AppState, job_id: str) -> Response:
+    return JSON({"success": True, "job_id": job_id, "get": status_url(st, job_id),
+                 "status": "in_progress"}, status_code=202)
+
+
+def status_url(st: AppState, job_id: str) -> str:
+    return f"{st.settings.public_url}/prediction-status?job_id={job_id}"
+
+
+def prediction(uid: str, sub: Submitted, model: str) -> dict[str, Any]:
+    r = sub.result or {}
+    return {"prediction": {
+        "id": sub.task_id, "uid": uid, "output": r.get("output"),
+        "cost": to_dollars(int(r.get("cost_micros", 0))), "model": r.get("model") or model,
+        "status": r.get("status", "in_progress"), "job_id": sub.job_id,
+    }}
+
+
+async def chat_completion(request: Request) -> Response:
+    return await _chat(request, CHAT)
+
+
+async def chatgpt_completion(request: Request) -> Response:
+    return await _chat(request, CHATGPT)
+
+
+async def _chat(request: Request, kind: TaskKind) -> Response:
+    st = state(request)
+    req = ChatRequest.model_validate(await read_json(request, st.settings.max_body_bytes))
+    who = await st.auth.principal(request, req.uid, public=True)
+    wait = not wants_async(request)
+    sub = await submit(st, who, kind, model=req.model, prompt=req.prompt_text(),
+                       request=req.provider_body(), idempotency_key=request.headers.get("idempotency-key"),
+                       wait=wait)
+    if not wait:
+        return accepted(st, sub.job_id)
+    if sub.result is None:
+        raise GatewayTimeout(
+            "The task did not finish in time; it is still running: poll the get URL",
+            extra={"job_id": sub.job_id, "get": status_url(st, sub.job_id)},
+        )
+    body = prediction(who.uid, sub, req.model)
+    status = sub.result["status"]
+    if status == "completed":
+        return JSON(body)
+    message = sub.result.get("error") or f"Task {status}"
+    err = BadRequest if sub.result.get("client_error") else UpstreamError
+    raise err(message, extra={"job_id": sub.job_id, **body})

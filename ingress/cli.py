@@ -1,0 +1,147 @@
+"""``syncnode``: run the gateway (``up``, ``worker``), migrate, create accounts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from jobs.settings import Settings, get_settings
+from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+
+
+@contextmanager
+def _database(s: Settings) -> Iterator[str]:
+    """DATABASE_URL, or the embedded Postgres (the one `up` runs, else started for this command)."""
+    if s.database_url:
+        yield s.database_url
+        return
+    pg = EmbeddedPostgres(s.data_dir / "postgres")
+    running = pg.running_dsn()
+    if running:
+        yield running
+        return
+    try:
+        yield pg.start()
+    finally:
+        pg.stop()
+
+
+def _run(coro_fn: Callable[[str], Awaitable[Any]]) -> Any:
+    with _database(get_settings()) as dsn:
+        return asyncio.run(coro_fn(dsn))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from storage.migrate import migrate
+
+    applied = _run(migrate)
+    print(json.dumps({"applied": applied}))
+    return 0
+
+
+def cmd_accounts_create(args: argparse.Namespace) -> int:
+    from ingress.accounts import create_account
+    from storage.migrate import migrate
+
+    async def go(dsn: str) -> dict[str, Any]:
+        import asyncpg
+
+        await migrate(dsn)
+        conn = await asyncpg.connect(dsn)
+        try:
+            async with conn.transaction():
+                return await create_account(conn, args.email, get_settings().starting_balance)
+        finally:
+            await conn.close()
+
+    print(json.dumps(_run(go)))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import uvloop
+    from arq.worker import get_kwargs
+
+    from jobs.worker import SyncNodeWorker
+    from workers.settings import POOL_SETTINGS
+
+    s = get_settings()
+    logging.basicConfig(level=s.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("arq").setLevel(max(logging.WARNING, logging.getLevelName(s.log_level)))
+    uvloop.install()
+    settings_cls = POOL_SETTINGS[args.pool]
+    worker = SyncNodeWorker(**get_kwargs(settings_cls), pool_name=args.pool,
+                            lease_seconds=s.job_lease_seconds, burst=args.burst)
+    worker.run()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from honcho.manager import Manager
+    from honcho.printer import Printer
+
+    from storage.migrate import migrate
+    from workers.settings import POOL_SETTINGS
+
+    s = get_settings()
+    port = args.port or s.port
+    env = dict(os.environ, SYNCNODE_PORT=str(port), SYNCNODE_MASTER_KEY=s.master_key_value(),
+               PYTHONUNBUFFERED="1")
+    stack: list[EmbeddedPostgres | EmbeddedRedis] = []
+    try:
+        if not s.database_url:
+            pg = EmbeddedPostgres(s.data_dir / "postgres")
+            env["DATABASE_URL"] = pg.start()
+            stack.append(pg)
+        if not s.redis_url:
+            rd = EmbeddedRedis(s.data_dir / "redis")
+            env["REDIS_URL"] = rd.start()
+            stack.append(rd)
+        asyncio.run(migrate(env["DATABASE_URL"]))
+        manager = Manager(Printer(sys.stdout))
+        py = shlex.quote(sys.executable)
+        manager.add_process("web", f"{py} -m uvicorn ingress.app:create_app --factory --host 127.0.0.1 "
+                                   f"--port {port} --no-access-log", env=env)
+        for pool in POOL_SETTINGS:
+            manager.add_process(pool, f"{py} -m ingress.cli worker {pool}", env=env)
+        url = s.public_url_ or f"http://localhost:{port}"
+        print(f"\n  SyncNode on {url}\n"
+              f"  create an account:  .venv/bin/syncnode accounts create   (or POST {url}/accounts)\n"
+              f"  Ctrl-C stops everything.\n", flush=True)
+        manager.loop()
+        return int(manager.returncode or 0) if manager.returncode not in (130, -2) else 0
+    finally:
+        for svc in reversed(stack):
+            svc.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="syncnode", description="SyncNode AI API gateway")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="run everything: embedded Postgres/Redis if no URLs, ingress, all pools")
+    up.add_argument("--port", type=int)
+    up.set_defaults(fn=cmd_up)
+    sub.add_parser("migrate", help="apply database migrations (idempotent)").set_defaults(fn=cmd_migrate)
+    acc = sub.add_parser("accounts", help="manage accounts")
+    acc_sub = acc.add_subparsers(dest="acc_cmd", required=True)
+    create = acc_sub.add_parser("create", help="create an account; prints uid, api_key, balance")
+    create.add_argument("--email")
+    create.set_defaults(fn=cmd_accounts_create)
+    w = sub.add_parser("worker", help="run one worker of a pool")
+    w.add_argument("pool", choices=["chat", "media", "poll", "moderation", "billing"])
+    w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w.set_defaults(fn=cmd_worker)
+    args = p.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

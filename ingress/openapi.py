@@ -1,0 +1,67 @@
+"""GET /openapi.json: the API as OpenAPI 3.1, request bodies from the pydantic schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.responses import JSON
+from ingress.schemas import AccountCreate, AdminCredit, ChatRequest
+
+_ERR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+# (method, path, summary, request model, public per the reference)
+ENDPOINTS: list[tuple[str, str, str, type[BaseModel] | None, bool]] = [
+    ("post", "/chat-completion", "Chat completion through OpenRouter ($0.02)", ChatRequest, True),
+    ("post", "/chatgpt-completion", "Chat completion through OpenAI ($0.02)", ChatRequest, True),
+    ("get", "/prediction-status", "Status and output of a task (query: job_id)", None, True),
+    ("get", "/balance", "Current balance in dollars", None, True),
+    ("get", "/api-keys", "Stored provider keys, masked", None, False),
+    ("post", "/api-keys", "Store provider keys (openrouter_key, chatgpt_key, replicate_key, huggingface_key)",
+     None, False),
+    ("get", "/tasks", "Task history (query: page, size)", None, False),
+    ("get", "/tasks/{id}", "One task", None, False),
+    ("delete", "/tasks/{id}", "Delete a finished task from the history", None, False),
+    ("get", "/billing-history", "Ledger entries (query: page, size)", None, False),
+    ("post", "/accounts", "Create an account (admin token, or open sign-up)", AccountCreate, False),
+    ("post", "/admin/credit", "Add or remove credit (admin token)", AdminCredit, False),
+    ("get", "/healthz", "Liveness", None, True),
+    ("get", "/readyz", "Readiness: Postgres and Redis reachable", None, True),
+    ("get", "/metrics", "Prometheus metrics", None, True),
+]
+
+
+def build() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    schemas: dict[str, Any] = {"Error": {"type": "object", "properties": {"error": {"type": "string"}},
+                                         "required": ["error"]}}
+    for method, path, summary, model, public in ENDPOINTS:
+        op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK"}, "default": _ERR}}
+        if not public:
+            op["security"] = [{"bearer": []}]
+        if model is not None:
+            schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schemas[model.__name__].pop("$defs", {}))
+            op["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+        paths.setdefault(path, {})[method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "SyncNode", "version": "0.1.0",
+                 "description": "AI API gateway. Authenticate with 'Authorization: Bearer <API key>'. "
+                                "Send 'Prefer: respond-async' to get a job_id at once instead of waiting."},
+        "paths": paths,
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+    }
+
+
+_SPEC = build()
+
+
+async def openapi(request: Request) -> Response:
+    return JSON(_SPEC)

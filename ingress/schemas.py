@@ -1,0 +1,76 @@
+"""Request bodies, as the reference names their fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str = Field(min_length=1, max_length=32)
+    content: str | list[Any] | None = None
+
+
+class ChatRequest(BaseModel):
+    """Reference fields; other OpenAI-compatible parameters (top_p, tools, …) pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    uid: str | None = None
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+    @field_validator("messages")
+    @classmethod
+    def _non_empty(cls, v: list[Message] | None) -> list[Message] | None:
+        if v is not None and not v:
+            raise ValueError("messages must hold at least one message")
+        return v
+
+    @model_validator(mode="after")
+    def _messages_or_prompt(self) -> ChatRequest:
+        if self.messages is None and not self.prompt:
+            raise ValueError("Missing messages parameter (or prompt)")
+        if (self.model_extra or {}).get("stream"):
+            raise ValueError("stream is not supported: poll /prediction-status or wait for the answer")
+        return self
+
+    def provider_body(self) -> dict[str, Any]:
+        """What the provider gets: the request minus our own fields, prompt as a user message."""
+        body = self.model_dump(exclude_none=True, exclude={"uid", "prompt"})
+        if self.messages is None:
+            body["messages"] = [{"role": "user", "content": self.prompt}]
+        body.pop("stream", None)
+        return body
+
+    def prompt_text(self) -> str:
+        """The line a task listing shows: the prompt, or the last user message."""
+        if self.prompt:
+            return self.prompt[:500]
+        for m in reversed(self.messages or []):
+            if m.role == "user" and isinstance(m.content, str):
+                return m.content[:500]
+        return ""
+
+
+class AccountCreate(BaseModel):
+    email: str | None = Field(None, max_length=320)
+
+
+class AdminCredit(BaseModel):
+    uid: str = Field(min_length=1)
+    amount: float
+    reason: str | None = Field(None, max_length=500)
+
+    @field_validator("amount")
+    @classmethod
+    def _sane(cls, v: float) -> float:
+        if v == 0 or abs(v) > 1_000_000:
+            raise ValueError("amount must be non-zero and at most 1,000,000 dollars")
+        return v

@@ -1,0 +1,34 @@
+"""What the ingress shares across requests, built once in the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import asyncpg
+from redis.asyncio import Redis
+from starlette.requests import Request
+
+from jobs.queue import JobQueue
+from jobs.settings import Settings
+from storage.secrets import SecretBox
+from storage.status import StatusStore
+
+if TYPE_CHECKING:
+    from ingress.auth import Authenticator
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    db: asyncpg.Pool
+    redis: Redis
+    queue: JobQueue
+    status: StatusStore
+    box: SecretBox
+    auth: Authenticator
+
+
+def state(request: Request) -> AppState:
+    s: AppState = request.app.state.sn
+    return s

@@ -1,0 +1,87 @@
+"""Reading tasks back: /tasks, /tasks/{id}, /prediction-status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.params import int_param
+from ingress.responses import JSON
+from ingress.state import state
+from jobs.errors import BadRequest, Conflict, NotFound
+from jobs.settings import to_dollars
+from storage.status import PUBLIC_STATUS
+from storage.tasks import TaskRepository
+
+
+def _cost(row: asyncpg.Record) -> float:
+    return 0.0 if row["refunded"] else to_dollars(row["cost_micros"])
+
+
+def _summary(row: asyncpg.Record) -> dict[str, Any]:
+    return {"id": row["id"], "job_id": row["job_id"], "model": row["model"], "prompt": row["prompt"],
+            "status": PUBLIC_STATUS[row["status"]], "cost": _cost(row),
+            "created_at": row["created_at"].isoformat().replace("+00:00", "Z")}
+
+
+async def list_tasks(request: Request) -> Response:
+    st = state(request)
+    who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
+    page = int_param(request, "page", 1, 1, 1_000_000)
+    size = int_param(request, "size", 10, 1, 100)
+    rows, total = await TaskRepository(st.db).page(who.uid, size, (page - 1) * size)
+    return JSON({"tasks": [_summary(r) for r in rows], "page": page, "size": size, "total": total})
+
+
+def _task_id(request: Request) -> int:
+    raw = request.path_params["id"]
+    try:
+        return int(raw)
+    except ValueError:
+        raise NotFound("Task not found")
+
+
+async def get_task(request: Request) -> Response:
+    st = state(request)
+    who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
+    row = await TaskRepository(st.db).get(who.uid, _task_id(request))
+    if row is None:
+        raise NotFound("Task not found")
+    return JSON({**_summary(row), "kind": row["kind"], "output": row["output"], "error": row["error"],
+                 "updated_at": row["updated_at"].isoformat().replace("+00:00", "Z")})
+
+
+async def delete_task(request: Request) -> Response:
+    st = state(request)
+    who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
+    status = await TaskRepository(st.db).soft_delete(who.uid, _task_id(request))
+    if status is None:
+        raise NotFound("Task not found")
+    if status not in ("completed", "failed", "canceled"):
+        raise Conflict("Task is still in progress: cancel it or wait for it to finish before deleting")
+    return JSON({"deleted": True, "id": int(request.path_params["id"])})
+
+
+async def prediction_status(request: Request) -> Response:
+    st = state(request)
+    job_id = request.query_params.get("job_id")
+    if not job_id:
+        raise BadRequest("Missing job_id parameter")
+    who = await st.auth.principal(request, request.query_params.get("uid"), public=True)
+    cur = await st.status.read(job_id)
+    if cur is not None and cur.get("uid") == who.uid:
+        status, output, error = cur["status"], cur["output"], cur.get("error") or None
+    else:
+        # Expired from Redis (or never seeded): Postgres is the durable record.
+        row = await TaskRepository(st.db).by_job_id(job_id)
+        if row is None or row["uid"] != who.uid or row["deleted_at"] is not None:
+            raise NotFound("No such job_id for this account")
+        status, output, error = PUBLIC_STATUS[row["status"]], row["output"], row["error"]
+    body: dict[str, Any] = {"job_id": job_id, "replicate_status": status, "output": output,
+                            "updated": status != "in_progress"}
+    if error:
+        body["error"] = error
+    return JSON(body)

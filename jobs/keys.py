@@ -1,0 +1,47 @@
+"""Every Redis key SyncNode writes, in one place (CONTRACT §6).
+
+arq's own keys (``arq:job:<id>``, ``arq:result:<id>``, ``arq:in-progress:<id>``,
+``arq:retry:<id>``) keep arq's names so its tooling still reads them.
+"""
+
+from __future__ import annotations
+
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
+
+__all__ = [
+    "POOLS", "in_progress_key_prefix", "job_key_prefix", "result_key_prefix", "retry_key_prefix",
+    "queue", "wake", "task_status", "done", "metrics", "health_check",
+]
+
+# One arq queue (and one worker pool) per kind of provider work.
+POOLS = ("chat", "media", "poll", "moderation", "billing")
+
+
+def queue(pool: str) -> str:
+    """ZSET of job ids scored by the ms timestamp they become runnable (arq's queue)."""
+    return f"syncnode:queue:{pool}"
+
+
+def wake(pool: str) -> str:
+    """LIST an enqueue pushes a token on so one idle worker of the pool wakes at once (BLPOP)."""
+    return f"syncnode:wake:{pool}"
+
+
+def task_status(job_id: str) -> str:
+    """HASH status/output/error/updated_at/uid that /prediction-status reads."""
+    return f"syncnode:task:{job_id}"
+
+
+def done(job_id: str) -> str:
+    """LIST the worker pushes the final result on; a synchronous request BLPOPs it."""
+    return f"syncnode:done:{job_id}"
+
+
+def metrics(name: str) -> str:
+    """HASH of counters workers flush for the ingress /metrics endpoint to export."""
+    return f"syncnode:metrics:{name}"
+
+
+def health_check(pool: str) -> str:
+    """arq's health string for a pool (``arq --check``)."""
+    return f"{queue(pool)}:health-check"

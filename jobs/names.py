@@ -1,0 +1,37 @@
+"""What each kind of task is: its pool, the job that runs it, its price and the provider key
+it needs. The contract between the ingress (which charges and enqueues) and the workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from jobs.settings import Settings, to_micros
+
+# Job function names (arq registers functions by these names); a job's payload is its task's id.
+CHAT_OPENROUTER = "chat.openrouter"
+CHAT_OPENAI = "chat.openai"
+SWEEP = "sweep"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskKind:
+    name: str
+    pool: str
+    function: str
+    price_setting: str
+    # Stored provider key the task runs with (None: runs on the operator's own resources).
+    key_name: str | None
+    provider: str
+
+    def price_micros(self, settings: Settings) -> int:
+        price: Decimal = getattr(settings, self.price_setting)
+        return to_micros(price)
+
+
+CHAT = TaskKind("chat", "chat", CHAT_OPENROUTER, "price_chat", "openrouter_key", "OpenRouter")
+CHATGPT = TaskKind("chatgpt", "chat", CHAT_OPENAI, "price_chatgpt", "chatgpt_key", "OpenAI")
+
+KINDS: dict[str, TaskKind] = {k.name: k for k in (CHAT, CHATGPT)}
+
+PROVIDER_KEY_NAMES = ("openrouter_key", "chatgpt_key", "replicate_key", "huggingface_key")

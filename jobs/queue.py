@@ -1,0 +1,134 @@
+"""The one enqueue interface. arq's wire format is known here and in ``jobs/worker.py`` only,
+so the queue could be swapped without touching ingress or workers.
+
+An enqueue is one Lua call: it writes ``arq:job:<id>`` exactly as arq's ``enqueue_job`` would
+(skipping ids whose job or result still exists, arq's dedupe rule), adds the id to the pool's
+queue ZSET, seeds the task's status hash and pushes a wake token for the pool's idle workers.
+A synchronous request pipelines that call with a BLPOP on the task's done list: one round trip.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from arq.jobs import serialize_job
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from jobs import keys
+from jobs.serialize import dumps, loads
+
+_ENQUEUE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('LPUSH', KEYS[4], '1')
+redis.call('LTRIM', KEYS[4], 0, 63)
+if #ARGV > 5 and redis.call('EXISTS', KEYS[5]) == 0 then
+  redis.call('HSET', KEYS[5], unpack(ARGV, 6))
+  redis.call('EXPIRE', KEYS[5], ARGV[5])
+end
+return 1
+"""
+
+# arq's default: a job not started within a day of becoming runnable is dropped.
+_EXPIRES_EXTRA_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    pool: str
+    function: str
+    job_id: str
+    args: tuple[Any, ...] = ()
+    defer_ms: int = 0
+    # Seeds syncnode:task:<job_id> if it does not exist yet (never overwrites a later status).
+    status: dict[str, str] | None = None
+
+
+class JobQueue:
+    def __init__(self, redis: Redis, status_ttl_seconds: int) -> None:
+        self.redis = redis
+        self.status_ttl = status_ttl_seconds
+        self._sha: str | None = None
+
+    async def _script_sha(self) -> str:
+        if self._sha is None:
+            self._sha = await self.redis.script_load(_ENQUEUE_LUA)
+        return self._sha
+
+    def _call(self, job: Job, sha: str) -> tuple[str, int, list[str], list[Any]]:
+        now = int(time.time() * 1000)
+        score = now + job.defer_ms
+        payload = serialize_job(job.function, job.args, {}, None, now, serializer=dumps)
+        argv: list[Any] = [job.defer_ms + _EXPIRES_EXTRA_MS, payload, score, job.job_id, self.status_ttl]
+        if job.status:
+            for k, v in job.status.items():
+                argv += [k, v]
+        ks = [
+            keys.job_key_prefix + job.job_id, keys.result_key_prefix + job.job_id,
+            keys.queue(job.pool), keys.wake(job.pool), keys.task_status(job.job_id),
+        ]
+        return sha, len(ks), ks, argv
+
+    async def enqueue(self, job: Job) -> bool:
+        """Enqueue once; False when arq still holds that job id (a duplicate is a no-op)."""
+        for _ in range(2):
+            sha, n, ks, argv = self._call(job, await self._script_sha())
+            try:
+                return bool(await self.redis.evalsha(sha, n, *ks, *argv))
+            except NoScriptError:
+                self._sha = None  # Redis restarted and lost its script cache.
+        raise RuntimeError("could not load the enqueue script")
+
+    async def enqueue_and_wait(self, job: Job, timeout: float) -> dict[str, Any] | None:
+        """Enqueue and block for the worker's result in the same round trip.
+
+        Returns the result the worker pushed, or None when ``timeout`` passed first.
+        """
+        for _ in range(2):
+            sha, n, ks, argv = self._call(job, await self._script_sha())
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(sha, n, *ks, *argv)
+                pipe.blpop([keys.done(job.job_id)], timeout=max(timeout, 0.01))
+                res = await pipe.execute(raise_on_error=False)
+            if isinstance(res[0], NoScriptError):
+                self._sha = None
+                continue
+            if isinstance(res[0], Exception):
+                raise res[0]
+            if isinstance(res[1], Exception):
+                raise res[1]
+            return None if res[1] is None else dict(loads(res[1][1]))
+        raise RuntimeError("could not load the enqueue script")
+
+    async def wait(self, job_id: str, timeout: float) -> dict[str, Any] | None:
+        res = await self.redis.blpop([keys.done(job_id)], timeout=max(timeout, 0.01))
+        return None if res is None else dict(loads(res[1]))
+
+    async def state(self, job_id: str) -> str:
+        """"active" (queued or running), "finished" (arq kept only its result) or "absent"."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.job_key_prefix + job_id, keys.in_progress_key_prefix + job_id)
+            pipe.exists(keys.result_key_prefix + job_id)
+            active, finished = await pipe.execute()
+        return "active" if active else "finished" if finished else "absent"
+
+    async def depth(self, pool: str) -> int:
+        return int(await self.redis.zcard(keys.queue(pool)))
+
+    async def remove(self, pool: str, job_id: str) -> bool:
+        """Take a job that has not started off its queue; False if a worker already holds it."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(keys.in_progress_key_prefix + job_id)
+            if await pipe.exists(keys.in_progress_key_prefix + job_id):
+                return False
+            pipe.multi()
+            pipe.zrem(keys.queue(pool), job_id)
+            pipe.delete(keys.job_key_prefix + job_id)
+            res = await pipe.execute()
+        return bool(res[0])

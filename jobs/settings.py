@@ -1,0 +1,123 @@
+"""The one settings object every SyncNode process reads (CONTRACT §2)."""
+
+from __future__ import annotations
+
+import secrets
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MICROS = 1_000_000
+
+
+def to_micros(dollars: Decimal) -> int:
+    """Dollars → integer micro-dollars; money never travels as a float inside."""
+    return int((dollars * MICROS).to_integral_value())
+
+
+def to_dollars(micros: int) -> float:
+    # Only for rendering JSON: 6 decimal places is exact for micro-dollars.
+    return round(micros / MICROS, 6)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SYNCNODE_", extra="ignore")
+
+    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL"))
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL"))
+    data_dir: Path = Path("./.syncnode")
+    port: int = 8000
+    public_url_: str | None = Field(None, validation_alias=AliasChoices("SYNCNODE_PUBLIC_URL"))
+    master_key: SecretStr | None = None
+    admin_token: SecretStr | None = None
+    open_signup: bool = False
+    allow_uid_only: bool = False
+
+    openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    openai_base_url: str = "https://api.openai.com/v1"
+    replicate_base_url: str = "https://api.replicate.com/v1"
+    moderation_openai_key: SecretStr | None = None
+    face_swap_model: str = (
+        "xiankgx/face-swap:cff87316e31787df12002c9e20a78a017a36cb31fde9862d8dedd15ab29b7288"
+    )
+
+    stripe_secret_key: SecretStr | None = Field(None, validation_alias=AliasChoices("STRIPE_SECRET_KEY"))
+    stripe_webhook_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET")
+    )
+    stripe_base_url: str | None = None
+    supabase_jwt_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SUPABASE_JWT_SECRET")
+    )
+    supabase_jwks_url: str | None = Field(None, validation_alias=AliasChoices("SUPABASE_JWKS_URL"))
+    supabase_audience: str = "authenticated"
+    fetch_allow: str = ""
+
+    # Money: the reference's prices and starting balance, in dollars.
+    price_chat: Decimal = Decimal("0.02")
+    price_chatgpt: Decimal = Decimal("0.02")
+    price_generate: Decimal = Decimal("0.02")
+    price_face_swap: Decimal = Decimal("0.02")
+    price_moderation: Decimal = Decimal("0.01")
+    starting_balance: Decimal = Decimal("5.00")
+    recharge_trigger: Decimal = Decimal("0.01")
+    recharge_amount: Decimal = Decimal("50")
+
+    log_level: str = "INFO"
+
+    # Request handling.
+    max_body_bytes: int = 1 << 20
+    max_media_body_bytes: int = 15 << 20
+    sync_timeout_seconds: float = 60.0
+    idempotency_window_hours: int = 24
+
+    # Workers.
+    poll_delay_seconds: float = 1.0
+    job_lease_seconds: float = 15.0
+    chat_job_timeout_seconds: float = 300.0
+    chat_concurrency: int = 200
+    sweep_after_seconds: float = 15.0
+    sweep_interval_seconds: int = 5
+    provider_max_retries: int = 3
+    provider_connect_timeout: float = 5.0
+    provider_read_timeout: float = 120.0
+    provider_retry_after_cap_seconds: float = 20.0
+    status_ttl_seconds: int = 7 * 24 * 3600
+
+    @field_validator("public_url_")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+    @property
+    def public_url(self) -> str:
+        return self.public_url_ or f"http://localhost:{self.port}"
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None or self.redis_url is None
+
+    @property
+    def fetch_allow_list(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.fetch_allow.split(",") if h.strip())
+
+    def master_key_value(self) -> str:
+        """The master key; in dev (embedded databases) one is generated into the data dir."""
+        if self.master_key is not None:
+            return self.master_key.get_secret_value()
+        if not self.embedded:
+            raise RuntimeError("SYNCNODE_MASTER_KEY is required when DATABASE_URL and REDIS_URL are set")
+        path = self.data_dir / "master.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,103 @@
+"""arq's Worker with two changes a gateway needs.
+
+* Wake-up instead of polling: ``JobQueue`` pushes a token on ``syncnode:wake:<pool>`` with
+  every enqueue; an idle worker BLPOPs it and starts the job within a millisecond or two.
+  ``poll_delay`` stays as a backstop (deferred jobs, lost tokens), so idle Redis traffic is
+  one BLPOP per poll_delay instead of a ZRANGEBYSCORE every few milliseconds.
+* A lease with a heartbeat: arq holds ``arq:in-progress:<id>`` for the largest job timeout
+  + 10 s, so a job on a worker that was killed is re-run only that much later. Here the key
+  lives ``lease`` seconds and the worker renews it while the job runs; a dead worker's job is
+  picked up again within one lease, however long its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from arq.connections import create_pool
+from arq.worker import Worker, log_redis_info
+
+from jobs import keys
+
+log = logging.getLogger("syncnode.worker")
+
+
+class SyncNodeWorker(Worker):  # type: ignore[misc]
+    def __init__(self, *args: Any, pool_name: str, lease_seconds: float = 15.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pool_name = pool_name
+        self.lease_seconds = lease_seconds
+        self.in_progress_timeout_s = lease_seconds
+        self._wake = asyncio.Event()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        # A freed slot may take a job that is already waiting: look now, not at the next poll.
+        self._wake.set()
+
+    async def main(self) -> None:
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.redis_settings,
+                job_deserializer=self.job_deserializer,
+                job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        log.info("worker for pool %s: %s", self.pool_name, ", ".join(self.functions))
+        await log_redis_info(self.pool, log.info)
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        helpers = [asyncio.create_task(self._wake_loop()), asyncio.create_task(self._lease_loop())]
+        try:
+            while True:
+                self._wake.clear()
+                await self._poll_iteration()
+                if self.burst and await self._burst_done():
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+        finally:
+            for t in helpers:
+                t.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _burst_done(self) -> bool:
+        if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:
+            await asyncio.gather(*self.tasks.values())
+            return True
+        return False
+
+    async def _wake_loop(self) -> None:
+        # BLPOP holds its own pooled connection; job work uses others.
+        timeout = max(self.poll_delay_s, 0.1)
+        while True:
+            try:
+                if await self.pool.blpop([keys.wake(self.pool_name)], timeout=timeout):
+                    self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis blip: the poll_delay backstop keeps the worker going.
+                log.warning("wake wait failed", exc_info=True)
+                await asyncio.sleep(timeout)
+
+    async def _lease_loop(self) -> None:
+        ms = int(self.lease_seconds * 1000)
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            running = [jid for jid, t in self.tasks.items() if not t.done()]
+            if not running:
+                continue
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for jid in running:
+                        pipe.pexpire(keys.in_progress_key_prefix + jid, ms)
+                    await pipe.execute()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("lease renewal failed", exc_info=True)

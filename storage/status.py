@@ -1,0 +1,64 @@
+"""The task status hash in Redis (``syncnode:task:<id>``), the fast copy of the Postgres row
+that /prediction-status reads, and the done list a synchronous request waits on."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from jobs import keys
+from jobs.serialize import dumps, loads
+
+# The status a client sees: queued and running tasks are both "in_progress" (reference).
+PUBLIC_STATUS = {"queued": "in_progress", "running": "in_progress", "completed": "completed",
+                 "failed": "failed", "canceled": "canceled"}
+
+DONE_TTL_SECONDS = 120
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class StatusStore:
+    def __init__(self, redis: Redis, ttl_seconds: int) -> None:
+        self.redis = redis
+        self.ttl = ttl_seconds
+
+    @staticmethod
+    def initial(uid: str, task_id: int, kind: str) -> dict[str, str]:
+        """Fields an enqueue seeds the hash with (see ``jobs.queue.Job.status``)."""
+        return {"status": "in_progress", "uid": uid, "task_id": str(task_id), "kind": kind,
+                "updated_at": now_iso()}
+
+    async def publish(self, job_id: str, result: dict[str, Any], *, notify: bool = True) -> None:
+        """Write a new status and, for a final one, wake whoever waits on the task.
+
+        ``result`` holds status (public spelling), output, error and anything a waiter needs.
+        """
+        fields = {
+            "status": result["status"],
+            "output": dumps(result.get("output")),
+            "error": result.get("error") or "",
+            "updated_at": result.get("updated_at") or now_iso(),
+        }
+        if "provider_status" in result:
+            fields["provider_status"] = str(result["provider_status"])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.task_status(job_id), mapping=fields)
+            pipe.expire(keys.task_status(job_id), self.ttl)
+            if notify:
+                pipe.rpush(keys.done(job_id), dumps(result))
+                pipe.expire(keys.done(job_id), DONE_TTL_SECONDS)
+            await pipe.execute()
+
+    async def read(self, job_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.hgetall(keys.task_status(job_id))
+        if not raw:
+            return None
+        d = {k.decode(): v.decode() for k, v in raw.items()}
+        out: dict[str, Any] = dict(d)
+        out["output"] = loads(d["output"]) if d.get("output") else None
+        return out

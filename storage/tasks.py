@@ -1,0 +1,189 @@
+"""Tasks: the durable record of every call, and the statements that charge and refund them.
+
+Each money-moving statement is a single SQL statement (CTEs), so the task row, the ledger row
+and the balance change commit together in one round trip, and the balance check is the row
+lock on the account (``balance_micros >= price``), so races cannot overdraw it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+Conn = asyncpg.Connection | asyncpg.Pool
+
+TERMINAL = ("completed", "failed", "canceled")
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    job_id: str
+    uid: str
+    kind: str
+    pool: str
+    model: str | None
+    prompt: str | None
+    request: dict[str, Any]
+    cost_micros: int
+    # The stored provider key the task needs; the charge fails without it.
+    key_name: str | None
+    idempotency_key: str | None = None
+    request_hash: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeOutcome:
+    task_id: int | None
+    account_exists: bool
+    has_key: bool
+
+
+class TaskRepository:
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    async def charge_and_create(self, t: NewTask) -> ChargeOutcome:
+        """Debit the price, insert the task and its ledger row, or do nothing at all.
+
+        Raises asyncpg.UniqueViolationError if another request took the idempotency key first.
+        """
+        row = await self.conn.fetchrow(
+            """
+            WITH k AS (
+                SELECT ($9::text IS NULL OR EXISTS (
+                    SELECT 1 FROM provider_keys WHERE uid = $1 AND name = $9)) AS ok
+            ), a AS (
+                UPDATE accounts SET balance_micros = balance_micros - $3
+                WHERE uid = $1 AND balance_micros >= $3 AND (SELECT ok FROM k)
+                RETURNING uid
+            ), t AS (
+                INSERT INTO tasks (job_id, uid, kind, pool, model, prompt, request, cost_micros,
+                                   idempotency_key, request_hash)
+                SELECT $2, uid, $4, $5, $6, $7, $8, $3, $10, $11 FROM a
+                RETURNING id
+            ), l AS (
+                INSERT INTO ledger (uid, amount_micros, kind, task_id)
+                SELECT $1, -$3::bigint, 'charge', id FROM t
+            )
+            SELECT (SELECT id FROM t) AS task_id,
+                   EXISTS (SELECT 1 FROM accounts WHERE uid = $1) AS account_exists,
+                   (SELECT ok FROM k) AS has_key
+            """,
+            t.uid, t.job_id, t.cost_micros, t.kind, t.pool, t.model, t.prompt, t.request,
+            t.key_name, t.idempotency_key, t.request_hash,
+        )
+        assert row is not None
+        return ChargeOutcome(row["task_id"], row["account_exists"], row["has_key"])
+
+    async def by_idempotency_key(self, uid: str, key: str) -> asyncpg.Record | None:
+        return await self.conn.fetchrow(
+            "SELECT * FROM tasks WHERE uid = $1 AND idempotency_key = $2", uid, key
+        )
+
+    async def by_job_id(self, job_id: str) -> asyncpg.Record | None:
+        return await self.conn.fetchrow("SELECT * FROM tasks WHERE job_id = $1", job_id)
+
+    async def for_worker(self, job_id: str, key_name: str | None) -> asyncpg.Record | None:
+        """The task with the ciphertext of the provider key it needs, in one round trip."""
+        return await self.conn.fetchrow(
+            """
+            SELECT t.id, t.uid, t.kind, t.model, t.request, t.status, t.provider_id,
+                   t.cost_micros, t.created_at, pk.ciphertext
+            FROM tasks t LEFT JOIN provider_keys pk ON pk.uid = t.uid AND pk.name = $2
+            WHERE t.job_id = $1
+            """,
+            job_id, key_name,
+        )
+
+    async def complete(self, job_id: str, output: Any) -> asyncpg.Record | None:
+        """Mark completed unless already terminal (a re-run job finishes a task at most once)."""
+        return await self.conn.fetchrow(
+            """
+            UPDATE tasks SET status = 'completed', output = $2, updated_at = now()
+            WHERE job_id = $1 AND status NOT IN ('completed', 'failed', 'canceled')
+            RETURNING id, uid, model, cost_micros, updated_at
+            """,
+            job_id, output,
+        )
+
+    async def finish_unpaid(self, job_id: str, status: str, error: str) -> asyncpg.Record | None:
+        """Fail or cancel a task and refund its charge, once; None if it was already terminal."""
+        return await self.conn.fetchrow(
+            """
+            WITH t AS (
+                UPDATE tasks SET status = $2, error = $3, refunded = true, updated_at = now()
+                WHERE job_id = $1 AND status NOT IN ('completed', 'failed', 'canceled')
+                RETURNING id, uid, cost_micros, model, updated_at
+            ), l AS (
+                INSERT INTO ledger (uid, amount_micros, kind, task_id)
+                SELECT uid, cost_micros, 'refund', id FROM t WHERE cost_micros > 0
+            ), a AS (
+                UPDATE accounts SET balance_micros = balance_micros + t.cost_micros
+                FROM t WHERE accounts.uid = t.uid
+            )
+            SELECT * FROM t
+            """,
+            job_id, status, error,
+        )
+
+    async def set_running(self, job_id: str, provider_id: str | None = None) -> None:
+        await self.conn.execute(
+            """
+            UPDATE tasks SET status = 'running', provider_id = coalesce($2, provider_id), updated_at = now()
+            WHERE job_id = $1 AND status IN ('queued', 'running')
+            """,
+            job_id, provider_id,
+        )
+
+    async def page(self, uid: str, limit: int, offset: int) -> tuple[list[asyncpg.Record], int]:
+        rows = await self.conn.fetch(
+            """
+            SELECT id, job_id, model, prompt, status, cost_micros, refunded, created_at
+            FROM tasks WHERE uid = $1 AND deleted_at IS NULL
+            ORDER BY id DESC LIMIT $2 OFFSET $3
+            """,
+            uid, limit, offset,
+        )
+        total = await self.conn.fetchval(
+            "SELECT count(*) FROM tasks WHERE uid = $1 AND deleted_at IS NULL", uid
+        )
+        return list(rows), int(total)
+
+    async def get(self, uid: str, task_id: int) -> asyncpg.Record | None:
+        return await self.conn.fetchrow(
+            "SELECT * FROM tasks WHERE id = $1 AND uid = $2 AND deleted_at IS NULL", task_id, uid
+        )
+
+    async def soft_delete(self, uid: str, task_id: int) -> str | None:
+        """Hide a finished task from listings; returns its status, or None if not found.
+
+        Rows stay because ledger rows point at them (the ledger is never rewritten).
+        """
+        status = await self.conn.fetchval(
+            """
+            UPDATE tasks SET deleted_at = now()
+            WHERE id = $1 AND uid = $2 AND deleted_at IS NULL AND status IN ('completed', 'failed', 'canceled')
+            RETURNING status
+            """,
+            task_id, uid,
+        )
+        if status is not None:
+            return str(status)
+        current = await self.conn.fetchval(
+            "SELECT status FROM tasks WHERE id = $1 AND uid = $2 AND deleted_at IS NULL", task_id, uid
+        )
+        return None if current is None else str(current)
+
+    async def stale(self, pool: str, older_than_s: float, limit: int) -> list[asyncpg.Record]:
+        """Unfinished tasks of a pool older than the given age: candidates for the sweeper."""
+        return list(await self.conn.fetch(
+            """
+            SELECT id, job_id, uid, kind, status, created_at FROM tasks
+            WHERE pool = $1 AND status IN ('queued', 'running')
+              AND created_at < now() - make_interval(secs => $2)
+            ORDER BY created_at LIMIT $3
+            """,
+            pool, older_than_s, limit,
+        ))

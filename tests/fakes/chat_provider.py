@@ -1,0 +1,85 @@
+"""A fake of OpenRouter's and OpenAI's chat completions API, on their real wire format.
+
+Behaviour is picked by the model name, so a test needs no side channel:
+  ``fail-500``      every call: 500 with an OpenAI-style error body
+  ``flaky-429``     first call per prompt: 429 + Retry-After: 0, then 200
+  ``reject-400``    400 invalid_request_error (a provider 4xx)
+  ``or-error-200``  OpenRouter's HTTP 200 carrying ``{"error": {"code": 502}}``
+  ``slow-<secs>``   answers after that many seconds
+  anything else     200 at once
+Every call is recorded (``GET /_calls``), with the Authorization header it carried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+CALLS: list[dict[str, Any]] = []
+_seen: Counter[str] = Counter()
+
+
+def _error(status: int, message: str, type_: str, code: Any = None, headers: dict[str, str] | None = None
+           ) -> Response:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}},
+                        status_code=status, headers=headers)
+
+
+def completion(model: str, content: str) -> dict[str, Any]:
+    return {
+        "id": "gen-1732550000-abc", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "provider": "OpenAI",
+        "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop", "native_finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content, "refusal": None}}],
+        "usage": {"prompt_tokens": 25, "completion_tokens": 85, "total_tokens": 110, "cost": 0.00042},
+    }
+
+
+async def chat_completions(request: Request) -> Response:
+    body = await request.json()
+    model = str(body.get("model", ""))
+    prompt = str(body.get("messages", [{}])[-1].get("content", ""))
+    CALLS.append({"model": model, "auth": request.headers.get("authorization"), "body": body,
+                  "at": time.time()})
+    if not request.headers.get("authorization", "").startswith("Bearer "):
+        return _error(401, "No auth credentials found", "invalid_request_error", 401)
+    if model == "fail-500":
+        return _error(500, "The server had an error while processing your request.", "server_error")
+    if model == "flaky-429":
+        _seen[prompt] += 1
+        if _seen[prompt] == 1:
+            return _error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded",
+                          headers={"Retry-After": "0"})
+    if model == "reject-400":
+        return _error(400, "invalid model ID", "invalid_request_error", "model_not_found")
+    if model == "or-error-200":
+        return JSONResponse({"error": {"code": 502, "message": "Provider returned error",
+                                       "metadata": {"provider_name": "Fake"}}})
+    if model.startswith("slow-"):
+        await asyncio.sleep(float(model.removeprefix("slow-")))
+    return JSONResponse(completion(model, f"echo: {prompt}"))
+
+
+async def calls(request: Request) -> Response:
+    return JSONResponse(CALLS)
+
+
+async def reset(request: Request) -> Response:
+    CALLS.clear()
+    _seen.clear()
+    return JSONResponse({"ok": True})
+
+
+app = Starlette(routes=[
+    Route("/chat/completions", chat_completions, methods=["POST"]),
+    Route("/api/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/_calls", calls), Route("/_reset", reset, methods=["POST"]),
+])

@@ -1,0 +1,33 @@
+"""The chat pool's jobs: one chat completion at OpenRouter or OpenAI with the user's own key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from jobs.names import CHAT, CHATGPT, TaskKind
+from workers.context import WorkerContext, wctx
+from workers.providers import chat as chat_api
+from workers.providers.http import call
+from workers.runner import run_task
+
+
+def _job(kind: TaskKind) -> Any:
+    async def work(w: WorkerContext, row: asyncpg.Record, key: str | None) -> Any:
+        client = w.http[kind.provider]
+        s = w.settings
+        assert key is not None
+        return await call(kind.provider, lambda: chat_api.complete(client, kind.provider, key, row["request"]),
+                          max_retries=s.provider_max_retries,
+                          retry_after_cap=s.provider_retry_after_cap_seconds, metrics=w.metrics)
+
+    async def job(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
+        return await run_task(wctx(ctx), kind.function, job_id, kind.key_name, work)
+
+    job.__name__ = job.__qualname__ = kind.function.replace(".", "_")
+    return job
+
+
+chat_openrouter = _job(CHAT)
+chat_openai = _job(CHATGPT)

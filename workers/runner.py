@@ -1,0 +1,101 @@
+"""How every task job runs: idempotent, never raising, finishing the task exactly once.
+
+arq runs a job at least once (a killed worker's job runs again), so each run first reads the
+task: a task already finished is only re-announced; otherwise the work runs and the task is
+finished by a conditional UPDATE, so only one run can complete or refund it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from storage.status import PUBLIC_STATUS
+from storage.tasks import TERMINAL, TaskRepository
+from workers.context import WorkerContext
+from workers.providers.errors import ProviderError, ProviderRejected
+
+log = logging.getLogger("syncnode.worker")
+
+Work = Callable[[WorkerContext, asyncpg.Record, str | None], Awaitable[Any]]
+
+
+def _result(row: asyncpg.Record, status: str, output: Any, error: str | None,
+            cost_micros: int, **extra: Any) -> dict[str, Any]:
+    return {"status": PUBLIC_STATUS.get(status, status), "output": output, "error": error,
+            "task_id": row["id"], "model": row["model"], "cost_micros": cost_micros,
+            "updated_at": row["updated_at"].isoformat(), **extra}
+
+
+async def finish_failed(w: WorkerContext, job_id: str, error: str, *, status: str = "failed",
+                        client_error: bool = False) -> None:
+    """Fail (or cancel) and refund once; announce whatever the final state turned out to be."""
+    row = await TaskRepository(w.db).finish_unpaid(job_id, status, error)
+    if row is not None:
+        await w.status.publish(job_id, _result(row, status, None, error, 0, client_error=client_error))
+    else:
+        await announce(w, job_id)
+
+
+async def announce(w: WorkerContext, job_id: str) -> None:
+    """Re-publish a finished task (a re-run job, or a crash between Postgres and Redis)."""
+    row = await TaskRepository(w.db).by_job_id(job_id)
+    if row is not None and row["status"] in TERMINAL:
+        cost = 0 if row["refunded"] else row["cost_micros"]
+        await w.status.publish(job_id, _result(row, row["status"], row["output"], row["error"], cost))
+
+
+async def run_task(w: WorkerContext, function: str, job_id: str, key_name: str | None,
+                   work: Work) -> dict[str, Any]:
+    start = time.perf_counter()
+    outcome = "failed"
+    try:
+        outcome = await _run(w, job_id, key_name, work)
+        return {"outcome": outcome}
+    except asyncio.CancelledError:
+        outcome = "interrupted"  # worker shutting down: arq puts the job back on the queue
+        raise
+    finally:
+        w.metrics.job(w.pool_name, function, outcome, time.perf_counter() - start)
+
+
+async def _run(w: WorkerContext, job_id: str, key_name: str | None, work: Work) -> str:
+    repo = TaskRepository(w.db)
+    row = await repo.for_worker(job_id, key_name)
+    if row is None:
+        log.warning("job %s has no task row; dropped", job_id)
+        return "missing"
+    if row["status"] in TERMINAL:
+        await announce(w, job_id)
+        return "duplicate"
+    key = None
+    if key_name is not None:
+        if row["ciphertext"] is None:
+            await finish_failed(w, job_id, f"The {key_name} was removed before the task ran", client_error=True)
+            return "failed"
+        key = w.box.decrypt(row["ciphertext"])
+    try:
+        output = await work(w, row, key)
+    except ProviderRejected as e:
+        await finish_failed(w, job_id, str(e), client_error=True)
+        return "failed"
+    except ProviderError as e:
+        await finish_failed(w, job_id, f"{e} (gave up after retries)")
+        return "failed"
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("job %s crashed", job_id)
+        await finish_failed(w, job_id, "Internal error while running the task")
+        return "failed"
+    done = await repo.complete(job_id, output)
+    if done is None:
+        await announce(w, job_id)  # another run finished it first
+        return "duplicate"
+    await w.status.publish(job_id, _result(done, "completed", output, None, done["cost_micros"]))
+    return "completed"

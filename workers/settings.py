@@ -1,0 +1,60 @@
+"""arq ``WorkerSettings`` classes, one per pool. ``syncnode worker <pool>`` runs them with
+SyncNode's worker (wake-up + leases); ``arq workers.settings.ChatWorker`` runs them on plain
+arq, which works too but polls every ``poll_delay`` and recovers killed jobs more slowly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq import cron, func
+from arq.connections import RedisSettings
+
+from jobs import keys
+from jobs.names import CHAT_OPENAI, CHAT_OPENROUTER, SWEEP
+from jobs.serialize import dumps, loads
+from jobs.settings import get_settings
+from workers.chat import chat_openai, chat_openrouter
+from workers.context import on_shutdown, on_startup_for
+from workers.sweeper import sweep
+
+_s = get_settings()
+
+
+def _common(pool: str, max_jobs: int) -> dict[str, Any]:
+    every = max(1, _s.sweep_interval_seconds)
+    return {
+        "queue_name": keys.queue(pool),
+        "redis_settings": RedisSettings.from_dsn(_s.redis_url or "redis://127.0.0.1:6379"),
+        "job_serializer": dumps,
+        "job_deserializer": loads,
+        "poll_delay": _s.poll_delay_seconds,
+        "max_jobs": max_jobs,
+        "max_tries": 5,
+        # A finished job's result only serves arq's dedupe and the sweeper: keep it briefly.
+        "keep_result": 300,
+        "health_check_interval": 30,
+        "on_startup": on_startup_for(pool, max_jobs),
+        "on_shutdown": on_shutdown,
+        "cron_jobs": [cron(sweep, name=f"{SWEEP}:{pool}", second=set(range(0, 60, every)),
+                           unique=True, run_at_startup=True, timeout=60)],
+    }
+
+
+def _settings(name: str, pool: str, max_jobs: int, functions: list[Any]) -> type:
+    return type(name, (), {**_common(pool, max_jobs), "functions": functions})
+
+
+ChatWorker = _settings("ChatWorker", "chat", _s.chat_concurrency, [
+    func(chat_openrouter, name=CHAT_OPENROUTER, timeout=_s.chat_job_timeout_seconds),
+    func(chat_openai, name=CHAT_OPENAI, timeout=_s.chat_job_timeout_seconds),
+])
+# Pools whose jobs arrive with later features; each already sweeps its own tasks.
+MediaWorker = _settings("MediaWorker", "media", 50, [])
+PollWorker = _settings("PollWorker", "poll", 200, [])
+ModerationWorker = _settings("ModerationWorker", "moderation", 4, [])
+BillingWorker = _settings("BillingWorker", "billing", 10, [])
+
+POOL_SETTINGS: dict[str, type] = {
+    "chat": ChatWorker, "media": MediaWorker, "poll": PollWorker,
+    "moderation": ModerationWorker, "billing": BillingWorker,
+}
