@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 PG_USER = "syncnode"
 
@@ -67,6 +68,11 @@ def _run_as() -> str | None:
     return PG_USER
 
 
+def _as(user: str | None) -> dict[str, Any]:
+    # uid alone would leave gid 0, and root's group bits would then deny what "other" allows.
+    return {"user": user, "group": user, "extra_groups": []} if user else {}
+
+
 def _grant_traverse(path: Path) -> None:
     # The unprivileged Postgres user must be able to walk down to its data directory.
     for parent in reversed(path.resolve().parents):
@@ -106,16 +112,17 @@ class EmbeddedPostgres:
             shutil.chown(self.data_dir, user, user)
             self.data_dir.chmod(0o700)
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run([str(bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                            "--auth=trust", "--no-sync", "-E", "UTF8"],
-                           check=True, capture_output=True, user=user)
+            r = subprocess.run([str(bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                                "--auth=trust", "--no-sync", "-E", "UTF8"], capture_output=True, **_as(user))
+            if r.returncode != 0:
+                raise RuntimeError(f"initdb failed: {r.stderr.decode(errors='replace')[-500:]}")
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 (lives as long as the server)
         self.proc = subprocess.Popen(
             [str(bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
              "-k", str(self.data_dir), "-c", "listen_addresses=127.0.0.1",
              "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", "max_connections=400",
              "-c", "shared_buffers=128MB"],
-            stdout=log, stderr=log, user=user, start_new_session=True,
+            stdout=log, stderr=log, start_new_session=True, **_as(user),
         )
         _wait_port(self.port, self.proc, "Postgres")
         return self.dsn
