@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from ingress import accounts, chat, health, tasks
+from ingress import accounts, chat, health, moderation, tasks
 from ingress.auth import Authenticator
 from ingress.errors import HANDLERS
 from ingress.metrics import RequestMetrics, metrics
@@ -35,6 +35,8 @@ ROUTES = [
     Route("/tasks/{id}", tasks.get_task, methods=["GET"]),
     Route("/tasks/{id}", tasks.delete_task, methods=["DELETE"]),
     Route("/billing-history", accounts.billing_history, methods=["GET"]),
+    Route("/moderate", moderation.moderate, methods=["POST"]),
+    Route("/", moderation.moderate, methods=["POST"]),
     # Added by the CONTRACT.
     Route("/accounts", accounts.post_accounts, methods=["POST"]),
     Route("/admin/credit", accounts.admin_credit, methods=["POST"]),

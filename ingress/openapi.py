@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.moderation import ModerationRequest
 from ingress.responses import JSON
 from ingress.schemas import AccountCreate, AdminCredit, ChatRequest
 
@@ -17,6 +18,10 @@ _ERR = {"description": "Error", "content": {"application/json": {"schema": {"$re
 ENDPOINTS: list[tuple[str, str, str, type[BaseModel] | None, bool]] = [
     ("post", "/chat-completion", "Chat completion through OpenRouter ($0.02)", ChatRequest, True),
     ("post", "/chatgpt-completion", "Chat completion through OpenAI ($0.02)", ChatRequest, True),
+    ("post", "/moderate", "Moderate text and/or an image; local models unless the operator set an OpenAI "
+     "key ($0.01)", ModerationRequest, True),
+    ("post", "/", "Moderation at the root, as the reference's moderation host ($0.01)", ModerationRequest,
+     True),
     ("get", "/prediction-status", "Status and output of a task (query: job_id)", None, True),
     ("get", "/balance", "Current balance in dollars", None, True),
     ("get", "/api-keys", "Stored provider keys, masked", None, False),

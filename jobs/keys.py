@@ -45,3 +45,11 @@ def metrics(name: str) -> str:
 def health_check(pool: str) -> str:
     """arq's health string for a pool (``arq --check``)."""
     return f"{queue(pool)}:health-check"
+
+
+def blob(sha256_hex: str) -> str:
+    """STRING with TTL: a checked moderation image, by content hash, for the worker to read."""
+    return f"syncnode:blob:{sha256_hex}"
+
+
+__all__ += ["blob"]

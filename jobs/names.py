@@ -12,6 +12,7 @@ from jobs.settings import Settings, to_micros
 CHAT_OPENROUTER = "chat.openrouter"
 CHAT_OPENAI = "chat.openai"
 SWEEP = "sweep"
+MODERATE = "moderation.run"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +32,10 @@ class TaskKind:
 
 CHAT = TaskKind("chat", "chat", CHAT_OPENROUTER, "price_chat", "openrouter_key", "OpenRouter")
 CHATGPT = TaskKind("chatgpt", "chat", CHAT_OPENAI, "price_chatgpt", "chatgpt_key", "OpenAI")
+# Runs on the operator's own models (or its OpenAI key): no user key needed.
+MODERATION = TaskKind("moderation", "moderation", MODERATE, "price_moderation", None, "local")
 
 KINDS: dict[str, TaskKind] = {k.name: k for k in (CHAT, CHATGPT)}
+KINDS[MODERATION.name] = MODERATION
 
 PROVIDER_KEY_NAMES = ("openrouter_key", "chatgpt_key", "replicate_key", "huggingface_key")

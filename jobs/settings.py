@@ -87,6 +87,26 @@ class Settings(BaseSettings):
     provider_retry_after_cap_seconds: float = 20.0
     status_ttl_seconds: int = 7 * 24 * 3600
 
+    # Moderation (docs/moderation.md). Flags and `safe` compare scores with these thresholds.
+    moderation_concurrency: int = 4
+    moderation_job_timeout_seconds: float = 60.0
+    # Threads that run local inference in a worker (ONNX/sklearn release the GIL).
+    moderation_threads: int = 2
+    moderation_openai_model: str = "omni-moderation-latest"
+    moderation_category_threshold: float = 0.5
+    moderation_nudity_threshold: float = 0.5
+    moderation_vulgar_threshold: float = 0.5
+    # Lower than the others: a missed sexual/minors score costs far more than a false alarm.
+    moderation_underage_threshold: float = 0.2
+    moderation_max_image_bytes: int = 10 << 20
+    moderation_max_image_pixels: int = 50_000_000
+    # How long a checked image waits in Redis for its job (syncnode:blob:<sha256>).
+    moderation_blob_ttl_seconds: int = 600
+    # Fetching user-supplied URLs (jobs/fetch.py): moderation imageUrl, webhooks.
+    fetch_connect_timeout_seconds: float = 5.0
+    fetch_timeout_seconds: float = 10.0
+    fetch_max_redirects: int = 3
+
     @field_validator("public_url_")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:

@@ -15,6 +15,7 @@ from jobs.serialize import dumps, loads
 from jobs.settings import get_settings
 from workers.chat import chat_openai, chat_openrouter
 from workers.context import on_shutdown, on_startup_for
+from workers.moderation.job import moderation_functions, with_models
 from workers.sweeper import sweep
 
 _s = get_settings()
@@ -40,8 +41,8 @@ def _common(pool: str, max_jobs: int) -> dict[str, Any]:
     }
 
 
-def _settings(name: str, pool: str, max_jobs: int, functions: list[Any]) -> type:
-    return type(name, (), {**_common(pool, max_jobs), "functions": functions})
+def _settings(name: str, pool: str, max_jobs: int, functions: list[Any], **hooks: Any) -> type:
+    return type(name, (), {**_common(pool, max_jobs), "functions": functions, **hooks})
 
 
 ChatWorker = _settings("ChatWorker", "chat", _s.chat_concurrency, [
@@ -51,7 +52,9 @@ ChatWorker = _settings("ChatWorker", "chat", _s.chat_concurrency, [
 # Pools whose jobs arrive with later features; each already sweeps its own tasks.
 MediaWorker = _settings("MediaWorker", "media", 50, [])
 PollWorker = _settings("PollWorker", "poll", 200, [])
-ModerationWorker = _settings("ModerationWorker", "moderation", 4, [])
+ModerationWorker = _settings(
+    "ModerationWorker", "moderation", _s.moderation_concurrency, moderation_functions(_s),
+    **with_models(on_startup_for("moderation", _s.moderation_concurrency), on_shutdown))
 BillingWorker = _settings("BillingWorker", "billing", 10, [])
 
 POOL_SETTINGS: dict[str, type] = {

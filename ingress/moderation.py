@@ -1,0 +1,106 @@
+"""POST /moderate and POST / (the reference's moderation host answers at its root).
+
+Everything that can refuse a request happens here, before the charge: the body, the fields,
+the image (fetched behind the SSRF guard, or base64-decoded) and whether it decodes. Only then
+is the call charged and queued; the moderation pool runs the models, the request waits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.body import read_json
+from ingress.chat import accepted, status_url, wants_async
+from ingress.image_input import ImageBytes, check_decodes, decode_base64, from_fetched, normalize_mime
+from ingress.responses import JSON
+from ingress.state import AppState, state
+from ingress.submit import submit
+from jobs import keys
+from jobs.errors import BadRequest, GatewayTimeout, UpstreamError
+from jobs.fetch import FetchPolicy, fetch
+from jobs.names import MODERATION
+
+MAX_TEXT_CHARS = 100_000
+
+
+class ModerationRequest(BaseModel):
+    uid: str | None = None
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    imageUrl: str | None = Field(None, max_length=8192)  # the reference's field names
+    imageBase64: str | None = None
+    imageMime: str | None = Field(None, max_length=100)
+
+    @model_validator(mode="after")
+    def _something(self) -> ModerationRequest:
+        if not self.text and not self.imageUrl and not self.imageBase64:
+            raise ValueError("send at least one of text, imageUrl or imageBase64")
+        if self.imageUrl and self.imageBase64:
+            raise ValueError("send one image: imageUrl or imageBase64, not both")
+        return self
+
+
+def fetch_policy(st: AppState) -> FetchPolicy:
+    s = st.settings
+    return FetchPolicy(allow=s.fetch_allow_list, max_bytes=s.moderation_max_image_bytes,
+                       max_redirects=s.fetch_max_redirects, connect_timeout=s.fetch_connect_timeout_seconds,
+                       total_timeout=s.fetch_timeout_seconds)
+
+
+async def load_image(st: AppState, req: ModerationRequest) -> ImageBytes | None:
+    s = st.settings
+    if req.imageBase64:
+        img = decode_base64(req.imageBase64, req.imageMime, s.moderation_max_image_bytes)
+    elif req.imageUrl:
+        if req.imageMime:
+            normalize_mime(req.imageMime)  # a bad value is still an error, though the bytes decide
+        img = from_fetched((await fetch(req.imageUrl, fetch_policy(st), what="imageUrl")).body)
+    else:
+        return None
+    await check_decodes(img, s.moderation_max_image_pixels)
+    return img
+
+
+def task_request(req: ModerationRequest, img: ImageBytes | None, digest: str | None) -> dict[str, Any]:
+    """What the task row keeps: the text and the image's identity, never its megabytes."""
+    out: dict[str, Any] = {}
+    if req.text:
+        out["text"] = req.text
+    if img is not None:
+        out["image"] = {"sha256": digest, "mime": img.mime, "bytes": len(img.data),
+                        "source": "url" if req.imageUrl else "base64"}
+        if req.imageUrl:
+            out["image"]["url"] = req.imageUrl
+    return out
+
+
+async def moderate(request: Request) -> Response:
+    st = state(request)
+    req = ModerationRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
+    who = await st.auth.principal(request, req.uid, public=True)
+    img = await load_image(st, req)
+    digest = None
+    if img is not None:
+        digest = hashlib.sha256(img.data).hexdigest()
+        # By content: a retried or repeated image is one key; the TTL bounds what Redis holds.
+        await st.redis.set(keys.blob(digest), img.data, ex=st.settings.moderation_blob_ttl_seconds)
+    wait = not wants_async(request)
+    model = st.settings.moderation_openai_model if st.settings.moderation_openai_key else "local"
+    prompt = (req.text or "")[:500] or (req.imageUrl or "[image]")[:500]
+    sub = await submit(st, who, MODERATION, model=model, prompt=prompt,
+                       request=task_request(req, img, digest),
+                       idempotency_key=request.headers.get("idempotency-key"), wait=wait)
+    if not wait:
+        return accepted(st, sub.job_id)
+    if sub.result is None:
+        raise GatewayTimeout("Moderation did not finish in time; it is still running: poll the get URL",
+                             extra={"job_id": sub.job_id, "get": status_url(st, sub.job_id)})
+    if sub.result["status"] == "completed":
+        return JSON(sub.result["output"])
+    message = sub.result.get("error") or f"Task {sub.result['status']}"
+    err = BadRequest if sub.result.get("client_error") else UpstreamError
+    raise err(message, extra={"job_id": sub.job_id})

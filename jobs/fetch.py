@@ -1,0 +1,199 @@
+"""Fetching a URL a user gave us without letting them reach our own network (SSRF guard).
+
+Used by moderation's ``imageUrl`` (and meant for webhooks). The rule: http/https only; every
+address a host resolves to must be public, checked again for every connection — so for every
+redirect hop too — and the connection goes to the address that was checked, so DNS cannot
+answer "public" to the check and "private" to the connect (rebinding). An operator can let
+named internal hosts through with ``SYNCNODE_FETCH_ALLOW`` (``host:port`` entries).
+
+The check sits in an httpcore network backend, the one place every connection is opened, so
+no code path (redirect, retry, keep-alive) can skip it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+import typing
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import certifi
+import httpcore
+import httpx
+
+from jobs.errors import BadRequest
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class FetchRefused(BadRequest):
+    """A URL we will not fetch, or a fetch that failed; the message says why (a 400)."""
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """Every address the OS resolver gives (it also reads odd literals: 127.1, 0x7f000001)."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise FetchRefused(f"cannot resolve host {host!r}: {e.strerror}")
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def why_not_public(ip: IPAddress) -> str | None:
+    """None for a public unicast address, else what it is (for the error message)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        # Addresses that embed an IPv4 address are judged by the address they lead to.
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return why_not_public(embedded)
+    for attr, what in (("is_loopback", "loopback"), ("is_link_local", "link-local"),
+                       ("is_multicast", "multicast"), ("is_unspecified", "unspecified"),
+                       ("is_reserved", "reserved"), ("is_private", "private")):
+        if getattr(ip, attr):
+            return what
+    if not ip.is_global:  # e.g. 100.64.0.0/10 (carrier-grade NAT)
+        return "non-public"
+    return None
+
+
+def _allowed(host: str, port: int, allow: frozenset[str]) -> bool:
+    h = host.lower().strip("[]")
+    return f"{h}:{port}" in allow or f"[{h}]:{port}" in allow
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves, refuses non-public addresses, then connects to the vetted address itself."""
+
+    def __init__(self, allow: frozenset[str], resolver: Resolver | None = None,
+                 inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self.allow = allow
+        self.resolver = resolver
+        self.inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[typing.Any] | None = None) -> httpcore.AsyncNetworkStream:
+        if _allowed(host, port, self.allow):
+            return await self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        resolve = self.resolver or system_resolve
+        addresses = await resolve(host, port)
+        if not addresses:
+            raise FetchRefused(f"cannot resolve host {host!r}")
+        for a in addresses:
+            # Every answer must be public: a mixed answer is how rebinding attacks start.
+            why = why_not_public(ipaddress.ip_address(a.split("%")[0]))
+            if why is not None:
+                raise FetchRefused(f"{host!r} resolves to a {why} address ({a}); only public hosts "
+                                   "can be fetched")
+        last: Exception | None = None
+        for a in addresses:
+            try:
+                return await self.inner.connect_tcp(a, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
+                last = e
+        assert last is not None
+        raise last
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Iterable[typing.Any] | None = None
+                                  ) -> httpcore.AsyncNetworkStream:
+        raise FetchRefused("unix sockets are never fetched")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+@lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle costs milliseconds: once per process, not per fetch.
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+class GuardedTransport(httpx.AsyncHTTPTransport):
+    def __init__(self, backend: GuardedBackend) -> None:
+        # trust_env off: a proxy from the environment would connect for us, past the guard.
+        super().__init__(trust_env=False, retries=0)
+        # httpx has no parameter for the network backend; its pool is rebuilt with ours.
+        self._pool = httpcore.AsyncConnectionPool(ssl_context=_ssl_context(), max_connections=4,
+                                                  network_backend=backend)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    body: bytes
+    url: str
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPolicy:
+    allow: frozenset[str] = frozenset()
+    max_bytes: int = 10 << 20
+    max_redirects: int = 3
+    connect_timeout: float = 5.0
+    total_timeout: float = 10.0
+
+
+def _check_url(url: httpx.URL, what: str) -> None:
+    if url.scheme not in ("http", "https"):
+        raise FetchRefused(f"{what} must be an http or https URL")
+    if not url.host:
+        raise FetchRefused(f"{what} has no host")
+    if url.userinfo:
+        raise FetchRefused(f"{what} must not carry a user name or password")
+
+
+async def fetch(raw_url: str, policy: FetchPolicy, *, what: str = "URL", resolver: Resolver | None = None,
+                inner: httpcore.AsyncNetworkBackend | None = None) -> Fetched:
+    """GET a user-supplied URL within ``policy``; raises FetchRefused (a 400) saying why not."""
+    try:
+        url = httpx.URL(raw_url)
+    except (httpx.InvalidURL, ValueError) as e:
+        raise FetchRefused(f"{what} is not a valid URL: {e}")
+    _check_url(url, what)
+    backend = GuardedBackend(policy.allow, resolver, inner)
+    timeout = httpx.Timeout(policy.total_timeout, connect=policy.connect_timeout)
+    try:
+        async with asyncio.timeout(policy.total_timeout), httpx.AsyncClient(
+                transport=GuardedTransport(backend), timeout=timeout, follow_redirects=False,
+                headers={"User-Agent": "SyncNode/0.1 (+moderation fetch)", "Accept": "image/*",
+                         "Accept-Encoding": "identity"}) as client:
+            return await _follow(client, url, policy, what)
+    except TimeoutError:
+        raise FetchRefused(f"{what} did not answer within {policy.total_timeout:g} s")
+    except httpx.HTTPError as e:
+        raise FetchRefused(f"{what} could not be fetched: {type(e).__name__}: {e}".rstrip(": "))
+
+
+async def _follow(client: httpx.AsyncClient, url: httpx.URL, policy: FetchPolicy, what: str) -> Fetched:
+    for _ in range(policy.max_redirects + 1):
+        async with client.stream("GET", url) as resp:
+            if resp.is_redirect:
+                location = resp.headers.get("location", "")
+                url = url.join(location)
+                _check_url(url, f"{what} redirect")
+                continue
+            if resp.status_code != 200:
+                raise FetchRefused(f"{what} answered HTTP {resp.status_code}")
+            declared = resp.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > policy.max_bytes:
+                raise FetchRefused(f"{what} is larger than {policy.max_bytes} bytes")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.aiter_bytes():  # decoded: the cap also stops gzip bombs
+                size += len(chunk)
+                if size > policy.max_bytes:
+                    raise FetchRefused(f"{what} is larger than {policy.max_bytes} bytes")
+                chunks.append(chunk)
+            return Fetched(b"".join(chunks), str(url), resp.headers.get("content-type", ""))
+    raise FetchRefused(f"{what} redirected more than {policy.max_redirects} times")

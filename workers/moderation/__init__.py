@@ -1,0 +1,1 @@
+"""Moderation: local models (default, offline) or OpenAI's omni-moderation, one response shape."""
