@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from ingress import accounts, chat, health, moderation, tasks
+from ingress import cancel, files, media, storage_config, webhooks
 from ingress.auth import Authenticator
 from ingress.errors import HANDLERS
 from ingress.metrics import RequestMetrics, metrics
@@ -34,6 +35,9 @@ ROUTES = [
     Route("/tasks", tasks.list_tasks, methods=["GET"]),
     Route("/tasks/{id}", tasks.get_task, methods=["GET"]),
     Route("/tasks/{id}", tasks.delete_task, methods=["DELETE"]),
+    Route("/generate", media.generate, methods=["POST"]),
+    Route("/face-swap/run", media.face_swap, methods=["POST"]),
+    Route("/face-swap/status", tasks.prediction_status, methods=["GET"]),
     Route("/billing-history", accounts.billing_history, methods=["GET"]),
     Route("/moderate", moderation.moderate, methods=["POST"]),
     Route("/", moderation.moderate, methods=["POST"]),
@@ -44,6 +48,11 @@ ROUTES = [
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/tasks/{id}/cancel", cancel.cancel_task, methods=["POST"]),
+    Route("/storage", storage_config.get_storage, methods=["GET"]),
+    Route("/storage", storage_config.post_storage, methods=["POST"]),
+    Route("/files/{path:path}", files.serve, methods=["GET"]),
+    Route("/webhooks/replicate", webhooks.replicate, methods=["POST"]),
 ]
 
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.media import FaceSwapRequest, GenerateRequest
 from ingress.moderation import ModerationRequest
 from ingress.responses import JSON
 from ingress.schemas import AccountCreate, AdminCredit, ChatRequest
@@ -22,6 +23,10 @@ ENDPOINTS: list[tuple[str, str, str, type[BaseModel] | None, bool]] = [
      "key ($0.01)", ModerationRequest, True),
     ("post", "/", "Moderation at the root, as the reference's moderation host ($0.01)", ModerationRequest,
      True),
+    ("post", "/generate", "Run any Replicate model (owner/name, owner/name:version or a version id); "
+     "async, outputs re-hosted ($0.02)", GenerateRequest, True),
+    ("post", "/face-swap/run", "Face swap from two base64 images; async ($0.02)", FaceSwapRequest, True),
+    ("get", "/face-swap/status", "Status of a face swap (query: job_id)", None, True),
     ("get", "/prediction-status", "Status and output of a task (query: job_id)", None, True),
     ("get", "/balance", "Current balance in dollars", None, True),
     ("get", "/api-keys", "Stored provider keys, masked", None, False),
@@ -33,6 +38,11 @@ ENDPOINTS: list[tuple[str, str, str, type[BaseModel] | None, bool]] = [
     ("get", "/billing-history", "Ledger entries (query: page, size)", None, False),
     ("post", "/accounts", "Create an account (admin token, or open sign-up)", AccountCreate, False),
     ("post", "/admin/credit", "Add or remove credit (admin token)", AdminCredit, False),
+    ("post", "/tasks/{id}/cancel", "Cancel a queued or running task; refunded", None, False),
+    ("get", "/storage", "Where generated files are hosted (secrets masked)", None, False),
+    ("post", "/storage", "Host generated files on S3, Bunny or the default storage (checked with a "
+     "test write)", None, False),
+    ("post", "/webhooks/replicate", "Replicate prediction webhooks (Standard Webhooks signature)", None, True),
     ("get", "/healthz", "Liveness", None, True),
     ("get", "/readyz", "Readiness: Postgres and Redis reachable", None, True),
     ("get", "/metrics", "Prometheus metrics", None, True),

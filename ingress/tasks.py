@@ -83,5 +83,6 @@ async def prediction_status(request: Request) -> Response:
     body: dict[str, Any] = {"job_id": job_id, "replicate_status": status, "output": output,
                             "updated": status != "in_progress"}
     if error:
-        body["error"] = error
+        # A completed task's error is a re-hosting failure: the output holds the provider's URLs.
+        body["hosting_error" if status == "completed" else "error"] = error
     return JSON(body)

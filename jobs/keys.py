@@ -10,7 +10,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_pre
 
 __all__ = [
     "POOLS", "in_progress_key_prefix", "job_key_prefix", "result_key_prefix", "retry_key_prefix",
-    "queue", "wake", "task_status", "done", "metrics", "health_check",
+    "queue", "wake", "task_status", "done", "metrics", "health_check", "poll_chain", "finishing",
 ]
 
 # One arq queue (and one worker pool) per kind of provider work.
@@ -45,6 +45,16 @@ def metrics(name: str) -> str:
 def health_check(pool: str) -> str:
     """arq's health string for a pool (``arq --check``)."""
     return f"{queue(pool)}:health-check"
+
+
+def poll_chain(job_id: str) -> str:
+    """STRING: the id of the prediction's latest poll job (the sweeper checks it is alive)."""
+    return f"syncnode:poll:{job_id}"
+
+
+def finishing(job_id: str) -> str:
+    """STRING lock (SET NX EX): one poll/webhook run at a time re-hosts and finishes a prediction."""
+    return f"syncnode:finishing:{job_id}"
 
 
 def blob(sha256_hex: str) -> str:

@@ -13,6 +13,9 @@ CHAT_OPENROUTER = "chat.openrouter"
 CHAT_OPENAI = "chat.openai"
 SWEEP = "sweep"
 MODERATE = "moderation.run"
+MEDIA_CREATE = "media.create"
+MEDIA_POLL = "media.poll"
+MEDIA_CANCEL = "media.cancel"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +38,11 @@ CHATGPT = TaskKind("chatgpt", "chat", CHAT_OPENAI, "price_chatgpt", "chatgpt_key
 # Runs on the operator's own models (or its OpenAI key): no user key needed.
 MODERATION = TaskKind("moderation", "moderation", MODERATE, "price_moderation", None, "local")
 
-KINDS: dict[str, TaskKind] = {k.name: k for k in (CHAT, CHATGPT)}
+GENERATE = TaskKind("generate", "media", MEDIA_CREATE, "price_generate", "replicate_key", "Replicate")
+FACE_SWAP = TaskKind("face_swap", "media", MEDIA_CREATE, "price_face_swap", "replicate_key", "Replicate")
+MEDIA_KINDS = frozenset({GENERATE.name, FACE_SWAP.name})
+
+KINDS: dict[str, TaskKind] = {k.name: k for k in (CHAT, CHATGPT, GENERATE, FACE_SWAP)}
 KINDS[MODERATION.name] = MODERATION
 
 PROVIDER_KEY_NAMES = ("openrouter_key", "chatgpt_key", "replicate_key", "huggingface_key")

@@ -87,6 +87,23 @@ class Settings(BaseSettings):
     provider_retry_after_cap_seconds: float = 20.0
     status_ttl_seconds: int = 7 * 24 * 3600
 
+    # Media (Replicate predictions, docs/media.md).
+    # xiankgx/face-swap names its inputs local_source/local_target; the map renames ours to its.
+    face_swap_input_map: str = "source_image=local_source,target_image=local_target"
+    media_job_timeout_seconds: float = 60.0
+    media_concurrency: int = 50
+    poll_concurrency: int = 200
+    prediction_deadline_seconds: int = 1800
+    poll_first_seconds: float = 1.0
+    poll_cap_seconds: float = 8.0
+    # "auto": send webhooks when SYNCNODE_PUBLIC_URL is publicly reachable; "on" / "off" force it.
+    replicate_webhooks: str = "auto"
+    hosting_max_bytes: int = 512 << 20
+    hosting_timeout_seconds: float = 120.0
+    hosting_attempts: int = 3
+    # Operator storage for accounts on "default": JSON like POST /storage's body; unset → local files.
+    default_storage: SecretStr | None = None
+
     # Moderation (docs/moderation.md). Flags and `safe` compare scores with these thresholds.
     moderation_concurrency: int = 4
     moderation_job_timeout_seconds: float = 60.0

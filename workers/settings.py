@@ -10,12 +10,14 @@ from arq import cron, func
 from arq.connections import RedisSettings
 
 from jobs import keys
-from jobs.names import CHAT_OPENAI, CHAT_OPENROUTER, SWEEP
+from jobs.names import CHAT_OPENAI, CHAT_OPENROUTER, MEDIA_CANCEL, MEDIA_CREATE, MEDIA_POLL, SWEEP
 from jobs.serialize import dumps, loads
 from jobs.settings import get_settings
 from workers.chat import chat_openai, chat_openrouter
 from workers.context import on_shutdown, on_startup_for
+from workers.media import media_create
 from workers.moderation.job import moderation_functions, with_models
+from workers.poll import media_cancel, media_poll
 from workers.sweeper import sweep
 
 _s = get_settings()
@@ -49,9 +51,16 @@ ChatWorker = _settings("ChatWorker", "chat", _s.chat_concurrency, [
     func(chat_openrouter, name=CHAT_OPENROUTER, timeout=_s.chat_job_timeout_seconds),
     func(chat_openai, name=CHAT_OPENAI, timeout=_s.chat_job_timeout_seconds),
 ])
+MediaWorker = _settings("MediaWorker", "media", _s.media_concurrency, [
+    func(media_create, name=MEDIA_CREATE, timeout=_s.media_job_timeout_seconds),
+])
+# A poll is one GET, but the one that sees the end also re-hosts the outputs.
+_finish_timeout = _s.hosting_timeout_seconds * max(1, _s.hosting_attempts) + 60
+PollWorker = _settings("PollWorker", "poll", _s.poll_concurrency, [
+    func(media_poll, name=MEDIA_POLL, timeout=_finish_timeout),
+    func(media_cancel, name=MEDIA_CANCEL, timeout=_s.media_job_timeout_seconds),
+])
 # Pools whose jobs arrive with later features; each already sweeps its own tasks.
-MediaWorker = _settings("MediaWorker", "media", 50, [])
-PollWorker = _settings("PollWorker", "poll", 200, [])
 ModerationWorker = _settings(
     "ModerationWorker", "moderation", _s.moderation_concurrency, moderation_functions(_s),
     **with_models(on_startup_for("moderation", _s.moderation_concurrency), on_shutdown))

@@ -7,6 +7,9 @@ its own unfinished tasks older than ``sweep_after_seconds``:
 * arq holds only a result (it gave up: tries exhausted, job expired): fail and refund;
 * arq has no trace of it (the ingress died between commit and enqueue, or Redis lost it):
   enqueue it again, under the same job id.
+
+The media pool also restarts the poll chain of running predictions that lost it
+(``workers.poll.sweep_predictions``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from jobs.queue import Job
 from storage.status import StatusStore
 from storage.tasks import TaskRepository
 from workers.context import wctx
+from workers.poll import sweep_predictions
 from workers.runner import finish_failed
 
 log = logging.getLogger("syncnode.sweeper")
@@ -44,4 +48,6 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         if await w.queue.enqueue(job):
             log.warning("re-enqueued task %s that was committed but not queued", r["job_id"])
             counts["requeued"] += 1
+    if w.pool_name == "media":
+        counts["polls_restarted"] = await sweep_predictions(w)
     return counts

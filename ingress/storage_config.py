@@ -1,0 +1,75 @@
+"""GET /storage and POST /storage: where an account's generated files are hosted.
+
+Secrets (S3 secret access key, Bunny storage password) are encrypted with the master key and
+only ever shown masked. A configuration is saved only after a test file was written to it
+(and deleted again), so a typo surfaces now rather than as a ``hosting_error`` later.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import TypeAdapter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.body import read_json
+from ingress.responses import JSON
+from ingress.state import AppState, state
+from jobs.errors import BadRequest
+from storage.files import StorageError
+from storage.files import config as cfg
+from storage.files.netcheck import check_reachable
+from storage.storage_configs import StorageConfigRepository
+
+_BODY: TypeAdapter[cfg.StorageBody] = TypeAdapter(cfg.StorageBody)
+
+
+def _render(provider: str, settings: dict[str, Any], masked: dict[str, str]) -> dict[str, Any]:
+    return {"provider": provider, **settings, **masked}
+
+
+async def get_storage(request: Request) -> Response:
+    st = state(request)
+    who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
+    row = await StorageConfigRepository(st.db).get(who.uid)
+    if row is None:
+        return JSON({"provider": "default"})
+    return JSON(_render(row["provider"], dict(row["settings"]), dict(row["masked"])))
+
+
+async def _check(st: AppState, provider: str, settings: dict[str, Any], secret: dict[str, str]) -> None:
+    for url in cfg.endpoints(provider, settings):
+        await check_reachable(url, st.settings.fetch_allow_list)
+    async with httpx.AsyncClient(timeout=15) as http:
+        store = cfg.build(provider, settings, secret, http=http, local_root=st.settings.data_dir / "files",
+                          public_url=st.settings.public_url, timeout=15)
+        key = f".syncnode-check/{secrets.token_hex(8)}.txt"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "check.txt"
+            path.write_bytes(b"SyncNode storage check\n")
+            await store.put(key, path, path.stat().st_size, "text/plain")
+        await store.delete(key)
+
+
+async def post_storage(request: Request) -> Response:
+    st = state(request)
+    raw = await read_json(request, 64 << 10)
+    uid = raw.get("uid")
+    who = await st.auth.principal(request, uid if isinstance(uid, str) else None, public=False)
+    if raw.get("provider") not in ("default", "s3", "bunny"):
+        raise BadRequest("Invalid provider: expected 's3', 'bunny' or 'default'")
+    body = _BODY.validate_python(raw)
+    provider, settings, secret = cfg.split(body)
+    if provider != "default":
+        try:
+            await _check(st, provider, settings, secret)
+        except StorageError as e:
+            raise BadRequest(f"Storage check failed, nothing saved: {e}")
+    ciphertext, masked = cfg.seal(st.box, secret)
+    await StorageConfigRepository(st.db).put(who.uid, provider, settings, ciphertext, masked)
+    return JSON(_render(provider, settings, masked))

@@ -1,0 +1,55 @@
+"""POST /webhooks/replicate?job_id=…: Replicate's ``completed`` event for a prediction.
+
+Verified with the Standard Webhooks signature under the secret of the Replicate account that
+created the prediction (stored encrypted on the task); anything else is 401 and ignored. A
+verified event enqueues a one-off poll (``<job_id>:hook:<webhook-id>``, so a redelivered event
+is a no-op) that finishes the task through the same code as polling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from standardwebhooks import Webhook, WebhookVerificationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.responses import JSON
+from ingress.state import state
+from jobs.errors import BadRequest, PayloadTooLarge, Unauthorized
+from jobs.names import MEDIA_POLL
+from jobs.queue import Job
+from storage.predictions import PredictionRepository
+
+_MAX = 1 << 20
+_TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
+
+
+async def replicate(request: Request) -> Response:
+    st = state(request)
+    job_id = request.query_params.get("job_id")
+    if not job_id:
+        raise BadRequest("Missing job_id parameter")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX:
+            raise PayloadTooLarge("Webhook body too large")
+    found = await PredictionRepository(st.db).webhook_secret(job_id)
+    if found is None or found[1] is None:
+        raise Unauthorized("Unknown prediction or no webhook was requested for it")
+    secret = st.box.decrypt(found[1])
+    try:
+        Webhook(secret).verify(body, dict(request.headers))
+    except WebhookVerificationError:
+        raise Unauthorized("Invalid webhook signature")
+    try:
+        pred: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("Webhook body is not JSON")
+    status = pred.get("status") if isinstance(pred, dict) else None
+    if status in _TERMINAL:
+        hook_id = request.headers.get("webhook-id", "")
+        await st.queue.enqueue(Job("poll", MEDIA_POLL, f"{job_id}:hook:{hook_id}", (job_id, 0, False)))
+    return JSON({"ok": True})

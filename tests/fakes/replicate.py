@@ -1,0 +1,306 @@
+"""A simulator of Replicate's predictions API on its real wire format (notes/jobs.md §1).
+
+Behaviour comes from the prediction's ``input`` (passed through untouched by the gateway), so a
+test needs no side channel. ``input["sim"]`` may hold:
+  ``seconds``        time from create to the terminal status (default 0.3); ``starting`` for the
+                     first third of it, then ``processing``
+  ``outcome``        ``succeeded`` (default) | ``failed`` | ``aborted`` | ``never`` (runs until canceled)
+  ``output``         ``file`` (default: one PNG URL) | ``files`` | ``nested`` | ``text`` |
+                     ``broken`` (a URL that always 500s) | ``big`` (a 3 MB file)
+  ``create_delay``   seconds the create request hangs *after* the prediction exists
+Models: ``sim/missing`` → 404, ``sim/throttled`` → first create 429 with Retry-After,
+``sim/invalid`` → 422 Input validation failed. Key ``r8_bad`` → 401.
+Output files are served at ``/files/…`` and require the creating key. With a webhook, a
+``completed`` event signed with Standard Webhooks is queued in ``OUTBOX`` (``GET /_outbox``
+drains it) and, when ``POST /_config {"deliver": true}``, also POSTed to the webhook URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import heapq
+import itertools
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+from standardwebhooks import Webhook
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4"
+       b"\x89\x00\x00\x00\rIDATx\x9cc\xf8\xff\xff?\x00\x05\xfe\x02\xfe\xa7\x35\x81\x84\x00\x00\x00\x00IEND"
+       b"\xaeB`\x82")
+VERSION = "5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa"
+
+PREDICTIONS: dict[str, dict[str, Any]] = {}
+_KEYS: dict[str, str] = {}   # prediction id → the API key that created it
+_SIM: dict[str, dict[str, Any]] = {}
+CREATES: list[dict[str, Any]] = []
+OUTBOX: list[dict[str, Any]] = []
+CONFIG: dict[str, Any] = {"deliver": False, "get_429": 0}
+_due: list[tuple[float, int, str]] = []
+_seq = itertools.count()
+_throttled: set[str] = set()
+_ticker: asyncio.Task[None] | None = None
+_client: httpx.AsyncClient | None = None
+STATS = {"gets": 0, "creates": 0, "cancels": 0, "webhooks_sent": 0}
+
+
+def secret_for(key: str) -> str:
+    return "whsec_" + base64.b64encode(hashlib.sha256(b"sim:" + key.encode()).digest()).decode()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}),
+                    status_code=status, media_type="application/problem+json", headers=headers)
+
+
+def _key(request: Request) -> str | None:
+    h = request.headers.get("authorization", "")
+    return h[7:] if h.startswith("Bearer ") and h[7:] != "r8_bad" else None
+
+
+def _unauthorized() -> Response:
+    return _problem(401, "Unauthenticated", "You did not pass a valid authentication token")
+
+
+def _output(base: str, pid: str, kind: str) -> Any:
+    url = f"{base}/files/{pid}"
+    return {"file": f"{url}/out-0.png", "files": [f"{url}/out-0.png", f"{url}/out-1.png"],
+            "nested": {"image": f"{url}/out-0.png", "extra": {"thumbs": [f"{url}/thumb.png"]}, "seed": 7},
+            "text": "hello from the simulator", "broken": f"{url}/broken.png",
+            "big": f"{url}/big.bin"}[kind]
+
+
+def _finish(pid: str, status: str, error: str | None = None) -> None:
+    p = PREDICTIONS[pid]
+    if p["status"] in ("succeeded", "failed", "canceled", "aborted"):
+        return
+    sim = _SIM[pid]
+    p.update(status=status, completed_at=_now(), error=error,
+             metrics={"predict_time": sim["seconds"], "total_time": sim["seconds"]})
+    if status == "succeeded":
+        p["output"] = _output(sim["base"], pid, sim.get("output", "file"))
+    sim["finished_at"] = time.time()
+    if p.get("webhook"):
+        body = orjson.dumps(p).decode()
+        msg_id = f"msg_{secrets.token_hex(8)}"
+        ts = datetime.now(UTC)
+        sig = Webhook(secret_for(_KEYS[pid])).sign(msg_id, ts, body)
+        headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(ts.timestamp())),
+                   "webhook-signature": sig, "content-type": "application/json"}
+        OUTBOX.append({"url": p["webhook"], "headers": headers, "body": body, "id": pid})
+        if CONFIG["deliver"]:
+            asyncio.get_running_loop().create_task(_deliver(p["webhook"], headers, body))
+
+
+async def _deliver(url: str, headers: dict[str, str], body: str) -> None:
+    global _client
+    _client = _client or httpx.AsyncClient(timeout=10)
+    for _ in range(3):  # Replicate retries "a few times" on failures
+        try:
+            r = await _client.post(url, content=body, headers=headers)
+            STATS["webhooks_sent"] += 1
+            if r.status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.5)
+
+
+def _advance() -> None:
+    now = time.time()
+    while _due and _due[0][0] <= now:
+        _, _, pid = heapq.heappop(_due)
+        sim = _SIM[pid]
+        outcome = sim.get("outcome", "succeeded")
+        if outcome == "never":
+            continue
+        _finish(pid, outcome, "The model raised an error: simulated failure" if outcome == "failed" else None)
+
+
+def _status_now(pid: str) -> None:
+    p, sim = PREDICTIONS[pid], _SIM[pid]
+    if p["status"] == "starting" and time.time() >= sim["created"] + sim["seconds"] / 3:
+        p["status"] = "processing"
+        p["started_at"] = _now()
+
+
+async def _tick() -> None:
+    while True:
+        _advance()
+        await asyncio.sleep(0.02)
+
+
+def _ensure_ticker() -> None:
+    global _ticker
+    if _ticker is None or _ticker.done():
+        _ticker = asyncio.get_running_loop().create_task(_tick())
+
+
+async def create(request: Request) -> Response:
+    _ensure_ticker()
+    key = _key(request)
+    if key is None:
+        return _unauthorized()
+    body = await request.json()
+    owner, name = request.path_params.get("owner"), request.path_params.get("name")
+    CREATES.append({"path": request.url.path, "body": body, "at": time.time(),
+                    "cancel_after": request.headers.get("cancel-after")})
+    STATS["creates"] += 1
+    if owner is not None:
+        if "version" in body:
+            return _problem(422, "Input validation failed", "Additional property version is not allowed")
+        model = f"{owner}/{name}"
+    else:
+        version = body.get("version", "")
+        if len(version) != 64:
+            return _problem(422, "Invalid version or not permitted", "The specified version does not exist "
+                            "(or perhaps you don't have permission to use it?)")
+        model = "sim/versioned"
+    if model == "sim/missing":
+        return _problem(404, "Not found", "The requested resource could not be found.")
+    if model == "sim/throttled" and key not in _throttled:
+        _throttled.add(key)
+        return _problem(429, "Too Many Requests", "Request was throttled. Your rate limit resets in ~1s.",
+                        {"Retry-After": "1"})
+    if model == "sim/invalid":
+        return _problem(422, "Input validation failed", "- input.prompt: prompt is required")
+    inp = body.get("input") or {}
+    sim = dict(inp.get("sim") or {}) if isinstance(inp, dict) else {}
+    sim.setdefault("seconds", 0.3)
+    pid = secrets.token_hex(13)
+    base = str(request.base_url).rstrip("/")
+    sim.update(created=time.time(), base=base)
+    pred = {
+        "id": pid, "model": model, "version": body.get("version", "hidden"), "input": inp, "logs": "",
+        "output": None, "data_removed": False, "error": None, "status": "starting", "created_at": _now(),
+        "source": "api", "urls": {"get": f"{base}/v1/predictions/{pid}",
+                                  "cancel": f"{base}/v1/predictions/{pid}/cancel",
+                                  "web": f"https://replicate.com/p/{pid}"},
+    }
+    if body.get("webhook"):
+        pred["webhook"] = body["webhook"]
+        pred["webhook_events_filter"] = body.get("webhook_events_filter") or ["start", "completed"]
+    PREDICTIONS[pid], _SIM[pid], _KEYS[pid] = pred, sim, key
+    heapq.heappush(_due, (sim["created"] + float(sim["seconds"]), next(_seq), pid))
+    if sim.get("create_delay"):
+        await asyncio.sleep(float(sim["create_delay"]))
+    return JSONResponse(pred, status_code=201)
+
+
+async def get(request: Request) -> Response:
+    _ensure_ticker()
+    key = _key(request)
+    if key is None:
+        return _unauthorized()
+    STATS["gets"] += 1
+    if CONFIG["get_429"] > 0:
+        CONFIG["get_429"] -= 1
+        return _problem(429, "Too Many Requests", "Request was throttled.", {"Retry-After": "1"})
+    pid = request.path_params["id"]
+    if pid not in PREDICTIONS or _KEYS[pid] != key:
+        return _problem(404, "Not found", "The requested resource could not be found.")
+    _advance()
+    _status_now(pid)
+    return JSONResponse(PREDICTIONS[pid])
+
+
+async def cancel(request: Request) -> Response:
+    key = _key(request)
+    if key is None:
+        return _unauthorized()
+    pid = request.path_params["id"]
+    if pid not in PREDICTIONS or _KEYS[pid] != key:
+        return _problem(404, "Not found", "The requested resource could not be found.")
+    STATS["cancels"] += 1
+    _finish(pid, "canceled")
+    return JSONResponse(PREDICTIONS[pid])
+
+
+async def list_predictions(request: Request) -> Response:
+    key = _key(request)
+    if key is None:
+        return _unauthorized()
+    after = request.query_params.get("created_after", "")
+    rows = [p for pid, p in PREDICTIONS.items() if _KEYS[pid] == key and p["created_at"] >= after]
+    rows.sort(key=lambda p: p["created_at"], reverse=True)
+    return JSONResponse({"previous": None, "next": None, "results": rows[:100]})
+
+
+async def secret(request: Request) -> Response:
+    key = _key(request)
+    if key is None:
+        return _unauthorized()
+    return JSONResponse({"key": secret_for(key)})
+
+
+async def files(request: Request) -> Response:
+    pid, name = request.path_params["id"], request.path_params["name"]
+    if pid not in PREDICTIONS:
+        return Response(status_code=404)
+    if request.headers.get("authorization") != f"Bearer {_KEYS[pid]}":
+        return Response(b"missing or wrong Authorization", status_code=401)
+    if name == "broken.png":
+        return Response(b"upstream exploded", status_code=500)
+    if name == "big.bin":
+        return Response(b"\x00" * (3 << 20), media_type="application/octet-stream")
+    return Response(PNG + name.encode(), media_type="application/octet-stream")
+
+
+async def control(request: Request) -> Response:
+    op = request.path_params["op"]
+    if op == "reset":
+        for d in (PREDICTIONS, _KEYS, _SIM):
+            d.clear()
+        CREATES.clear()
+        OUTBOX.clear()
+        _due.clear()
+        _throttled.clear()
+        CONFIG.update(deliver=False, get_429=0)
+        return JSONResponse({"ok": True})
+    if op == "config":
+        CONFIG.update(await request.json())
+        return JSONResponse(CONFIG)
+    if op == "outbox":
+        out = list(OUTBOX)
+        OUTBOX.clear()
+        return JSONResponse(out)
+    if op == "creates":
+        return JSONResponse(CREATES)
+    if op == "predictions":
+        return JSONResponse({pid: {**p, "_finished_at": _SIM[pid].get("finished_at")}
+                             for pid, p in PREDICTIONS.items()})
+    if op == "stats":
+        return JSONResponse(STATS)
+    return JSONResponse({"error": "unknown"}, status_code=404)
+
+
+def _routes(prefix: str) -> list[Route]:
+    return [
+        Route(f"{prefix}/predictions", create, methods=["POST"]),
+        Route(f"{prefix}/predictions", list_predictions, methods=["GET"]),
+        Route(prefix + "/models/{owner}/{name}/predictions", create, methods=["POST"]),
+        Route(prefix + "/predictions/{id}", get, methods=["GET"]),
+        Route(prefix + "/predictions/{id}/cancel", cancel, methods=["POST"]),
+        Route(f"{prefix}/webhooks/default/secret", secret, methods=["GET"]),
+    ]
+
+
+app = Starlette(routes=[
+    *_routes("/v1"),
+    Route("/files/{id}/{name}", files, methods=["GET"]),
+    Route("/_sim/{op}", control, methods=["GET", "POST"]),
+])

@@ -1,0 +1,198 @@
+"""The poll pool: one short job per look at a prediction, and the one way a prediction ends.
+
+A poll job never waits: it GETs the prediction once and, if it is still running, enqueues the
+next poll deferred (backoff ~1 s → ``poll_cap_seconds``, jittered; a 429's Retry-After wins)
+under a new job id, ``<job_id>:poll:<n>`` (arq will not re-enqueue an id whose result it
+still keeps). ``syncnode:poll:<job_id>`` names the latest link so the sweeper can tell a
+chain that was lost (``sweep_predictions``). Webhooks enqueue a one-off ``chain=False`` poll,
+so both paths go through :func:`finalize`, and ``complete`` / ``finish_unpaid`` only change a
+task that is not terminal yet: whatever arrives late or twice, the first terminal status stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from jobs import keys
+from jobs.names import MEDIA_POLL
+from jobs.queue import Job
+from storage.predictions import PredictionRepository
+from storage.status import PUBLIC_STATUS
+from storage.tasks import TERMINAL
+from workers.context import WorkerContext, wctx
+from workers.hosting import rehost
+from workers.providers import replicate
+from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
+from workers.providers.http import call
+from workers.runner import announce, finish_failed
+
+log = logging.getLogger("syncnode.poll")
+
+_FINISH_LOCK_S = 900
+
+
+def backoff(w: WorkerContext, n: int) -> float:
+    s = w.settings
+    return min(s.poll_cap_seconds, s.poll_first_seconds * 1.6 ** n) * random.uniform(0.8, 1.2)
+
+
+async def schedule_poll(w: WorkerContext, job_id: str, n: int, delay_s: float, tag: str = "poll") -> None:
+    poll_id = f"{job_id}:{tag}:{n}"
+    await w.queue.enqueue(Job("poll", MEDIA_POLL, poll_id, (job_id, n, True), defer_ms=int(delay_s * 1000)))
+    # Only after the next link exists: the sweeper reads this to find chains that broke.
+    await w.redis.set(keys.poll_chain(job_id), poll_id, ex=w.settings.prediction_deadline_seconds + 3600)
+
+
+async def _publish_done(w: WorkerContext, job_id: str, row: asyncpg.Record, output: Any,
+                        hosting_error: str | None) -> None:
+    await w.status.publish(job_id, {
+        "status": "completed", "output": output, "error": hosting_error, "task_id": row["id"],
+        "model": row["model"], "cost_micros": row["cost_micros"], "updated_at": row["updated_at"].isoformat(),
+    })
+
+
+async def finalize(w: WorkerContext, job_id: str, uid: str, pred: dict[str, Any], key: str) -> str:
+    """Turn a terminal prediction into the task's terminal state (at most once)."""
+    status = pred.get("status")
+    if status == "succeeded":
+        output, hosting_error = await rehost(w, uid, job_id, pred.get("output"), key)
+        row = await PredictionRepository(w.db).complete(job_id, output, hosting_error)
+        if row is None:
+            await announce(w, job_id)
+            return "duplicate"
+        await _publish_done(w, job_id, row, output, hosting_error)
+        return "completed"
+    if status == "canceled":
+        await finish_failed(w, job_id, "Canceled", status="canceled")
+        return "canceled"
+    error = pred.get("error") or ("The prediction was aborted before it started" if status == "aborted"
+                                  else "The prediction failed")
+    await finish_failed(w, job_id, f"Replicate: {error}", client_error=True)
+    return "failed"
+
+
+async def cancel_prediction(w: WorkerContext, key: str, prediction_id: str) -> None:
+    s = w.settings
+    try:
+        await call(replicate.PROVIDER, lambda: replicate.cancel(w.http["Replicate"], key, prediction_id),
+                   max_retries=s.provider_max_retries, retry_after_cap=s.provider_retry_after_cap_seconds,
+                   metrics=w.metrics)
+    except ProviderError as e:  # the task ends anyway; Cancel-After stops it at Replicate too
+        log.warning("cancel of prediction %s failed: %s", prediction_id, e)
+
+
+async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool) -> str:
+    repo = PredictionRepository(w.db)
+    st = await repo.state(job_id)
+    if st is None or st["status"] in TERMINAL or st["provider_id"] is None:
+        return "done"
+    if st["ciphertext"] is None:
+        await finish_failed(w, job_id, "The replicate_key was removed while the prediction ran",
+                            client_error=True)
+        return "failed"
+    key = w.box.decrypt(st["ciphertext"])
+    deadline = st["created_at"].timestamp() + w.settings.prediction_deadline_seconds
+    if time.time() > deadline:
+        await cancel_prediction(w, key, st["provider_id"])
+        await finish_failed(w, job_id, f"The prediction did not finish within "
+                                       f"{w.settings.prediction_deadline_seconds} s; it was canceled")
+        return "deadline"
+    try:
+        pred = await replicate.get(w.http["Replicate"], key, st["provider_id"])
+    except ProviderRejected as e:
+        await finish_failed(w, job_id, str(e), client_error=True)
+        return "failed"
+    except Exception as e:  # 429, 5xx, network: try again later, the deadline still holds
+        wait = e.retry_after if isinstance(e, ProviderRetryable) and e.retry_after is not None else None
+        log.info("poll of %s failed (%s); next in %s", job_id, e, wait or "backoff")
+        if chain:
+            await schedule_poll(w, job_id, n + 1, (wait + random.uniform(0, 0.5)) if wait else backoff(w, n))
+        return "retry"
+    status = str(pred.get("status"))
+    if status in replicate.TERMINAL:
+        return await _finish_locked(w, job_id, st["uid"], pred, key, n, chain)
+    if st["cancel_requested"]:
+        await cancel_prediction(w, key, st["provider_id"])
+        await finish_failed(w, job_id, "Canceled by the user", status="canceled")
+        return "canceled"
+    if status != st["provider_status"]:
+        await repo.polled(job_id, status)
+        await w.status.publish(job_id, {"status": PUBLIC_STATUS["running"], "provider_status": status,
+                                        "updated_at": datetime.now(UTC).isoformat()}, notify=False)
+    if chain:
+        await schedule_poll(w, job_id, n + 1, backoff(w, n))
+    return "pending"
+
+
+async def _finish_locked(w: WorkerContext, job_id: str, uid: str, pred: dict[str, Any], key: str,
+                         n: int, chain: bool) -> str:
+    # Webhook and poll may both see the end: one re-hosts, the other steps aside. A chain link
+    # keeps the chain alive behind the lock in case its holder dies mid-way.
+    lock = keys.finishing(job_id)
+    if not await w.redis.set(lock, "1", nx=True, ex=_FINISH_LOCK_S):
+        if chain:
+            await schedule_poll(w, job_id, n + 1, w.settings.poll_cap_seconds)
+        return "busy"
+    try:
+        return await finalize(w, job_id, uid, pred, key)
+    finally:
+        await w.redis.delete(lock)
+
+
+async def media_poll(ctx: dict[str, Any], job_id: str, n: int = 0, chain: bool = True) -> dict[str, Any]:
+    w = wctx(ctx)
+    start = time.perf_counter()
+    outcome = "failed"
+    try:
+        outcome = await _poll(w, job_id, n, chain)
+    except Exception:
+        log.exception("poll of %s crashed", job_id)
+        if chain:  # never let a bug end the chain silently: the deadline still applies
+            await schedule_poll(w, job_id, n + 1, w.settings.poll_cap_seconds)
+    finally:
+        w.metrics.job(w.pool_name, MEDIA_POLL, outcome, time.perf_counter() - start)
+    return {"outcome": outcome}
+
+
+async def media_cancel(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """Cancel a running prediction at Replicate, then mark the task canceled and refund it."""
+    w = wctx(ctx)
+    st = await PredictionRepository(w.db).state(job_id)
+    if st is None or st["status"] in TERMINAL:
+        await announce(w, job_id)
+        return {"outcome": "done"}
+    if st["provider_id"] is None:
+        # The create job is between its POST and storing the id: it sees the flag and cancels.
+        return {"outcome": "deferred"}
+    if st["ciphertext"] is not None:
+        await cancel_prediction(w, w.box.decrypt(st["ciphertext"]), st["provider_id"])
+    await finish_failed(w, job_id, "Canceled by the user", status="canceled")
+    return {"outcome": "canceled"}
+
+
+async def sweep_predictions(w: WorkerContext) -> int:
+    """Restart the poll chain of running predictions whose chain was lost (Redis flush, bug)."""
+    rows = await PredictionRepository(w.db).running("media", w.settings.sweep_after_seconds, 500)
+    if not rows:
+        return 0
+    async with w.redis.pipeline(transaction=False) as pipe:
+        for r in rows:
+            pipe.get(keys.poll_chain(r["job_id"]))
+        chains = await pipe.execute()
+    restarted = 0
+    for r, chain in zip(rows, chains, strict=True):
+        if chain is not None and await w.queue.state(chain.decode()) == "active":
+            continue
+        again = await w.redis.get(keys.poll_chain(r["job_id"]))
+        if again != chain:
+            continue  # the chain moved on while we looked
+        await schedule_poll(w, r["job_id"], int(time.time()), 0, tag="poll-s")
+        log.warning("restarted the lost poll chain of %s", r["job_id"])
+        restarted += 1
+    return restarted
