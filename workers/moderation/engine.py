@@ -36,6 +36,7 @@ class ModerationEngine:
         self.executor = ThreadPoolExecutor(max_workers=max(1, settings.moderation_threads),
                                            thread_name_prefix="moderation")
         self.client: httpx.AsyncClient | None = None
+        self.loaded = False
         if self.key:
             self.client = make_client(settings.openai_base_url,
                                       connect_timeout=settings.provider_connect_timeout,
@@ -51,6 +52,7 @@ class ModerationEngine:
         """Load the models (once per process; a second engine finds them loaded)."""
         t0 = time.perf_counter()
         await self._run(self._load)
+        self.loaded = True
         return time.perf_counter() - t0
 
     async def aclose(self) -> None:
