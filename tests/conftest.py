@@ -83,4 +83,5 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-pytest_plugins = ["tests.fixtures.accounts", "tests.fixtures.workers", "tests.fixtures.moderation", "tests.fixtures.media"]
+pytest_plugins = ["tests.fixtures.accounts", "tests.fixtures.workers", "tests.fixtures.moderation",
+                  "tests.fixtures.media"]
