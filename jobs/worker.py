@@ -59,8 +59,11 @@ class SyncNodeWorker(Worker):  # type: ignore[misc]
                 await self._poll_iteration()
                 if self.burst and await self._burst_done():
                     return
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that lands as the event fires, and the worker would then never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+                    async with asyncio.timeout(self.poll_delay_s):
+                        await self._wake.wait()
         finally:
             for t in helpers:
                 t.cancel()

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.servers import ServerThread, start_stack
+from tests.fixtures.servers import JWT_SECRET, JwksServer, ServerThread, start_stack
 
 _STACK: dict[str, Any] = {}
 
@@ -28,6 +28,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
     chat = ServerThread(chat_fake)
     chat.start()
+    jwks = JwksServer()
+    jwks.start()
     os.environ.update({
         "DATABASE_URL": pg.dsn, "REDIS_URL": rd.url, "SYNCNODE_DATA_DIR": str(tmp / "data"),
         "SYNCNODE_MASTER_KEY": "test-master-key", "SYNCNODE_ADMIN_TOKEN": "test-admin-token",
@@ -35,8 +37,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "SYNCNODE_JOB_LEASE_SECONDS": "2", "SYNCNODE_SWEEP_AFTER_SECONDS": "1",
         "SYNCNODE_SWEEP_INTERVAL_SECONDS": "1", "SYNCNODE_SYNC_TIMEOUT_SECONDS": "10",
         "SYNCNODE_PUBLIC_URL": "http://gateway.test",
+        "SUPABASE_JWT_SECRET": JWT_SECRET, "SUPABASE_JWKS_URL": jwks.url + "/auth/v1/.well-known/jwks.json",
     })
-    _STACK.update(tmp=tmp, pg=pg, redis=rd, chat=chat)
+    _STACK.update(tmp=tmp, pg=pg, redis=rd, chat=chat, jwks=jwks,
+                  jwt={"secret": JWT_SECRET, "private_key": jwks.private_key, "kid": jwks.kid})
     import asyncio
 
     from storage.migrate import migrate
@@ -45,7 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for name in ("chat",):
+    for name in ("chat", "jwks"):
         if name in _STACK:
             _STACK[name].stop()
     for name in ("redis", "pg"):
@@ -85,3 +89,8 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 pytest_plugins = ["tests.fixtures.accounts", "tests.fixtures.workers", "tests.fixtures.moderation",
                   "tests.fixtures.media"]
+
+
+@pytest.fixture(scope="session")
+def jwt_keys() -> dict[str, Any]:
+    return dict(_STACK["jwt"])

@@ -75,4 +75,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await asyncio.gather(*w.background, return_exceptions=True)
     for c in w.http.values():
         await c.aclose()
-    await w.db.close()
+    try:
+        await asyncio.wait_for(w.db.close(), 10)
+    except TimeoutError:
+        w.db.terminate()
