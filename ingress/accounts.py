@@ -20,6 +20,7 @@ from jobs.errors import BadRequest, Forbidden, NotFound
 from jobs.names import PROVIDER_KEY_NAMES
 from jobs.settings import to_dollars, to_micros
 from storage.accounts import AccountRepository
+from storage.db import Conn
 from storage.ledger import LedgerRepository
 from storage.secrets import hash_api_key, mask, new_api_key
 
@@ -38,7 +39,7 @@ def _require_admin(st: AppState, request: Request) -> None:
         raise Forbidden("Admin token required: 'Authorization: Bearer <SYNCNODE_ADMIN_TOKEN>'")
 
 
-async def create_account(db: asyncpg.Pool | asyncpg.Connection, email: str | None,
+async def create_account(db: Conn, email: str | None,
                          grant: Decimal) -> dict[str, Any]:
     """Shared by POST /accounts and `syncnode accounts create`."""
     uid, key = str(uuid.uuid4()), new_api_key()

@@ -11,8 +11,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from ingress import accounts, chat, health, moderation, tasks
-from ingress import cancel, files, media, storage_config, webhooks
+from ingress import accounts, cancel, chat, files, health, media, moderation, storage_config, tasks, webhooks
 from ingress.auth import Authenticator
 from ingress.errors import HANDLERS
 from ingress.metrics import RequestMetrics, metrics
@@ -82,6 +81,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=ROUTES,
         middleware=[Middleware(RequestMetrics)],
-        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

@@ -9,7 +9,7 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,7 +34,7 @@ def _database(s: Settings) -> Iterator[str]:
         pg.stop()
 
 
-def _run(coro_fn: Callable[[str], Awaitable[Any]]) -> Any:
+def _run(coro_fn: Callable[[str], Coroutine[Any, Any, Any]]) -> Any:
     with _database(get_settings()) as dsn:
         return asyncio.run(coro_fn(dsn))
 

@@ -58,8 +58,8 @@ class _Snapshot(Collector):
 
     def collect(self) -> Iterator[Metric]:
         g = GaugeMetricFamily("syncnode_queue_depth", "Jobs waiting or running, per pool", labels=["pool"])
-        for pool, n in self.depths.items():
-            g.add_metric([pool], n)
+        for pool, depth in self.depths.items():
+            g.add_metric([pool], depth)
         yield g
         jobs = CounterMetricFamily("syncnode_jobs", "Jobs finished by workers",
                                    labels=["pool", "function", "outcome"])
@@ -78,7 +78,7 @@ class _Snapshot(Collector):
         d = self.snap[DURATION]
         pools = {f.split("|")[0] for f in d}
         for pool in sorted(pools):
-            acc, buckets = 0.0, []
+            acc, buckets = 0.0, list[tuple[str, float]]()
             for le in [*map(str, BUCKETS), "+Inf"]:
                 acc += d.get(f"{pool}|{le}", 0.0)
                 buckets.append((le, acc))

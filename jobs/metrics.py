@@ -28,7 +28,7 @@ PROVIDER_ERRORS = keys.metrics("provider_errors")  # field "provider|kind" → c
 class WorkerMetrics:
     def __init__(self) -> None:
         self._ints: dict[str, Counter[str]] = {JOBS: Counter(), DURATION: Counter(), PROVIDER_ERRORS: Counter()}
-        self._sums: Counter[str] = Counter()
+        self._sums: dict[str, float] = {}
 
     def job(self, pool: str, function: str, outcome: str, seconds: float) -> None:
         self._ints[JOBS][f"{pool}|{function}|{outcome}"] += 1
@@ -36,7 +36,7 @@ class WorkerMetrics:
         le = str(BUCKETS[i]) if i < len(BUCKETS) else "+Inf"
         self._ints[DURATION][f"{pool}|{le}"] += 1
         self._ints[DURATION][f"{pool}|count"] += 1
-        self._sums[f"{pool}|sum"] += seconds
+        self._sums[f"{pool}|sum"] = self._sums.get(f"{pool}|sum", 0.0) + seconds
 
     def provider_error(self, provider: str, kind: str) -> None:
         self._ints[PROVIDER_ERRORS][f"{provider}|{kind}"] += 1
@@ -47,7 +47,7 @@ class WorkerMetrics:
         if not ints and not sums:
             return
         self._ints = {JOBS: Counter(), DURATION: Counter(), PROVIDER_ERRORS: Counter()}
-        self._sums = Counter()
+        self._sums = {}
         async with redis.pipeline(transaction=False) as pipe:
             for key, counts in ints.items():
                 for field, n in counts.items():

@@ -17,15 +17,15 @@ import contextlib
 import logging
 from typing import Any
 
-from arq.connections import create_pool
-from arq.worker import Worker, log_redis_info
+from arq.connections import create_pool, log_redis_info
+from arq.worker import Worker
 
 from jobs import keys
 
 log = logging.getLogger("syncnode.worker")
 
 
-class SyncNodeWorker(Worker):  # type: ignore[misc]
+class SyncNodeWorker(Worker):
     def __init__(self, *args: Any, pool_name: str, lease_seconds: float = 15.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pool_name = pool_name

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
-
-Conn = asyncpg.Connection | asyncpg.Pool
+from storage.db import Conn
 
 
 class AccountRepository:

@@ -6,6 +6,10 @@ from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
+
+# What a repository runs its SQL on: the pool (autocommit), or a connection inside a transaction.
+Conn = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 
 
 async def _init(conn: asyncpg.Connection) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-Conn = asyncpg.Connection | asyncpg.Pool
+from storage.db import Conn
 
 TERMINAL = ("completed", "failed", "canceled")
 
