@@ -4,6 +4,8 @@
   every enqueue; an idle worker BLPOPs it and starts the job within a millisecond or two.
   ``poll_delay`` stays as a backstop (deferred jobs, lost tokens), so idle Redis traffic is
   one BLPOP per poll_delay instead of a ZRANGEBYSCORE every few milliseconds.
+* One round trip to claim a job: arq claims with WATCH / EXISTS / ZSCORE / MULTI-PSETEX-EXEC
+  (three round trips and a watched connection); a Lua script does the same checks atomically.
 * A lease with a heartbeat: arq holds ``arq:in-progress:<id>`` for the largest job timeout
   + 10 s, so a job on a worker that was killed is re-run only that much later. Here the key
   lives ``lease`` seconds and the worker renews it while the job runs; a dead worker's job is
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from arq.connections import create_pool, log_redis_info
@@ -24,6 +27,16 @@ from jobs import keys
 
 log = logging.getLogger("syncnode.worker")
 
+# The same rule as arq's start_jobs: skip a job another worker holds, or one that is no longer
+# queued, or one deferred into the future; otherwise take its lock. Returns the score or -1.
+_CLAIM_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return -1 end
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+return math.floor(tonumber(score))
+"""
+
 
 class SyncNodeWorker(Worker):
     def __init__(self, *args: Any, pool_name: str, lease_seconds: float = 15.0, **kwargs: Any) -> None:
@@ -32,6 +45,29 @@ class SyncNodeWorker(Worker):
         self.lease_seconds = lease_seconds
         self.in_progress_timeout_s = lease_seconds
         self._wake = asyncio.Event()
+        self._claim: Any = None
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        if self._claim is None:
+            self._claim = self.pool.register_script(_CLAIM_LUA)
+        claim = self._claim
+        lease_ms = int(self.lease_seconds * 1000)
+        for job_id_b in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = job_id_b.decode()
+            score = await claim(keys=[keys.in_progress_key_prefix + job_id, self.queue_name],
+                                args=[job_id, int(time.time() * 1000), lease_ms])
+            if int(score) < 0:
+                self.job_counter -= 1
+                self.sem.release()
+                continue
+            t = self.loop.create_task(self.run_job(job_id, int(score)))
+            t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = t
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

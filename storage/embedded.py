@@ -116,7 +116,7 @@ class EmbeddedPostgres:
                                 "--auth=trust", "--no-sync", "-E", "UTF8"], capture_output=True, **_as(user))
             if r.returncode != 0:
                 raise RuntimeError(f"initdb failed: {r.stderr.decode(errors='replace')[-500:]}")
-        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 (lives as long as the server)
+        log = open(self.data_dir / "server.log", "ab")
         self.proc = subprocess.Popen(
             [str(bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
              "-k", str(self.data_dir), "-c", "listen_addresses=127.0.0.1",
@@ -173,7 +173,7 @@ class EmbeddedRedis:
                 "--daemonize", "no", "--protected-mode", "no", "--maxclients", "10000"]
         # Dev keeps queued jobs across restarts (AOF); tests and benchmarks keep nothing.
         args += ["--appendonly", "yes", "--save", "60 1"] if self.persist else ["--appendonly", "no", "--save", ""]
-        log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115
+        log = open(self.data_dir / "redis.log", "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
         _wait_port(self.port, self.proc, "Redis")
         return self.url

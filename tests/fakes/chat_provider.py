@@ -13,6 +13,7 @@ Every call is recorded (``GET /_calls``), with the Authorization header it carri
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from typing import Any
@@ -23,6 +24,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 CALLS: list[dict[str, Any]] = []
+# Benchmarks turn recording off: a long run would otherwise grow this list without bound.
+RECORD = os.environ.get("FAKE_PROVIDER_RECORD", "1") != "0"
 _seen: Counter[str] = Counter()
 
 
@@ -46,8 +49,9 @@ async def chat_completions(request: Request) -> Response:
     body = await request.json()
     model = str(body.get("model", ""))
     prompt = str(body.get("messages", [{}])[-1].get("content", ""))
-    CALLS.append({"model": model, "auth": request.headers.get("authorization"), "body": body,
-                  "at": time.time()})
+    if RECORD:
+        CALLS.append({"model": model, "auth": request.headers.get("authorization"), "body": body,
+                      "at": time.time()})
     if not request.headers.get("authorization", "").startswith("Bearer "):
         return _error(401, "No auth credentials found", "invalid_request_error", 401)
     if model == "fail-500":
