@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     provider_connect_timeout: float = 5.0
     provider_read_timeout: float = 120.0
     provider_retry_after_cap_seconds: float = 20.0
-    status_ttl_seconds: int = 7 * 24 * 3600
+    # The Redis copy of a task status is a cache; Postgres keeps the record.
+    status_ttl_seconds: int = 24 * 3600
 
     # Media (Replicate predictions, docs/media.md).
     # xiankgx/face-swap names its inputs local_source/local_target; the map renames ours to its.
