@@ -25,8 +25,8 @@ async def _task(app: Any, job_id: str) -> Any:
 
 async def _refunds(app: Any, job_id: str) -> int:
     return int(await app.state.sn.db.fetchval(
-        "SELECT count(*) FROM ledger l JOIN tasks t ON t.id = l.task_id WHERE t.job_id = $1 AND l.kind = 'refund'",
-        job_id))
+        "SELECT count(*) FROM ledger l JOIN tasks t ON t.id = l.task_id "
+        "WHERE t.job_id = $1 AND l.kind = 'refund'", job_id))
 
 
 async def _deliver(client: httpx.AsyncClient, msg: dict[str, Any], **override: str) -> httpx.Response:
@@ -44,8 +44,9 @@ async def _creates(sim: Sim, n: int = 1) -> list[dict[str, Any]]:
 
 
 async def _outbox(sim: Sim, n: int = 1) -> list[dict[str, Any]]:
-    for _ in range(200):
-        out = await sim.outbox()
+    out: list[dict[str, Any]] = []
+    for _ in range(400):
+        out += await sim.outbox()  # reading drains it
         if len(out) >= n:
             return out
         await asyncio.sleep(0.05)
@@ -156,13 +157,13 @@ async def test_sweeper_restarts_a_lost_poll_chain(client: httpx.AsyncClient, rep
 
     media = await start_inprocess_worker("media")
     job = await generate(client, replicate_account, "owner/model", {"sim": {"output": "text"}})
-    for _ in range(100):
-        if (await _task(app, job))["status"] == "running":
+    redis = app.state.sn.redis
+    for _ in range(200):
+        if (raw := await redis.get(keys.poll_chain(job))) is not None:
             break
         await asyncio.sleep(0.05)
     # Lose the chain: the poll job vanishes from Redis before any poll worker saw it.
-    redis = app.state.sn.redis
-    chain = (await redis.get(keys.poll_chain(job))).decode()
+    chain = raw.decode()
     assert await app.state.sn.queue.remove("poll", chain)
     poll = await start_inprocess_worker("poll")
     try:
