@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,6 +99,7 @@ class Stack:
                 p.kill()
         self.redis.stop()
         self.pg.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def cpu_seconds(procs: list[psutil.Process]) -> dict[int, float]:
