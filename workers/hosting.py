@@ -86,7 +86,7 @@ def hosting_client(w: WorkerContext) -> httpx.AsyncClient:
         s = w.settings
         c = w.http[_HOSTING_CLIENT] = make_client(
             "", connect_timeout=s.provider_connect_timeout, read_timeout=s.hosting_timeout_seconds,
-            max_connections=50)
+            max_connections=s.poll_concurrency)
     return c
 
 
