@@ -17,11 +17,13 @@ from ingress.errors import HANDLERS
 from ingress.metrics import RequestMetrics, metrics
 from ingress.openapi import openapi
 from ingress.state import AppState
+from jobs.batch import Combiner
 from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings
 from storage.db import create_pool
 from storage.secrets import SecretBox
 from storage.status import StatusStore
+from storage.tasks import TaskRepository
 
 ROUTES = [
     # The reference's API.
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             status=StatusStore(redis, settings.status_ttl_seconds),
             box=SecretBox(settings.master_key_value()),
             auth=Authenticator(settings, db),
+            charges=Combiner(lambda uid, items: TaskRepository(db).charge_many(uid, items)),
         )
         try:
             yield

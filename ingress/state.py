@@ -9,10 +9,12 @@ import asyncpg
 from redis.asyncio import Redis
 from starlette.requests import Request
 
+from jobs.batch import Combiner
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from storage.secrets import SecretBox
 from storage.status import StatusStore
+from storage.tasks import ChargeOutcome, NewTask
 
 if TYPE_CHECKING:
     from ingress.auth import Authenticator
@@ -27,6 +29,8 @@ class AppState:
     status: StatusStore
     box: SecretBox
     auth: Authenticator
+    # Charges without an Idempotency-Key, combined per account (one statement per batch).
+    charges: Combiner[str, NewTask, ChargeOutcome]
 
 
 def state(request: Request) -> AppState:

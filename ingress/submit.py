@@ -66,7 +66,10 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
                   prompt=prompt, request=request, cost_micros=price, key_name=kind.key_name,
                   idempotency_key=idempotency_key, request_hash=request_hash)
     try:
-        outcome = await repo.charge_and_create(new)
+        if idempotency_key is None:
+            outcome = await st.charges.submit(who.uid, new)
+        else:
+            outcome = await repo.charge_and_create(new)
     except asyncpg.UniqueViolationError:
         # Another request with the same Idempotency-Key committed first: answer as its replay.
         prior = await repo.by_idempotency_key(who.uid, idempotency_key or "")

@@ -4,8 +4,9 @@
   every enqueue; an idle worker BLPOPs it and starts the job within a millisecond or two.
   ``poll_delay`` stays as a backstop (deferred jobs, lost tokens), so idle Redis traffic is
   one BLPOP per poll_delay instead of a ZRANGEBYSCORE every few milliseconds.
-* One round trip to claim a job: arq claims with WATCH / EXISTS / ZSCORE / MULTI-PSETEX-EXEC
-  (three round trips and a watched connection); a Lua script does the same checks atomically.
+* One round trip to take jobs: arq reads the queue, then claims each job with WATCH / EXISTS /
+  ZSCORE / MULTI-PSETEX-EXEC (three round trips and a watched connection per job); a Lua script
+  does the read and every claim atomically.
 * A lease with a heartbeat: arq holds ``arq:in-progress:<id>`` for the largest job timeout
   + 10 s, so a job on a worker that was killed is re-run only that much later. Here the key
   lives ``lease`` seconds and the worker renews it while the job runs; a dead worker's job is
@@ -27,14 +28,23 @@ from jobs import keys
 
 log = logging.getLogger("syncnode.worker")
 
-# The same rule as arq's start_jobs: skip a job another worker holds, or one that is no longer
-# queued, or one deferred into the future; otherwise take its lock. Returns the score or -1.
+# arq's rule for taking a job (not held by another worker, still queued, due now), applied to
+# the due jobs at the head of the queue in one script: returns id, score pairs it locked.
+# KEYS[1] queue; ARGV: now ms, how many to look at, how many to take, lease ms, lock prefix.
 _CLAIM_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return -1 end
-redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-return math.floor(tonumber(score))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+local out = {}
+local want = tonumber(ARGV[3])
+for i = 1, #due, 2 do
+  if #out >= 2 * want then break end
+  local lock = ARGV[5] .. due[i]
+  if redis.call('EXISTS', lock) == 0 then
+    redis.call('PSETEX', lock, ARGV[4], '1')
+    out[#out + 1] = due[i]
+    out[#out + 1] = due[i + 1]
+  end
+end
+return out
 """
 
 
@@ -47,32 +57,40 @@ class SyncNodeWorker(Worker):
         self._wake = asyncio.Event()
         self._claim: Any = None
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        if self._claim is None:
-            self._claim = self.pool.register_script(_CLAIM_LUA)
-        claim = self._claim
-        lease_ms = int(self.lease_seconds * 1000)
-        for job_id_b in job_ids:
-            await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
-                self.sem.release()
-                return
-            self.job_counter += 1
-            job_id = job_id_b.decode()
-            score = await claim(keys=[keys.in_progress_key_prefix + job_id, self.queue_name],
-                                args=[job_id, int(time.time() * 1000), lease_ms])
-            if int(score) < 0:
-                self.job_counter -= 1
-                self.sem.release()
-                continue
-            t = self.loop.create_task(self.run_job(job_id, int(score)))
-            t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = t
+    async def _poll_iteration(self) -> None:
+        """arq's poll iteration, with the queue read and every claim in one round trip."""
+        free = self.max_jobs - self.job_counter
+        if self.burst and self.max_burst_jobs >= 0:
+            free = min(free, self.max_burst_jobs - self._jobs_started())
+        if self.allow_pick_jobs and free > 0:
+            if self._claim is None:
+                self._claim = self.pool.register_script(_CLAIM_LUA)
+            claimed = await self._claim(
+                keys=[self.queue_name],
+                args=[int(time.time() * 1000), self.queue_read_limit, free, int(self.lease_seconds * 1000),
+                      keys.in_progress_key_prefix])
+            for i in range(0, len(claimed), 2):
+                await self.sem.acquire()
+                self.job_counter += 1
+                job_id = claimed[i].decode()
+                t = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+                t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = t
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
+        for job_id, t in list(self.tasks.items()):
+            if t.done():
+                del self.tasks[job_id]
+                t.result()  # surface errors from run_job, as arq does
+        await self.heart_beat()
 
     def _release_sem_dec_counter_on_complete(self) -> None:
+        full = self.job_counter >= self.max_jobs
         super()._release_sem_dec_counter_on_complete()
-        # A freed slot may take a job that is already waiting: look now, not at the next poll.
-        self._wake.set()
+        if full:
+            # Jobs may have been left waiting while every slot was taken: look now, not at the
+            # next poll. (Below capacity, every job already got its own wake-up.)
+            self._wake.set()
 
     async def main(self) -> None:
         if self._pool is None:

@@ -125,6 +125,13 @@ class EmbeddedPostgres:
             stdout=log, stderr=log, start_new_session=True, **_as(user),
         )
         _wait_port(self.port, self.proc, "Postgres")
+        # The port opens before recovery/start-up ends ("the database system is starting up").
+        deadline = time.monotonic() + 60
+        while subprocess.run([str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+                             check=False).returncode != 0:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"Postgres did not become ready (log: {self.data_dir / 'server.log'})")
+            time.sleep(0.05)
         return self.dsn
 
     def _pid_alive(self) -> bool:

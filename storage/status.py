@@ -38,6 +38,18 @@ class StatusStore:
 
         ``result`` holds status (public spelling), output, error and anything a waiter needs.
         """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._queue_publish(pipe, job_id, result, notify)
+            await pipe.execute()
+
+    async def publish_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Final statuses of several tasks in one pipeline (one round trip)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, result in items:
+                self._queue_publish(pipe, job_id, result, True)
+            await pipe.execute()
+
+    def _queue_publish(self, pipe: Any, job_id: str, result: dict[str, Any], notify: bool) -> None:
         fields = {
             "status": result["status"],
             "output": dumps(result.get("output")),
@@ -46,13 +58,11 @@ class StatusStore:
         }
         if "provider_status" in result:
             fields["provider_status"] = str(result["provider_status"])
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.task_status(job_id), mapping=fields)
-            pipe.expire(keys.task_status(job_id), self.ttl)
-            if notify:
-                pipe.rpush(keys.done(job_id), dumps(result))
-                pipe.expire(keys.done(job_id), DONE_TTL_SECONDS)
-            await pipe.execute()
+        pipe.hset(keys.task_status(job_id), mapping=fields)
+        pipe.expire(keys.task_status(job_id), self.ttl)
+        if notify:
+            pipe.rpush(keys.done(job_id), dumps(result))
+            pipe.expire(keys.done(job_id), DONE_TTL_SECONDS)
 
     async def read(self, job_id: str) -> dict[str, Any] | None:
         raw = await self.redis.hgetall(keys.task_status(job_id))

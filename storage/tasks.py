@@ -77,6 +77,49 @@ class TaskRepository:
         assert row is not None
         return ChargeOutcome(row["task_id"], row["account_exists"], row["has_key"])
 
+    async def charge_many(self, uid: str, items: list[NewTask]) -> list[ChargeOutcome]:
+        """``charge_and_create`` for several tasks of one account in one statement.
+
+        Tasks are taken in order while the balance covers them (running sum), so a batch can
+        part-succeed exactly as the same requests one by one would. No idempotency keys here:
+        one conflicting key would abort the whole batch (those requests use the single path).
+        """
+        rows = await self.conn.fetch(
+            """
+            WITH req AS (
+                SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                     $7::jsonb[], $8::bigint[], $9::text[])
+                    WITH ORDINALITY AS r(job_id, kind, pool, model, prompt, request, cost, key_name, ord)
+            ), keyed AS (
+                SELECT req.*, (key_name IS NULL OR EXISTS (
+                    SELECT 1 FROM provider_keys pk WHERE pk.uid = $1 AND pk.name = req.key_name)) AS has_key
+                FROM req
+            ), acct AS (
+                SELECT balance_micros FROM accounts WHERE uid = $1 FOR UPDATE
+            ), fit AS (
+                SELECT keyed.*, sum(cost) FILTER (WHERE has_key) OVER (ORDER BY ord) AS running FROM keyed
+            ), ok AS (
+                SELECT fit.* FROM fit, acct WHERE fit.has_key AND fit.running <= acct.balance_micros
+            ), a AS (
+                UPDATE accounts SET balance_micros = balance_micros - (SELECT sum(cost) FROM ok)
+                WHERE uid = $1 AND EXISTS (SELECT 1 FROM ok)
+            ), t AS (
+                INSERT INTO tasks (job_id, uid, kind, pool, model, prompt, request, cost_micros)
+                SELECT job_id, $1, kind, pool, model, prompt, request, cost FROM ok ORDER BY ord
+                RETURNING id, job_id, cost_micros
+            ), l AS (
+                INSERT INTO ledger (uid, amount_micros, kind, task_id)
+                SELECT $1, -cost_micros, 'charge', id FROM t
+            )
+            SELECT keyed.ord, keyed.has_key, t.id AS task_id, EXISTS (SELECT 1 FROM acct) AS account_exists
+            FROM keyed LEFT JOIN t USING (job_id) ORDER BY keyed.ord
+            """,
+            uid, [i.job_id for i in items], [i.kind for i in items], [i.pool for i in items],
+            [i.model for i in items], [i.prompt for i in items], [i.request for i in items],
+            [i.cost_micros for i in items], [i.key_name for i in items],
+        )
+        return [ChargeOutcome(r["task_id"], r["account_exists"], r["has_key"]) for r in rows]
+
     async def by_idempotency_key(self, uid: str, key: str) -> asyncpg.Record | None:
         return await self.conn.fetchrow(
             "SELECT * FROM tasks WHERE uid = $1 AND idempotency_key = $2", uid, key
@@ -96,6 +139,30 @@ class TaskRepository:
             """,
             job_id, key_name,
         )
+
+    async def for_worker_many(self, job_ids: list[str], key_name: str | None) -> list[asyncpg.Record]:
+        """``for_worker`` for several jobs in one round trip (rows carry their job_id)."""
+        return list(await self.conn.fetch(
+            """
+            SELECT t.job_id, t.id, t.uid, t.kind, t.model, t.request, t.status, t.provider_id,
+                   t.cost_micros, t.created_at, pk.ciphertext
+            FROM tasks t LEFT JOIN provider_keys pk ON pk.uid = t.uid AND pk.name = $2
+            WHERE t.job_id = ANY($1::text[])
+            """,
+            job_ids, key_name,
+        ))
+
+    async def complete_many(self, items: list[tuple[str, Any]]) -> list[asyncpg.Record]:
+        """``complete`` for several tasks in one statement; returns the rows it finished."""
+        return list(await self.conn.fetch(
+            """
+            UPDATE tasks t SET status = 'completed', output = v.output, updated_at = now()
+            FROM unnest($1::text[], $2::jsonb[]) AS v(job_id, output)
+            WHERE t.job_id = v.job_id AND t.status NOT IN ('completed', 'failed', 'canceled')
+            RETURNING t.job_id, t.id, t.uid, t.model, t.cost_micros, t.updated_at
+            """,
+            [job_id for job_id, _ in items], [output for _, output in items],
+        ))
 
     async def complete(self, job_id: str, output: Any) -> asyncpg.Record | None:
         """Mark completed unless already terminal (a re-run job finishes a task at most once)."""

@@ -11,12 +11,14 @@ import asyncpg
 import httpx
 from redis.asyncio import Redis
 
+from jobs.batch import Combiner
 from jobs.metrics import WorkerMetrics
 from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings
 from storage.db import create_pool
 from storage.secrets import SecretBox
 from storage.status import StatusStore
+from storage.tasks import TaskRepository
 from workers.providers.http import make_client
 
 
@@ -32,6 +34,28 @@ class WorkerContext:
     metrics: WorkerMetrics
     http: dict[str, httpx.AsyncClient] = field(default_factory=dict)
     background: list[asyncio.Task[Any]] = field(default_factory=list)
+    # A busy worker reads, finishes and announces its tasks in batches (see jobs/batch.py):
+    # one statement / one pipeline for every job that reached that step meanwhile.
+    reads: Combiner[str | None, str, asyncpg.Record | None] = field(init=False)
+    completions: Combiner[str, tuple[str, Any], asyncpg.Record | None] = field(init=False)
+    announcements: Combiner[str, tuple[str, dict[str, Any]], None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        async def read(key_name: str | None, job_ids: list[str]) -> list[asyncpg.Record | None]:
+            rows = {r["job_id"]: r for r in await TaskRepository(self.db).for_worker_many(job_ids, key_name)}
+            return [rows.get(j) for j in job_ids]
+
+        async def complete(_: str, items: list[tuple[str, Any]]) -> list[asyncpg.Record | None]:
+            rows = {r["job_id"]: r for r in await TaskRepository(self.db).complete_many(items)}
+            return [rows.get(job_id) for job_id, _ in items]
+
+        async def announce(_: str, items: list[tuple[str, dict[str, Any]]]) -> list[None]:
+            await self.status.publish_many(items)
+            return [None] * len(items)
+
+        self.reads = Combiner(read)
+        self.completions = Combiner(complete)
+        self.announcements = Combiner(announce)
 
 
 def wctx(ctx: dict[str, Any]) -> WorkerContext:

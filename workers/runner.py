@@ -65,8 +65,7 @@ async def run_task(w: WorkerContext, function: str, job_id: str, key_name: str |
 
 
 async def _run(w: WorkerContext, job_id: str, key_name: str | None, work: Work) -> str:
-    repo = TaskRepository(w.db)
-    row = await repo.for_worker(job_id, key_name)
+    row = await w.reads.submit(key_name, job_id)
     if row is None:
         log.warning("job %s has no task row; dropped", job_id)
         return "missing"
@@ -93,9 +92,9 @@ async def _run(w: WorkerContext, job_id: str, key_name: str | None, work: Work) 
         log.exception("job %s crashed", job_id)
         await finish_failed(w, job_id, "Internal error while running the task")
         return "failed"
-    done = await repo.complete(job_id, output)
+    done = await w.completions.submit("", (job_id, output))
     if done is None:
         await announce(w, job_id)  # another run finished it first
         return "duplicate"
-    await w.status.publish(job_id, _result(done, "completed", output, None, done["cost_micros"]))
+    await w.announcements.submit("", (job_id, _result(done, "completed", output, None, done["cost_micros"])))
     return "completed"

@@ -36,6 +36,8 @@ def _common(pool: str, max_jobs: int) -> dict[str, Any]:
         # A finished job's result only serves arq's dedupe and the sweeper: keep it briefly.
         "keep_result": 300,
         "health_check_interval": 30,
+        # Results are not logged: repr() of every result is work nobody reads at this volume.
+        "log_results": False,
         "on_startup": on_startup_for(pool, max_jobs),
         "on_shutdown": on_shutdown,
         "cron_jobs": [cron(sweep, name=f"{SWEEP}:{pool}", second=set(range(0, 60, every)),
