@@ -4,9 +4,15 @@
   every enqueue; an idle worker BLPOPs it and starts the job within a millisecond or two.
   ``poll_delay`` stays as a backstop (deferred jobs, lost tokens), so idle Redis traffic is
   one BLPOP per poll_delay instead of a ZRANGEBYSCORE every few milliseconds.
+* Deferred jobs on time: an enqueue wakes no one for a job that is not runnable yet, so after
+  each look at the queue the worker reads the earliest future score and sleeps until then
+  (at least ``_MIN_SLEEP_S``, at most ``poll_delay``). With only the poll_delay tick, a poll
+  chain's next link started up to a second late, and all of a second's links in one burst.
 * One round trip to take jobs: arq reads the queue, then claims each job with WATCH / EXISTS /
   ZSCORE / MULTI-PSETEX-EXEC (three round trips and a watched connection per job); a Lua script
   does the read and every claim atomically.
+* Finishing in batches: arq ends every job with its own MULTI/EXEC; here the jobs that finish
+  while one such transaction is in flight share the next one (``jobs/batch.py``).
 * A lease with a heartbeat: arq holds ``arq:in-progress:<id>`` for the largest job timeout
   + 10 s, so a job on a worker that was killed is re-run only that much later. Here the key
   lives ``lease`` seconds and the worker renews it while the job runs; a dead worker's job is
@@ -22,11 +28,17 @@ import time
 from typing import Any
 
 from arq.connections import create_pool, log_redis_info
+from arq.constants import abort_jobs_ss
+from arq.utils import to_ms
 from arq.worker import Worker
 
 from jobs import keys
+from jobs.batch import Combiner
 
 log = logging.getLogger("syncnode.worker")
+
+# A stream of jobs falling due is taken in batches this far apart, not one look per job.
+_MIN_SLEEP_S = 0.02
 
 # arq's rule for taking a job (not held by another worker, still queued, due now), applied to
 # the due jobs at the head of the queue in one script: returns id, score pairs it locked.
@@ -56,6 +68,7 @@ class SyncNodeWorker(Worker):
         self.in_progress_timeout_s = lease_seconds
         self._wake = asyncio.Event()
         self._claim: Any = None
+        self._finishes: Combiner[str, tuple[Any, ...], None] = Combiner(self._finish_batch)
 
     async def _poll_iteration(self) -> None:
         """arq's poll iteration, with the queue read and every claim in one round trip."""
@@ -83,6 +96,36 @@ class SyncNodeWorker(Worker):
                 del self.tasks[job_id]
                 t.result()  # surface errors from run_job, as arq does
         await self.heart_beat()
+
+    async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None,
+                         result_timeout_s: float | None, keep_result_forever: bool, incr_score: int | None,
+                         keep_in_progress: float | None) -> None:
+        await self._finishes.submit("", (job_id, finish, result_data, result_timeout_s, keep_result_forever,
+                                         incr_score, keep_in_progress))
+
+    async def _finish_batch(self, _: str, items: list[tuple[Any, ...]]) -> list[None]:
+        # The same commands as arq's finish_job, for every job of the batch in one MULTI/EXEC.
+        async with self.pool.pipeline(transaction=True) as tr:
+            for job_id, finish, result_data, result_timeout_s, forever, incr_score, keep_in_progress in items:
+                lock = keys.in_progress_key_prefix + job_id
+                delete = []
+                if keep_in_progress is None:
+                    delete.append(lock)
+                else:
+                    tr.pexpire(lock, to_ms(keep_in_progress))
+                if finish:
+                    if result_data:
+                        tr.set(keys.result_key_prefix + job_id, result_data,
+                               px=to_ms(None if forever else result_timeout_s))
+                    delete += [keys.retry_key_prefix + job_id, keys.job_key_prefix + job_id]
+                    tr.zrem(abort_jobs_ss, job_id)
+                    tr.zrem(self.queue_name, job_id)
+                elif incr_score:
+                    tr.zincrby(self.queue_name, incr_score, job_id)
+                if delete:
+                    tr.delete(*delete)
+            await tr.execute()
+        return [None] * len(items)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         full = self.job_counter >= self.max_jobs
@@ -115,13 +158,31 @@ class SyncNodeWorker(Worker):
                     return
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                 # that lands as the event fires, and the worker would then never stop.
+                sleep = await self._until_next_due()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_delay_s):
+                    async with asyncio.timeout(sleep):
                         await self._wake.wait()
         finally:
             for t in helpers:
                 t.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _until_next_due(self) -> float:
+        """Seconds until the earliest deferred job is due, within [_MIN_SLEEP_S, poll_delay]."""
+        if self.job_counter >= self.max_jobs:
+            return float(self.poll_delay_s)  # full: a finishing job wakes the loop
+        now = int(time.time() * 1000)
+        try:
+            nxt = await self.pool.zrangebyscore(self.queue_name, min=f"({now}", max="+inf", start=0, num=1,
+                                                withscores=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Redis blip: fall back to the poll_delay backstop
+            log.warning("reading the next due job failed", exc_info=True)
+            return float(self.poll_delay_s)
+        if not nxt:
+            return float(self.poll_delay_s)
+        return float(min(self.poll_delay_s, max(_MIN_SLEEP_S, (nxt[0][1] - now) / 1000)))
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:
