@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from ingress import accounts, cancel, chat, files, health, media, moderation, storage_config, tasks, webhooks
+from ingress import accounts, billing, cancel, chat, files, health, media, moderation, storage_config, tasks, webhooks
 from ingress.auth import Authenticator
 from ingress.errors import HANDLERS
 from ingress.metrics import RequestMetrics, metrics
@@ -40,6 +40,10 @@ ROUTES = [
     Route("/face-swap/run", media.face_swap, methods=["POST"]),
     Route("/face-swap/status", tasks.prediction_status, methods=["GET"]),
     Route("/billing-history", accounts.billing_history, methods=["GET"]),
+    Route("/billing-threshold", billing.get_threshold, methods=["GET"]),
+    Route("/billing-threshold", billing.post_threshold, methods=["POST"]),
+    Route("/card", billing.get_card, methods=["GET"]),
+    Route("/topup_card", billing.topup_card, methods=["POST"]),
     Route("/moderate", moderation.moderate, methods=["POST"]),
     Route("/", moderation.moderate, methods=["POST"]),
     # Added by the CONTRACT.

@@ -80,6 +80,13 @@ class AccountRepository:
         )
         return None if v is None else int(v)
 
+    async def recharge_amount(self, uid: str) -> int | None:
+        v = await self.conn.fetchval("SELECT recharge_amount_micros FROM accounts WHERE uid = $1", uid)
+        return None if v is None else int(v)
+
+    async def set_recharge_amount(self, uid: str, micros: int) -> None:
+        await self.conn.execute("UPDATE accounts SET recharge_amount_micros = $2 WHERE uid = $1", uid, micros)
+
     async def set_provider_keys(self, uid: str, keys: dict[str, tuple[bytes, str] | None]) -> None:
         """Upsert each (ciphertext, masked) pair; a None value deletes that key."""
         conn = self.conn
