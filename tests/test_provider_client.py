@@ -75,3 +75,11 @@ def test_retry_after_parsing() -> None:
     assert retry_after_seconds(httpx.Response(429, headers={"Retry-After": "2.5"})) == 2.5
     assert retry_after_seconds(httpx.Response(429, headers={"Retry-After": "junk"})) is None
     assert retry_after_seconds(httpx.Response(429)) is None
+
+
+async def test_cookies_from_one_call_never_reach_the_next() -> None:
+    c, seen = client_for([httpx.Response(200, headers={"Set-Cookie": "session=user-a"},
+                                         json={"choices": [{"message": {"content": "hi"}}]})])
+    await run(c)
+    await run(c)
+    assert len(seen) == 2 and "cookie" not in seen[1].headers

@@ -22,16 +22,29 @@ from workers.providers.errors import ProviderError, ProviderRejected, ProviderRe
 T = TypeVar("T")
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing.
+
+    One client serves every account's calls to a provider: a cookie set in one user's response
+    must never ride along on another user's request. (Skipping the jar is also cheaper.)
+    """
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
 def make_client(base_url: str, *, connect_timeout: float, read_timeout: float, max_connections: int = 200,
                 transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
                           keepalive_expiry=30)
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout),
         transport=transport or AiohttpTransport(limits=limits),
         headers={"User-Agent": "SyncNode/0.1"},
     )
+    client._cookies = _NoCookies()
+    return client
 
 
 def retry_after_seconds(resp: httpx.Response) -> float | None:
