@@ -3,7 +3,9 @@
 Verified with the Standard Webhooks signature under the secret of the Replicate account that
 created the prediction (stored encrypted on the task); anything else is 401 and ignored. A
 verified event enqueues a one-off poll (``<job_id>:hook:<webhook-id>``, so a redelivered event
-is a no-op) that finishes the task through the same code as polling.
+is a no-op) that finishes the task through the same code as polling. It is enqueued urgent
+(``jobs/queue.py``): ahead of routine polls that are due, so a poll worker that has fallen
+behind its chains still finishes a prediction within moments of its webhook.
 """
 
 from __future__ import annotations
@@ -51,5 +53,6 @@ async def replicate(request: Request) -> Response:
     status = pred.get("status") if isinstance(pred, dict) else None
     if status in _TERMINAL:
         hook_id = request.headers.get("webhook-id", "")
-        await st.queue.enqueue(Job("poll", MEDIA_POLL, f"{job_id}:hook:{hook_id}", (job_id, 0, False)))
+        # Urgent: the user is waiting on this one, and routine polls may be queued ahead of it.
+        await st.queue.enqueue(Job("poll", MEDIA_POLL, f"{job_id}:hook:{hook_id}", (job_id, 0, False), urgent=True))
     return JSON({"ok": True})

@@ -3,7 +3,11 @@ so the queue could be swapped without touching ingress or workers.
 
 An enqueue is one Lua call: it writes ``arq:job:<id>`` exactly as arq's ``enqueue_job`` would
 (skipping ids whose job or result still exists, arq's dedupe rule), adds the id to the pool's
-queue ZSET, seeds the task's status hash and pushes a wake token for the pool's idle workers.
+queue ZSET, seeds the task's status hash and pushes a wake token for the pool's idle workers
+when the job is runnable now, or when it is due before every other deferred job (an idle
+worker sleeps until the earliest one is due, ``jobs/worker.py``, and must plan again). Other
+deferred jobs push none: each token costs a worker a look at the queue, and a poll chain
+enqueues a deferred link per poll.
 A synchronous request pipelines that call with a BLPOP on the task's done list: one round trip.
 """
 
@@ -25,11 +29,19 @@ if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
 end
 redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+local score = tonumber(ARGV[3])
+local wake = score <= tonumber(ARGV[6])
+if not wake then
+  local nxt = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[6], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  wake = #nxt == 0 or tonumber(nxt[2]) > score
+end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-redis.call('LPUSH', KEYS[4], '1')
-redis.call('LTRIM', KEYS[4], 0, 63)
-if #ARGV > 5 and redis.call('EXISTS', KEYS[5]) == 0 then
-  redis.call('HSET', KEYS[5], unpack(ARGV, 6))
+if wake then
+  redis.call('LPUSH', KEYS[4], '1')
+  redis.call('LTRIM', KEYS[4], 0, 63)
+end
+if #ARGV > 6 and redis.call('EXISTS', KEYS[5]) == 0 then
+  redis.call('HSET', KEYS[5], unpack(ARGV, 7))
   redis.call('EXPIRE', KEYS[5], ARGV[5])
 end
 return 1
@@ -37,6 +49,10 @@ return 1
 
 # arq's default: a job not started within a day of becoming runnable is dropped.
 _EXPIRES_EXTRA_MS = 86_400_000
+# How far in the past an urgent job is scored. arq takes due jobs lowest score first, so a job
+# scored "now" waits behind every overdue one; when a poll worker falls behind, a webhook's
+# follow-up would queue behind thousands of routine polls. Scored this far back it goes first.
+URGENT_LEAD_MS = 600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +64,8 @@ class Job:
     defer_ms: int = 0
     # Seeds syncnode:task:<job_id> if it does not exist yet (never overwrites a later status).
     status: dict[str, str] | None = None
+    # Run before jobs that are already due (see URGENT_LEAD_MS); only with defer_ms == 0.
+    urgent: bool = False
 
 
 class JobQueue:
@@ -63,9 +81,10 @@ class JobQueue:
 
     def _call(self, job: Job, sha: str) -> tuple[str, int, list[str], list[Any]]:
         now = int(time.time() * 1000)
-        score = now + job.defer_ms
+        score = now + job.defer_ms - (URGENT_LEAD_MS if job.urgent and job.defer_ms <= 0 else 0)
         payload = serialize_job(job.function, job.args, {}, None, now, serializer=dumps)
-        argv: list[Any] = [job.defer_ms + _EXPIRES_EXTRA_MS, payload, score, job.job_id, self.status_ttl]
+        argv: list[Any] = [max(job.defer_ms, 0) + _EXPIRES_EXTRA_MS, payload, score, job.job_id, self.status_ttl,
+                           now]
         if job.status:
             for k, v in job.status.items():
                 argv += [k, v]

@@ -60,6 +60,15 @@ async def test_webhooks_duplicate_late_and_bad_signature(client: httpx.AsyncClie
     monkeypatch.setattr(s, "replicate_webhooks", "on")
     monkeypatch.setattr(s, "poll_first_seconds", 30.0)  # polling is out of the way: webhook only
     monkeypatch.setattr(s, "poll_cap_seconds", 30.0)
+    hooks: list[Any] = []
+    real_enqueue = app.state.sn.queue.enqueue
+
+    async def spy(job: Any) -> bool:
+        if ":hook:" in job.job_id:
+            hooks.append(job)
+        return bool(await real_enqueue(job))
+
+    monkeypatch.setattr(app.state.sn.queue, "enqueue", spy)
     job = await generate(client, replicate_account, "owner/model", {"sim": {"output": "file"}})
     (create,) = await _creates(sim)
     assert create["body"]["webhook"] == f"http://gateway.test/webhooks/replicate?job_id={job}"
@@ -74,6 +83,8 @@ async def test_webhooks_duplicate_late_and_bad_signature(client: httpx.AsyncClie
     body = await wait_status(client, replicate_account, job, timeout=5)
     assert body["replicate_status"] == "completed"
     assert body["output"] == f"http://gateway.test/files/{job}/0.png"
+    # Ahead of routine polls that are already due (tests/test_queue_scheduling.py).
+    assert hooks and all(h.urgent for h in hooks)
     # A late (re)delivery after the end changes nothing.
     assert (await _deliver(client, msg)).status_code == 200
     await asyncio.sleep(0.3)
