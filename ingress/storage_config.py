@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import TypeAdapter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,9 +20,11 @@ from ingress.body import read_json
 from ingress.responses import JSON
 from ingress.state import AppState, state
 from jobs.errors import BadRequest
+from jobs.fetch import guarded_client
 from storage.files import StorageError
 from storage.files import config as cfg
 from storage.files.netcheck import check_reachable
+from storage.files.s3 import S3Store
 from storage.storage_configs import StorageConfigRepository
 
 _BODY: TypeAdapter[cfg.StorageBody] = TypeAdapter(cfg.StorageBody)
@@ -43,17 +44,23 @@ async def get_storage(request: Request) -> Response:
 
 
 async def _check(st: AppState, provider: str, settings: dict[str, Any], secret: dict[str, str]) -> None:
+    allow = st.settings.fetch_allow_list
     for url in cfg.endpoints(provider, settings):
-        await check_reachable(url, st.settings.fetch_allow_list)
-    async with httpx.AsyncClient(timeout=15) as http:
+        await check_reachable(url, allow)  # an early, clear refusal; the connections are guarded too
+    # Guarded: the endpoint is the user's, and DNS may answer differently at connect time.
+    async with guarded_client(allow, connect_timeout=5, read_timeout=15) as http:
         store = cfg.build(provider, settings, secret, http=http, local_root=st.settings.data_dir / "files",
-                          public_url=st.settings.public_url, timeout=15)
-        key = f".syncnode-check/{secrets.token_hex(8)}.txt"
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "check.txt"
-            path.write_bytes(b"SyncNode storage check\n")
-            await store.put(key, path, path.stat().st_size, "text/plain")
-        await store.delete(key)
+                          public_url=st.settings.public_url, timeout=15, allow=allow, shared=False)
+        try:
+            key = f".syncnode-check/{secrets.token_hex(8)}.txt"
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "check.txt"
+                path.write_bytes(b"SyncNode storage check\n")
+                await store.put(key, path, path.stat().st_size, "text/plain")
+            await store.delete(key)
+        finally:
+            if isinstance(store, S3Store):
+                await store.close()
 
 
 async def post_storage(request: Request) -> Response:

@@ -24,6 +24,7 @@ from functools import lru_cache
 import certifi
 import httpcore
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from jobs.errors import BadRequest
 
@@ -71,6 +72,28 @@ def _allowed(host: str, port: int, allow: frozenset[str]) -> bool:
     return f"{h}:{port}" in allow or f"[{h}]:{port}" in allow
 
 
+async def vetted_addresses(host: str, port: int, allow: frozenset[str],
+                           resolver: Resolver | None = None) -> list[str] | None:
+    """The addresses a connection to ``host:port`` may use, all checked; None when the operator
+    allowed ``host:port`` (connect by name). Raises FetchRefused for anything non-public.
+
+    The caller must connect to exactly these addresses: resolving again could give another
+    answer (DNS rebinding)."""
+    if _allowed(host, port, allow):
+        return None
+    resolve = resolver or system_resolve
+    addresses = await resolve(host, port)
+    if not addresses:
+        raise FetchRefused(f"cannot resolve host {host!r}")
+    for a in addresses:
+        # Every answer must be public: a mixed answer is how rebinding attacks start.
+        why = why_not_public(ipaddress.ip_address(a.split("%")[0]))
+        if why is not None:
+            raise FetchRefused(f"{host!r} resolves to a {why} address ({a}); only public hosts "
+                               "can be reached")
+    return addresses
+
+
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """Resolves, refuses non-public addresses, then connects to the vetted address itself."""
 
@@ -83,18 +106,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
                           socket_options: Iterable[typing.Any] | None = None) -> httpcore.AsyncNetworkStream:
-        if _allowed(host, port, self.allow):
+        addresses = await vetted_addresses(host, port, self.allow, self.resolver)
+        if addresses is None:
             return await self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        resolve = self.resolver or system_resolve
-        addresses = await resolve(host, port)
-        if not addresses:
-            raise FetchRefused(f"cannot resolve host {host!r}")
-        for a in addresses:
-            # Every answer must be public: a mixed answer is how rebinding attacks start.
-            why = why_not_public(ipaddress.ip_address(a.split("%")[0]))
-            if why is not None:
-                raise FetchRefused(f"{host!r} resolves to a {why} address ({a}); only public hosts "
-                                   "can be fetched")
         last: Exception | None = None
         for a in addresses:
             try:
@@ -120,12 +134,23 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 class GuardedTransport(httpx.AsyncHTTPTransport):
-    def __init__(self, backend: GuardedBackend) -> None:
+    def __init__(self, backend: GuardedBackend, max_connections: int = 4) -> None:
         # trust_env off: a proxy from the environment would connect for us, past the guard.
         super().__init__(trust_env=False, retries=0)
         # httpx has no parameter for the network backend; its pool is rebuilt with ours.
-        self._pool = httpcore.AsyncConnectionPool(ssl_context=_ssl_context(), max_connections=4,
-                                                  network_backend=backend)
+        self._pool = httpcore.AsyncConnectionPool(ssl_context=_ssl_context(), max_connections=max_connections,
+                                                  keepalive_expiry=30, network_backend=backend)
+
+
+def guarded_client(allow: frozenset[str], *, connect_timeout: float, read_timeout: float,
+                   max_connections: int = 4, resolver: Resolver | None = None) -> httpx.AsyncClient:
+    """A long-lived client whose every connection (redirect hops, keep-alive refills) is guarded.
+
+    Redirects stay off unless a request asks for them; a refused address raises FetchRefused."""
+    return httpx.AsyncClient(
+        transport=GuardedTransport(GuardedBackend(allow, resolver), max_connections),
+        timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout),
+        headers={"User-Agent": "SyncNode/0.1"}, trust_env=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,3 +222,41 @@ async def _follow(client: httpx.AsyncClient, url: httpx.URL, policy: FetchPolicy
                 chunks.append(chunk)
             return Fetched(b"".join(chunks), str(url), resp.headers.get("content-type", ""))
     raise FetchRefused(f"{what} redirected more than {policy.max_redirects} times")
+
+
+class GuardedResolver(AbstractResolver):
+    """The same guard for aiohttp clients (aiobotocore's S3): aiohttp connects to exactly the
+    addresses its resolver returns, so returning only vetted ones pins the connection.
+
+    aiohttp skips the resolver for IP literals; :func:`check_literal` covers those."""
+
+    def __init__(self, allow: frozenset[str], resolver: Resolver | None = None) -> None:
+        self.allow = allow
+        self.resolver = resolver
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        addresses = await vetted_addresses(host, port, self.allow, self.resolver)
+        if addresses is None:  # allowed by the operator: the system's answer, as is
+            addresses = await system_resolve(host, port)
+        out: list[ResolveResult] = []
+        for a in addresses:
+            ip = ipaddress.ip_address(a.split("%")[0])
+            fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            out.append({"hostname": host, "host": str(ip), "port": port, "family": fam, "proto": 0,
+                        "flags": socket.AI_NUMERICHOST})
+        return out
+
+    async def close(self) -> None:
+        return None
+
+
+def check_literal(host: str, port: int, allow: frozenset[str]) -> None:
+    """Refuse a non-public IP literal (no DNS involved, so a check now holds for every connect)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return  # a name: checked when it is resolved
+    why = why_not_public(ip)
+    if why is not None and not _allowed(host, port, allow):
+        raise FetchRefused(f"{host!r} is a {why} address; only public hosts can be reached")

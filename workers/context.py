@@ -16,6 +16,7 @@ from jobs.metrics import WorkerMetrics
 from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings
 from storage.db import create_pool
+from storage.files import s3 as s3_files
 from storage.secrets import SecretBox
 from storage.status import StatusStore
 from storage.tasks import TaskRepository
@@ -99,6 +100,8 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await asyncio.gather(*w.background, return_exceptions=True)
     for c in w.http.values():
         await c.aclose()
+    with contextlib.suppress(Exception):
+        await s3_files.close_all()
     try:
         await asyncio.wait_for(w.db.close(), 10)
     except TimeoutError:

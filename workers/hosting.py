@@ -1,10 +1,17 @@
-"""Re-hosting: every file URL in a prediction's output is copied to the account's storage.
+"""Re-hosting: every provider file URL in a prediction's output is copied to the account's storage.
 
 Provider URLs expire after an hour and need the provider key, so this runs as soon as the
 prediction succeeds. The output keeps its shape (a string, a list, URLs nested in objects)
-with our URLs in place of theirs. Files are streamed to a temporary file under a size cap,
-typed from their bytes, and named ``<job_id>/<n>.<ext>``: unique per task, and the same on a
-retry, so a retried upload overwrites rather than duplicates.
+with our URLs in place of theirs. Only the provider's own file URLs (and ``data:`` URLs) are
+copied: a model's output may be text that mentions any URL, and fetching those would let a
+prompt steer the gateway at arbitrary hosts. Files are streamed to a temporary file under a
+size cap, typed from their bytes, and named ``<job_id>/<n>.<ext>``: unique per task, and the
+same on a retry, so a retried upload overwrites rather than duplicates.
+
+Every connection is guarded (``jobs.fetch``: public addresses only, pinned to the address
+checked); the configured Replicate host is trusted as operator configuration. The whole copy
+has a deadline below the poll job's timeout, so a slow download ends as a ``hosting_error``
+with the provider's URLs rather than as a killed job.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from jobs.fetch import FetchRefused, guarded_client
 from jobs.settings import Settings
 from storage.files import FileStore, StorageError
 from storage.files import config as files_config
@@ -28,24 +36,58 @@ from storage.files.netcheck import check_reachable
 from storage.files.sniff import sniff
 from storage.storage_configs import StorageConfigRepository
 from workers.context import WorkerContext
-from workers.providers.http import make_client
 
 log = logging.getLogger("syncnode.hosting")
 
-_HOSTING_CLIENT = "Hosting"
+_DOWNLOAD_CLIENT = "HostingDownload"
+_STORAGE_CLIENT = "HostingStorage"
+_WRITE_BUFFER = 1 << 20
 
 
 class HostingError(Exception):
     pass
 
 
-def file_urls(output: Any) -> list[str]:
-    """Every URL-looking string in the output, in document order, without repeats."""
+def rehost_budget_seconds(s: Settings) -> float:
+    """How long one re-hosting may take in all (the poll job's timeout is this plus a margin)."""
+    return s.hosting_timeout_seconds * max(1, s.hosting_attempts)
+
+
+def _replicate_api(s: Settings) -> tuple[str, int]:
+    u = urlsplit(s.replicate_base_url)
+    return (u.hostname or "").lower(), u.port or (443 if u.scheme == "https" else 80)
+
+
+def provider_hosts(s: Settings) -> Callable[[str], bool]:
+    """Hosts whose files are the provider's (re-hosted, sent the provider key): Replicate's file
+    hosts, and the configured API host (the simulator serves its files there)."""
+    api, _ = _replicate_api(s)
+
+    def trusted(host: str) -> bool:
+        return host == api or host == "replicate.delivery" or host.endswith(".replicate.delivery")
+
+    return trusted
+
+
+def _is_file_url(v: str, trusted: Callable[[str], bool]) -> bool:
+    if v.startswith("data:"):
+        return "," in v
+    if not v.startswith(("https://", "http://")) or any(c.isspace() for c in v):
+        return False
+    try:
+        host = urlsplit(v).hostname
+    except ValueError:  # not a URL we could fetch; left as the model wrote it
+        return False
+    return host is not None and trusted(host.lower())
+
+
+def file_urls(output: Any, trusted: Callable[[str], bool]) -> list[str]:
+    """Every provider file URL (and data: URL) in the output, in document order, without repeats."""
     seen: dict[str, None] = {}
 
     def walk(v: Any) -> None:
         if isinstance(v, str):
-            if v.startswith(("https://", "http://", "data:")) and " " not in v:
+            if _is_file_url(v, trusted):
                 seen.setdefault(v)
         elif isinstance(v, list):
             for x in v:
@@ -68,26 +110,26 @@ def replace_urls(output: Any, mapping: dict[str, str]) -> Any:
     return output
 
 
-def provider_hosts(s: Settings) -> Callable[[str], bool]:
-    """Hosts the provider key may be sent to: Replicate's own, and the configured API host."""
-    api = (urlsplit(s.replicate_base_url).hostname or "").lower()
-
-    def trusted(host: str) -> bool:
-        return host == api or host in ("replicate.delivery", "replicate.com", "api.replicate.com") \
-            or host.endswith(".replicate.delivery")
-
-    return trusted
-
-
-def hosting_client(w: WorkerContext) -> httpx.AsyncClient:
-    # One client per worker for downloads and Bunny uploads; closed with the others at shutdown.
-    c = w.http.get(_HOSTING_CLIENT)
+def _client(w: WorkerContext, name: str, allow: frozenset[str]) -> httpx.AsyncClient:
+    # One of each per worker, sized to the poll pool; closed with the others at shutdown.
+    c = w.http.get(name)
     if c is None:
         s = w.settings
-        c = w.http[_HOSTING_CLIENT] = make_client(
-            "", connect_timeout=s.provider_connect_timeout, read_timeout=s.hosting_timeout_seconds,
-            max_connections=s.poll_concurrency)
+        c = w.http[name] = guarded_client(allow, connect_timeout=s.provider_connect_timeout,
+                                          read_timeout=s.hosting_timeout_seconds,
+                                          max_connections=s.poll_concurrency)
     return c
+
+
+def download_client(w: WorkerContext) -> httpx.AsyncClient:
+    """Downloads: the operator's Replicate host is trusted (it may be on loopback, as in tests)."""
+    host, port = _replicate_api(w.settings)
+    return _client(w, _DOWNLOAD_CLIENT, w.settings.fetch_allow_list | {f"{host}:{port}"})
+
+
+def storage_client(w: WorkerContext) -> httpx.AsyncClient:
+    """Uploads to the user's storage (Bunny): only SYNCNODE_FETCH_ALLOW is trusted."""
+    return _client(w, _STORAGE_CLIENT, w.settings.fetch_allow_list)
 
 
 async def store_for(w: WorkerContext, uid: str) -> FileStore:
@@ -100,50 +142,78 @@ async def store_for(w: WorkerContext, uid: str) -> FileStore:
         provider, settings = row["provider"], dict(row["settings"])
         secret = files_config.unseal(w.box, row["ciphertext"])
         for url in files_config.endpoints(provider, settings):
-            await check_reachable(url, s.fetch_allow_list)
-    return files_config.build(provider, settings, secret, http=hosting_client(w),
+            await check_reachable(url, s.fetch_allow_list)  # a clear early refusal
+    return files_config.build(provider, settings, secret, http=storage_client(w),
                               local_root=s.data_dir / "files", public_url=s.public_url,
-                              timeout=s.hosting_timeout_seconds)
+                              timeout=s.hosting_timeout_seconds, allow=s.fetch_allow_list)
+
+
+def _decode_data_url(url: str, cap: int) -> bytes:
+    try:
+        data = base64.b64decode(url.split(",", 1)[1], validate=True)
+    except (IndexError, binascii.Error, ValueError):
+        raise HostingError("an output data: URL is not valid base64")
+    if len(data) > cap:
+        raise HostingError(f"an output file is larger than {cap} bytes")
+    return data
 
 
 async def _download(w: WorkerContext, url: str, key: str, dest: Path) -> tuple[int, bytes]:
     """Stream ``url`` into ``dest`` under the size cap; returns (size, first bytes)."""
     cap = w.settings.hosting_max_bytes
     if url.startswith("data:"):
-        try:
-            data = base64.b64decode(url.split(",", 1)[1], validate=True)
-        except (IndexError, binascii.Error):
-            raise HostingError("an output data: URL is not valid base64")
-        if len(data) > cap:
-            raise HostingError(f"an output file is larger than {cap} bytes")
-        dest.write_bytes(data)
+        data = _decode_data_url(url, cap)
+        await asyncio.to_thread(dest.write_bytes, data)
         return len(data), data[:64]
-    host = (urlsplit(url).hostname or "").lower()
-    headers: dict[str, str] = {}
-    if provider_hosts(w.settings)(host):
-        headers["Authorization"] = f"Bearer {key}"
-    else:
-        try:  # a model can output any URL: never fetch our own network for it
-            await check_reachable(url, w.settings.fetch_allow_list)
-        except StorageError as e:
-            raise HostingError(str(e))
+    # Only provider URLs get here (file_urls): they get the key, and redirects (each hop guarded;
+    # httpx drops the key when a redirect leaves the origin).
+    headers = {"Authorization": f"Bearer {key}"}
     size, head = 0, b""
-    # Redirects only on the provider's own hosts: elsewhere one could bounce us into our network.
-    async with hosting_client(w).stream("GET", url, headers=headers, follow_redirects=bool(headers)) as r:
+    async with download_client(w).stream("GET", url, headers=headers, follow_redirects=True) as r:
         if r.status_code >= 300:
-            raise HostingError(f"downloading {url} failed: HTTP {r.status_code}")
+            raise HostingError(f"downloading an output file failed: HTTP {r.status_code}")
         declared = r.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > cap:
             raise HostingError(f"an output file is larger than {cap} bytes")
-        with dest.open("wb") as f:
+        f = await asyncio.to_thread(dest.open, "wb")
+        try:
+            buf = bytearray()
             async for chunk in r.aiter_bytes():
                 size += len(chunk)
                 if size > cap:
                     raise HostingError(f"an output file is larger than {cap} bytes")
                 if len(head) < 64:
                     head += chunk[: 64 - len(head)]
-                f.write(chunk)
+                buf += chunk
+                if len(buf) >= _WRITE_BUFFER:  # disk writes off the loop, a megabyte at a time
+                    await asyncio.to_thread(f.write, bytes(buf))
+                    buf.clear()
+            if buf:
+                await asyncio.to_thread(f.write, bytes(buf))
+        finally:
+            f.close()
     return size, head
+
+
+async def _copy_one(w: WorkerContext, store: FileStore, name: str, url: str, key: str, path: Path) -> str:
+    """Copy one file; every failure becomes a HostingError (a malformed URL included)."""
+    limit = w.settings.hosting_timeout_seconds
+    try:
+        async with asyncio.timeout(limit):  # a total per file: a trickling server cannot hold us
+            size, head = await _download(w, url, key, path)
+            ctype, ext = sniff(head)
+            return await store.put(f"{name}.{ext}", path, size, ctype)
+    except (HostingError, StorageError):
+        raise
+    except TimeoutError:
+        raise HostingError(f"copying an output file took longer than {limit:g} s")
+    except FetchRefused as e:
+        raise HostingError(f"an output file could not be downloaded: {e}")
+    except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as e:
+        raise HostingError(f"an output file could not be downloaded: {type(e).__name__}: {e}".rstrip(": "))
+    except Exception as e:  # a bug or an odd library error must not crash the poll chain
+        log.exception("copying %s failed unexpectedly", name)
+        raise HostingError(f"an output file could not be copied ({type(e).__name__})")
 
 
 async def _copy_all(w: WorkerContext, store: FileStore, job_id: str, urls: list[str],
@@ -151,18 +221,12 @@ async def _copy_all(w: WorkerContext, store: FileStore, job_id: str, urls: list[
     mapping: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="syncnode-host-") as tmp:
         for i, url in enumerate(urls):
-            path = Path(tmp) / str(i)
-            size, head = await _download(w, url, key, path)
-            ctype, ext = sniff(head)
-            mapping[url] = await store.put(f"{job_id}/{i}.{ext}", path, size, ctype)
+            mapping[url] = await _copy_one(w, store, f"{job_id}/{i}", url, key, Path(tmp) / str(i))
     return mapping
 
 
-async def rehost(w: WorkerContext, uid: str, job_id: str, output: Any, key: str) -> tuple[Any, str | None]:
-    """(output with our URLs, None) or, when hosting keeps failing, (provider output, why)."""
-    urls = file_urls(output)
-    if not urls:
-        return output, None
+async def _attempts(w: WorkerContext, uid: str, job_id: str, output: Any, urls: list[str],
+                    key: str) -> tuple[Any, str | None]:
     error = "unknown error"
     for attempt in range(max(1, w.settings.hosting_attempts)):
         if attempt:
@@ -172,8 +236,25 @@ async def rehost(w: WorkerContext, uid: str, job_id: str, output: Any, key: str)
             return replace_urls(output, await _copy_all(w, store, job_id, urls, key)), None
         except (HostingError, StorageError) as e:
             error = str(e)
-        except (httpx.HTTPError, OSError) as e:
-            error = f"{type(e).__name__}: {e}".rstrip(": ")
+        except Exception as e:  # e.g. the storage row could not be read or decrypted
+            log.exception("re-hosting %s failed unexpectedly", job_id)
+            error = f"{type(e).__name__}"
         log.warning("re-hosting %s failed (attempt %d): %s", job_id, attempt + 1, error)
+    return None, error
+
+
+async def rehost(w: WorkerContext, uid: str, job_id: str, output: Any, key: str) -> tuple[Any, str | None]:
+    """(output with our URLs, None) or, when hosting keeps failing, (provider output, why)."""
+    urls = file_urls(output, provider_hosts(w.settings))
+    if not urls:
+        return output, None
+    budget = rehost_budget_seconds(w.settings)
+    try:
+        async with asyncio.timeout(budget):
+            hosted, error = await _attempts(w, uid, job_id, output, urls, key)
+    except TimeoutError:
+        hosted, error = None, f"copying took longer than {budget:g} s"
+    if error is None:
+        return hosted, None
     return output, (f"Outputs could not be copied to your storage ({error}); "
                     "these provider URLs expire in an hour")

@@ -76,12 +76,17 @@ def endpoints(provider: str, settings: dict[str, Any]) -> list[str]:
 
 
 def build(provider: str, settings: dict[str, Any], secret: dict[str, str], *, http: httpx.AsyncClient,
-          local_root: Path, public_url: str, timeout: float) -> FileStore:
+          local_root: Path, public_url: str, timeout: float, allow: frozenset[str],
+          shared: bool = True) -> FileStore:
+    """``http`` must be a guarded client (``jobs.fetch.guarded_client``): Bunny's host is the user's.
+    ``allow`` is SYNCNODE_FETCH_ALLOW, for S3's own guarded connections; ``shared=False`` for a
+    one-off store whose S3 client the caller closes (``S3Store.close``)."""
     if provider == "s3":
         return S3Store(bucket=settings["bucket"], region=settings.get("region", "us-east-1"),
                        endpoint_url=settings.get("endpoint_url"), access_key_id=settings["access_key_id"],
                        secret_access_key=secret["secret_access_key"],
-                       public_base_url=settings.get("public_base_url"), timeout=timeout)
+                       public_base_url=settings.get("public_base_url"), timeout=timeout, allow=allow,
+                       shared=shared)
     if provider == "bunny":
         return BunnyStore(http, storage_zone=settings["storage_zone"], access_key=secret["access_key"],
                           region_host=settings["region_host"], pull_zone_url=settings["pull_zone_url"],

@@ -1,40 +1,45 @@
-"""Refuse user-supplied endpoints that point into the gateway's own network (SSRF).
+"""Refuse user-supplied storage endpoints that point into the gateway's own network (SSRF).
 
-Loopback, private, link-local and other non-global addresses are refused unless their
-``host:port`` is listed in ``SYNCNODE_FETCH_ALLOW`` (CONTRACT §2).
+The rules are ``jobs.fetch``'s (public unicast only, IPv4 embedded in IPv6 judged by the
+IPv4 address, ``SYNCNODE_FETCH_ALLOW`` entries let named ``host:port`` through). This check
+runs before a save or an upload so the user gets a clear message early; it is not what keeps
+them out: every connection is guarded again at connect time, pinned to the address that was
+checked (``jobs.fetch.GuardedBackend`` / ``GuardedResolver``), since DNS may answer
+differently the second time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
 from urllib.parse import urlsplit
 
+from jobs import fetch
 from storage.files import StorageError
 
 
 def host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
+    """(host, port) of an http(s) URL; StorageError (a clear message) for anything malformed."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port out of range or not a number
+    except ValueError as e:
+        raise StorageError(f"Invalid URL {url!r}: {e}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise StorageError(f"Invalid URL {url!r}: must be http(s)://host[:port]/…")
-    return parts.hostname.lower(), parts.port or (443 if parts.scheme == "https" else 80)
+    if parts.username is not None or parts.password is not None:
+        raise StorageError(f"Invalid URL {url!r}: must not carry a user name or password")
+    return parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)
 
 
-async def check_reachable(url: str, allow: frozenset[str]) -> None:
-    """Raise StorageError if ``url`` resolves to a non-public address not in the allow list."""
+async def check_reachable(url: str, allow: frozenset[str], resolver: fetch.Resolver | None = None) -> None:
+    """Raise StorageError if ``url`` is malformed or leads to a non-public address not allowed."""
     host, port = host_port(url)
-    if f"{host}:{port}" in allow:
-        return
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        raise StorageError(f"Cannot resolve host {host!r}")
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
-        if not addr.is_global:
-            raise StorageError(f"Host {host!r} resolves to a private address ({addr}); "
-                               "the operator can allow it with SYNCNODE_FETCH_ALLOW")
+        fetch.check_literal(host, port, allow)
+        await fetch.vetted_addresses(host, port, allow, resolver)
+    except fetch.FetchRefused as e:
+        raise StorageError(f"{e}. A private address is refused unless the operator allows it "
+                           "with SYNCNODE_FETCH_ALLOW")
 
 
 def is_public_url(url: str) -> bool:
@@ -46,6 +51,6 @@ def is_public_url(url: str) -> bool:
     if host == "localhost" or host.endswith((".localhost", ".local", ".internal", ".lan")):
         return False
     try:
-        return ipaddress.ip_address(host).is_global
+        return fetch.why_not_public(ipaddress.ip_address(host)) is None
     except ValueError:
         return "." in host
