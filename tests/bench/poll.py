@@ -1,188 +1,264 @@
 """Benchmark: one poll worker tracking N in-flight Replicate predictions, and POST /generate.
 
-    .venv/bin/python -m tests.bench.poll [--sizes 1000,10000] [--seconds 60]
+    .venv/bin/python -m tests.bench.poll [--sizes 1000,10000] [--modes webhooks,polling]
+        [--finish 1000] [--rate 20] [--steady 20] [--generate-seconds 20] [--max-minutes 30]
 
-Starts embedded Postgres (fsync on) and Redis, the Replicate simulator, the ingress (uvicorn)
-and one media and one poll worker (``syncnode worker``), each its own process. Per size and
-mode (webhooks / polling only) it submits N ``POST /generate`` at concurrency 50 (throughput,
-p99), waits until all N predictions run, measures the poll worker's CPU and RSS and Redis
-commands/s over a steady window, then, once the simulator finishes them, the delay from the
-provider's finish to the task being completed (``tasks.updated_at``: the status hash that
-/prediction-status reads is written right after) and a sampled /prediction-status check.
+Embedded Postgres (fsync on) and Redis, the Replicate simulator and the ingress (uvicorn),
+each its own process, plus one ``syncnode worker poll`` per run (and ``media`` for the
+/generate run). Per size and mode:
+
+1. seed N running predictions (``poll_seed.seed``: the same rows and the worker's own
+   ``schedule_poll``, no HTTP creates) whose chains poll at the 8 s cap, spread over 8 s;
+2. after a warm-up, a steady window with all N in flight: the poll worker's CPU and RSS, Redis
+   commands/s (``INFO stats``), simulator GETs/s (= polls/s) and the overdue backlog;
+3. ``--finish`` of them finish at the simulator ``--rate`` per second while the others stay in
+   flight; the delay from each finish to its task being completed (``tasks.updated_at``; the
+   status hash /prediction-status reads is written right after), every one then checked through
+   ``GET /prediction-status``. With webhooks the delay is split with the simulator's delivery
+   time and the webhook job's arq result (enqueued / started / finished).
+
+``POST /generate`` is run with wrk at concurrency 50 over 50 accounts with the media and poll
+workers running. Every run is bounded by ``--max-minutes``; ``BENCH_JSON=path`` appends results.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
-import psutil
-import redis.asyncio as aioredis
+import psutil  # type: ignore[import-untyped]  # no stubs in the venv; used for a few reads
+from arq.jobs import deserialize_result
 
-from storage.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from storage.migrate import migrate
-
-PY = sys.executable
-
-
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log = open(os.environ.get("BENCH_LOG", os.devnull), "ab")
-    return subprocess.Popen(args, env=env, stdout=log, stderr=log)
+from jobs import keys
+from jobs.serialize import loads
+from tests.bench.poll_seed import PY, Bench, finish_at, seed, summary
 
 
-async def _wait_http(url: str) -> None:
-    async with httpx.AsyncClient() as c:
-        for _ in range(300):
-            try:
-                await c.get(url)
-                return
-            except httpx.HTTPError:
-                await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+def _cpu(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return float(t.user + t.system)
 
 
-def _pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
+async def _redis_cmds(b: Bench) -> int:
+    return int((await b.redis.info("stats"))["total_commands_processed"])
 
 
-async def _submit(base: str, headers: list[dict[str, str]], n: int, seconds: float) -> dict[str, float]:
-    lat: list[float] = []
-    sem = asyncio.Semaphore(50)
-    limits = httpx.Limits(max_connections=50)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as c:
-        async def one(i: int) -> None:
-            async with sem:
-                t = time.perf_counter()
-                # One account per concurrent client: charges of one account serialize on its row.
-                r = await c.post("/generate", headers=headers[i % len(headers)], json={"model": "bench/model",
-                                                    "input": {"i": i, "sim": {"seconds": seconds}}})
-                lat.append(time.perf_counter() - t)
-                assert r.status_code == 202, r.text
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(n)))
-        wall = time.perf_counter() - t0
-    return {"rps": n / wall, "p50_ms": _pct(lat, 0.5) * 1000, "p99_ms": _pct(lat, 0.99) * 1000}
+async def _sim_stats(b: Bench) -> dict[str, int]:
+    async with httpx.AsyncClient(base_url=b.sim, timeout=30) as c:
+        return dict((await c.get("/_sim/stats")).json())
 
 
-async def _count(db: asyncpg.Pool, uids: list[str], status: str) -> int:
-    return int(await db.fetchval("SELECT count(*) FROM tasks WHERE uid = ANY($1::text[]) AND status = $2",
-                                 uids, status))
+def _others(b: Bench) -> dict[str, list[psutil.Process]]:
+    """The other processes on the two cores, for what dominates the machine."""
+    roots = {"sim": b.procs["sim"].pid, "ingress": b.procs["web"].pid}
+    for name, emb in (("redis", b.rdb), ("postgres", b.pg)):
+        if emb.proc is not None:
+            roots[name] = emb.proc.pid
+    out = {}
+    for name, pid in roots.items():
+        p = psutil.Process(pid)
+        out[name] = [p, *p.children(recursive=True)]
+    return out
 
 
-async def scenario(ctx: dict[str, Any], n: int, webhooks: bool, seconds: float) -> dict[str, Any]:
-    env = dict(ctx["env"], SYNCNODE_REPLICATE_WEBHOOKS="on" if webhooks else "off")
-    db: asyncpg.Pool = ctx["db"]
-    rd: aioredis.Redis = ctx["redis"]
-    sim = ctx["sim"]
-    async with httpx.AsyncClient(base_url=sim, timeout=120) as s:
-        await s.post("/_sim/reset", json={})
-        await s.post("/_sim/config", json={"deliver": webhooks})
-    media = _spawn([PY, "-m", "ingress.cli", "worker", "media"], env)
-    poll = _spawn([PY, "-m", "ingress.cli", "worker", "poll"], env)
-    pp = psutil.Process(poll.pid)
-    try:
-        hs: list[dict[str, str]] = []
-        uids: list[str] = []
-        async with httpx.AsyncClient(base_url=ctx["api"], timeout=30) as c:
-            for i in range(50):
-                acct = (await c.post("/accounts", headers=ctx["admin"])).json()
-                await c.post("/admin/credit", headers=ctx["admin"],
-                             json={"uid": acct["uid"], "amount": n * 0.02 / 50 + 1, "reason": "bench"})
-                hs.append({"Authorization": f"Bearer {acct['api_key']}"})
-                uids.append(acct["uid"])
-                await c.post("/api-keys", headers=hs[-1], json={"replicate_key": f"r8_b{n}_{int(webhooks)}_{i}"})
+def _cpu_all(ps: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in ps:
+        try:
+            total += _cpu(p)
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+async def _window(b: Bench, pp: psutil.Process, seconds: float) -> dict[str, Any]:
+    """Poll worker CPU, RSS, Redis cmd/s, polls/s and the overdue queue over ``seconds``."""
+    others = _others(b)
+    o0 = {k: _cpu_all(v) for k, v in others.items()}
+    c0, r0, g0, t0 = _cpu(pp), await _redis_cmds(b), (await _sim_stats(b))["gets"], time.monotonic()
+    backlog = []
+    while time.monotonic() - t0 < seconds:
         await asyncio.sleep(1.0)
-        gen = await _submit(ctx["api"], hs, n, seconds)
-        t_running = time.monotonic()
-        while await _count(db, uids, "running") + await _count(db, uids, "completed") < n:
-            await asyncio.sleep(0.5)
-        created_in = time.monotonic() - t_running
-        # Steady state: everything in flight, nothing finished yet.
-        window = 15.0
-        c0, r0 = pp.cpu_times(), int((await rd.info("stats"))["total_commands_processed"])
-        await asyncio.sleep(window)
-        c1, r1 = pp.cpu_times(), int((await rd.info("stats"))["total_commands_processed"])
-        rss = pp.memory_info().rss / 2**20
-        cpu = (c1.user + c1.system - c0.user - c0.system) / window * 100
-        while await _count(db, uids, "completed") < n:
-            if await _count(db, uids, "failed"):
-                raise RuntimeError("some predictions failed")
-            await asyncio.sleep(0.5)
-        rows = await db.fetch("SELECT job_id, provider_id, updated_at, uid FROM tasks WHERE uid = ANY($1::text[])",
-                              uids)
-        async with httpx.AsyncClient(base_url=sim, timeout=300) as s:
-            preds = (await s.get("/_sim/predictions")).json()
-            stats = (await s.get("/_sim/stats")).json()
-        delays = [r["updated_at"].timestamp() - preds[r["provider_id"]]["_finished_at"] for r in rows]
-        async with httpx.AsyncClient(base_url=ctx["api"]) as c:
-            sample = [(await c.get("/prediction-status", params={"job_id": r["job_id"]},
-                                   headers=hs[uids.index(r["uid"])])).json() for r in rows[:20]]
-        assert all(b["replicate_status"] == "completed" for b in sample)
-        return {"n": n, "mode": "webhooks" if webhooks else "polling only", "generate": gen,
-                "created_in_s": created_in, "cpu_pct": cpu, "rss_mib": rss,
-                "redis_cmds_per_s": (r1 - r0) / window, "delay_p50_s": _pct(delays, 0.5),
-                "delay_p99_s": _pct(delays, 0.99), "delay_max_s": max(delays),
-                "delay_mean_s": statistics.fmean(delays), "sim": stats}
+        backlog.append(int(await b.redis.zcount(keys.queue("poll"), "-inf", int(time.time() * 1000))))
+    dt = time.monotonic() - t0
+    c1, r1, g1 = _cpu(pp), await _redis_cmds(b), (await _sim_stats(b))["gets"]
+    return {"seconds": round(dt, 1), "cpu_pct": round((c1 - c0) / dt * 100, 1),
+            "rss_mib": round(pp.memory_info().rss / 2**20, 1), "redis_cmds_per_s": round((r1 - r0) / dt),
+            "polls_per_s": round((g1 - g0) / dt, 1), "overdue_max": max(backlog, default=0),
+            "overdue_mean": round(sum(backlog) / max(1, len(backlog))),
+            "redis_used_mib": round(int((await b.redis.info("memory"))["used_memory"]) / 2**20, 1),
+            "others_cpu_pct": {k: round((_cpu_all(v) - o0[k]) / dt * 100) for k, v in others.items()}}
+
+
+async def _hook_jobs(b: Bench) -> dict[str, dict[str, Any]]:
+    """arq results of webhook-triggered polls, by task job id."""
+    out: dict[str, dict[str, Any]] = {}
+    async for k in b.redis.scan_iter(match=keys.result_key_prefix + "*:hook:*", count=1000):
+        raw = await b.redis.get(k)
+        if raw is None:
+            continue
+        r = deserialize_result(raw, deserializer=loads)
+        job_id = k.decode()[len(keys.result_key_prefix):].split(":hook:")[0]
+        out[job_id] = {"enqueued": r.enqueue_time.timestamp(), "started": r.start_time.timestamp(),
+                       "finished": r.finish_time.timestamp(),
+                       "outcome": r.result.get("outcome") if isinstance(r.result, dict) else repr(r.result)}
+    return out
+
+
+async def _check_status(b: Bench, items: list[Any]) -> int:
+    """How many of these /prediction-status reports as completed (concurrency 20)."""
+    sem, ok = asyncio.Semaphore(20), 0
+    async with httpx.AsyncClient(base_url=b.api, timeout=30) as c:
+        async def one(s: Any) -> None:
+            nonlocal ok
+            async with sem:
+                r = await c.get("/prediction-status", params={"job_id": s.job_id},
+                                headers={"Authorization": f"Bearer {s.api_key}"})
+                ok += r.status_code == 200 and r.json()["replicate_status"] == "completed"
+        await asyncio.gather(*(one(s) for s in items))
+    return ok
+
+
+async def scenario(b: Bench, n: int, webhooks: bool, a: argparse.Namespace) -> dict[str, Any]:
+    res: dict[str, Any] = {"n": n, "mode": "webhooks" if webhooks else "polling only"}
+    await b.reset()
+    async with httpx.AsyncClient(base_url=b.sim, timeout=30) as c:
+        await c.post("/_sim/config", json={"deliver": webhooks})
+    t = time.monotonic()
+    items = await seed(b, n, webhooks)
+    res["seed_s"] = round(time.monotonic() - t, 1)
+    poll = b.spawn("poll", [PY, "-m", "ingress.cli", "worker", "poll"])
+    pp = psutil.Process(poll.pid)
+    await asyncio.sleep(a.warmup)
+    res["steady"] = await _window(b, pp, a.steady)
+    m = min(a.finish, n)
+    sample = items[:m]
+    t0 = await finish_at(b, [s.provider_id for s in sample], a.rate)
+    res["finishing"] = f"{m} of {n} at {a.rate:g}/s, the rest stay in flight"
+    res["during_finish"] = await _window(b, pp, m / a.rate + 1.0)
+    jids = [s.job_id for s in sample]
+    deadline = time.time() + a.drain
+    while (done := int(await b.db.fetchval("SELECT count(*) FROM tasks WHERE job_id = ANY($1::text[]) "
+                                           "AND status = 'completed'", jids))) < m and time.time() < deadline:
+        await asyncio.sleep(1.0)
+    res["completed"] = done
+    res["finish_window_s"] = round(time.time() - t0, 1)
+    rows = {r["job_id"]: r["updated_at"].timestamp() for r in await b.db.fetch(
+        "SELECT job_id, updated_at FROM tasks WHERE job_id = ANY($1::text[]) AND status = 'completed'", jids)}
+    async with httpx.AsyncClient(base_url=b.sim, timeout=120) as c:
+        fin = (await c.get("/_sim/finished")).json()
+    res["sim"] = await _sim_stats(b)
+    delays = [rows[s.job_id] - fin[s.provider_id]["finished_at"] for s in sample if s.job_id in rows]
+    res["delay_s"] = summary(delays)
+    if webhooks:
+        hooks = await _hook_jobs(b)
+        by = {s.job_id: fin[s.provider_id] for s in sample}
+        deliv = [v["delivered_at"] - v["finished_at"] for v in by.values() if v.get("delivered_at")]
+        res["webhook_delivered_s"] = summary(deliv)  # finish → the ingress answered (job enqueued)
+        res["hook_queue_wait_s"] = summary([h["started"] - h["enqueued"] for h in hooks.values()])
+        res["hook_run_s"] = summary([h["finished"] - h["started"] for h in hooks.values()])
+        res["completed_by_webhook"] = sum(1 for j, h in hooks.items() if h["outcome"] == "completed" and j in by)
+        res["hook_outcomes"] = sorted({str(h["outcome"]) for h in hooks.values()})[:5]
+    res["status_completed"] = await _check_status(b, [s for s in sample if s.job_id in rows])
+    res["poll_rss_end_mib"] = round(pp.memory_info().rss / 2**20, 1)
+    b.stop_proc("poll")
+    return res
+
+
+def _wrk(url: str, keys_: list[str], conc: int, seconds: int) -> str:
+    lua = Path(tempfile.mkstemp(suffix=".lua")[1])
+    body = json.dumps({"model": "bench/model", "input": {"prompt": "a cat", "sim": {"seconds": 600}}})
+    lua.write_text("keys = {" + ",".join(f'"{k}"' for k in keys_) + "}\ni = 0\n"
+                   "request = function()\n  i = i + 1\n  return wrk.format('POST', '/generate', "
+                   "{['Authorization'] = 'Bearer ' .. keys[i % #keys + 1], ['Content-Type'] = "
+                   f"'application/json'}}, [[{body}]])\nend\n")
+    try:
+        return subprocess.run(["wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
+                              capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
     finally:
-        for p in (media, poll):
-            p.terminate()
-            p.wait(10)
+        lua.unlink()
+
+
+async def generate(b: Bench, a: argparse.Namespace) -> dict[str, Any]:
+    """POST /generate at concurrency 50 over 50 accounts (one account's charges serialize on its row)."""
+    await b.reset()
+    b.spawn("media", [PY, "-m", "ingress.cli", "worker", "media"])
+    b.spawn("poll", [PY, "-m", "ingress.cli", "worker", "poll"])
+    await asyncio.sleep(3.0)
+    t0 = datetime.now(UTC)
+    out = await asyncio.to_thread(_wrk, f"{b.api}/generate", [x.api_key for x in b.accounts], 50,
+                                  a.generate_seconds)
+    res = _parse_wrk(out)
+    running = await b.db.fetchval("SELECT count(*) FROM tasks WHERE created_at >= $1 AND status = 'running'", t0)
+    res["created_at_provider_by_end"] = int(running)
+    for name in ("media", "poll"):
+        b.stop_proc(name)
+    return res
+
+
+def _parse_wrk(out: str) -> dict[str, Any]:
+    import re
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
+        v, unit = float(m.group(1)), m.group(2)
+        return round(v / 1000 if unit == "us" else v * 1000 if unit == "s" else v, 1)
+
+    reqs = re.search(r"(\d+) requests in", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    assert reqs and rps, out
+    return {"requests": int(reqs.group(1)), "rps": float(rps.group(1)), "p50_ms": ms("50%"), "p99_ms": ms("99%"),
+            "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def _emit(r: dict[str, Any]) -> None:
+    print(json.dumps(r, default=str), flush=True)
+    if path := os.environ.get("BENCH_JSON"):
+        with open(path, "a") as f:
+            f.write(json.dumps(r, default=str) + "\n")
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,10000")
-    ap.add_argument("--seconds", type=float, default=60.0, help="how long each prediction runs")
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="syncnode-bench-"))
-    pg = EmbeddedPostgres(tmp / "pg")
-    pg.start()
-    rdb = EmbeddedRedis(tmp / "redis", persist=False)
-    rdb.start()
-    await migrate(pg.dsn)
-    sim_port, api_port = free_port(), free_port()
-    api = f"http://127.0.0.1:{api_port}"
-    env = dict(os.environ, DATABASE_URL=pg.dsn, REDIS_URL=rdb.url, SYNCNODE_DATA_DIR=str(tmp / "data"),
-               SYNCNODE_MASTER_KEY="bench-master-key", SYNCNODE_ADMIN_TOKEN="bench-admin",
-               SYNCNODE_PUBLIC_URL=api, SYNCNODE_REPLICATE_BASE_URL=f"http://127.0.0.1:{sim_port}/v1",
-               SYNCNODE_LOG_LEVEL="WARNING")
-    procs = [
-        _spawn([PY, "-m", "uvicorn", "tests.fakes.replicate:app", "--port", str(sim_port), "--log-level",
-                "warning", "--no-access-log"], env),
-        _spawn([PY, "-m", "uvicorn", "ingress.app:create_app", "--factory", "--port", str(api_port),
-                "--log-level", "warning", "--no-access-log"], env),
-    ]
+    ap.add_argument("--modes", default="webhooks,polling")
+    ap.add_argument("--finish", type=int, default=1000, help="predictions that finish per run")
+    ap.add_argument("--rate", type=float, default=20.0, help="finishes per second")
+    ap.add_argument("--warmup", type=float, default=12.0)
+    ap.add_argument("--steady", type=float, default=20.0)
+    ap.add_argument("--drain", type=float, default=90.0, help="how long to wait for stragglers")
+    ap.add_argument("--generate-seconds", type=int, default=20, help="0: skip POST /generate")
+    ap.add_argument("--max-minutes", type=float, default=30.0, help="hard bound on the whole run")
+    a = ap.parse_args()
+    b = Bench()
+    await b.start()
+    snap = Path(".snap-commit")  # a `git archive` snapshot records the commit it was made from
+    commit = snap.read_text().strip() if snap.exists() else subprocess.run(
+        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    _emit({"date": datetime.now(UTC).isoformat(timespec="minutes"), "cores": os.cpu_count(),
+           "python": sys.version.split()[0], "commit": commit, "args": vars(a)})
     try:
-        await _wait_http(f"http://127.0.0.1:{sim_port}/_sim/stats")
-        await _wait_http(f"{api}/healthz")
-        ctx = {"env": env, "api": api, "sim": f"http://127.0.0.1:{sim_port}", "admin":
-               {"Authorization": "Bearer bench-admin"}, "db": await asyncpg.create_pool(pg.dsn),
-               "redis": aioredis.from_url(rdb.url)}
-        print(f"# {datetime.now().isoformat(timespec='minutes')} {os.cpu_count()} cores, Python "
-              f"{sys.version.split()[0]}", flush=True)
-        for n in (int(x) for x in args.sizes.split(",")):
-            for webhooks in (True, False):
-                r = await scenario(ctx, n, webhooks, args.seconds)
-                print(r, flush=True)
+        async with asyncio.timeout(a.max_minutes * 60):
+            await b.make_accounts(50, 1000.0)
+            if a.generate_seconds:
+                _emit({"generate": await generate(b, a)})
+            for n in (int(x) for x in a.sizes.split(",") if x):
+                for mode in a.modes.split(","):
+                    _emit(await scenario(b, n, mode == "webhooks", a))
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
-        rdb.stop()
-        pg.stop()
+        await b.stop()
 
 
 if __name__ == "__main__":

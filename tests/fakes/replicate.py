@@ -13,6 +13,12 @@ Models: ``sim/missing`` → 404, ``sim/throttled`` → first create 429 with Ret
 Output files are served at ``/files/…`` and require the creating key. With a webhook, a
 ``completed`` event signed with Standard Webhooks is queued in ``OUTBOX`` (``GET /_outbox``
 drains it) and, when ``POST /_config {"deliver": true}``, also POSTed to the webhook URL.
+
+For benchmarks: ``POST /_sim/seed`` creates many predictions in one request, each with an
+absolute ``finish_at`` (or none: runs until canceled), so finish times can be spread instead
+of arriving all at once; ``GET /_sim/finished`` reports when each one finished and when its
+webhook was delivered. Deliveries run at most ``CONFIG["deliver_concurrency"]`` at a time
+on a client with no pool timeout: under load they queue here instead of being dropped.
 """
 
 from __future__ import annotations
@@ -45,13 +51,17 @@ _KEYS: dict[str, str] = {}   # prediction id → the API key that created it
 _SIM: dict[str, dict[str, Any]] = {}
 CREATES: list[dict[str, Any]] = []
 OUTBOX: list[dict[str, Any]] = []
-CONFIG: dict[str, Any] = {"deliver": False, "get_429": 0}
+CONFIG: dict[str, Any] = {"deliver": False, "get_429": 0, "deliver_concurrency": 64}
 _due: list[tuple[float, int, str]] = []
 _seq = itertools.count()
 _throttled: set[str] = set()
 _ticker: asyncio.Task[None] | None = None
 _client: httpx.AsyncClient | None = None
-STATS = {"gets": 0, "creates": 0, "cancels": 0, "webhooks_sent": 0}
+_deliver_slots: asyncio.Semaphore | None = None
+# The loop holds only weak references to tasks: an unreferenced delivery could vanish mid-way.
+_deliveries: set[asyncio.Task[None]] = set()
+STATS = {"gets": 0, "creates": 0, "cancels": 0, "webhooks_sent": 0, "webhooks_delivered": 0,
+         "webhooks_failed": 0}
 
 
 def secret_for(key: str) -> str:
@@ -103,21 +113,31 @@ def _finish(pid: str, status: str, error: str | None = None) -> None:
                    "webhook-signature": sig, "content-type": "application/json"}
         OUTBOX.append({"url": p["webhook"], "headers": headers, "body": body, "id": pid})
         if CONFIG["deliver"]:
-            asyncio.get_running_loop().create_task(_deliver(p["webhook"], headers, body))
+            t = asyncio.get_running_loop().create_task(_deliver(pid, p["webhook"], headers, body))
+            _deliveries.add(t)
+            t.add_done_callback(_deliveries.discard)
 
 
-async def _deliver(url: str, headers: dict[str, str], body: str) -> None:
-    global _client
-    _client = _client or httpx.AsyncClient(timeout=10)
-    for _ in range(3):  # Replicate retries "a few times" on failures
-        try:
-            r = await _client.post(url, content=body, headers=headers)
-            STATS["webhooks_sent"] += 1
-            if r.status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.5)
+async def _deliver(pid: str, url: str, headers: dict[str, str], body: str) -> None:
+    global _client, _deliver_slots
+    n = int(CONFIG["deliver_concurrency"])
+    if _client is None or _deliver_slots is None:
+        _client = httpx.AsyncClient(timeout=httpx.Timeout(10, pool=None),
+                                    limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+        _deliver_slots = asyncio.Semaphore(n)
+    async with _deliver_slots:
+        for _ in range(3):  # Replicate retries "a few times" on failures
+            try:
+                r = await _client.post(url, content=body, headers=headers)
+                STATS["webhooks_sent"] += 1
+                if r.status_code < 500:
+                    _SIM[pid]["delivered_at"] = time.time()
+                    STATS["webhooks_delivered"] += 1
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.5)
+    STATS["webhooks_failed"] += 1
 
 
 def _advance() -> None:
@@ -180,9 +200,16 @@ async def create(request: Request) -> Response:
         return _problem(422, "Input validation failed", "- input.prompt: prompt is required")
     inp = body.get("input") or {}
     sim = dict(inp.get("sim") or {}) if isinstance(inp, dict) else {}
+    pred = _register(key, model, body, str(request.base_url).rstrip("/"), sim)
+    if sim.get("create_delay"):
+        await asyncio.sleep(float(sim["create_delay"]))
+    return JSONResponse(pred, status_code=201)
+
+
+def _register(key: str, model: str, body: dict[str, Any], base: str, sim: dict[str, Any]) -> dict[str, Any]:
+    inp = body.get("input") or {}
     sim.setdefault("seconds", 0.3)
     pid = secrets.token_hex(13)
-    base = str(request.base_url).rstrip("/")
     sim.update(created=time.time(), base=base)
     pred = {
         "id": pid, "model": model, "version": body.get("version", "hidden"), "input": inp, "logs": "",
@@ -195,10 +222,19 @@ async def create(request: Request) -> Response:
         pred["webhook"] = body["webhook"]
         pred["webhook_events_filter"] = body.get("webhook_events_filter") or ["start", "completed"]
     PREDICTIONS[pid], _SIM[pid], _KEYS[pid] = pred, sim, key
-    heapq.heappush(_due, (sim["created"] + float(sim["seconds"]), next(_seq), pid))
-    if sim.get("create_delay"):
-        await asyncio.sleep(float(sim["create_delay"]))
-    return JSONResponse(pred, status_code=201)
+    due = float(sim["finish_at"]) if sim.get("finish_at") else sim["created"] + float(sim["seconds"])
+    heapq.heappush(_due, (due, next(_seq), pid))
+    return pred
+
+
+def _seed(body: dict[str, Any], base: str) -> list[str]:
+    """Many predictions of one key at once: ``items`` of ``{"webhook", "finish_at", "input"}``."""
+    ids = []
+    for it in body["items"]:
+        sim: dict[str, Any] = {"outcome": "never"} if it.get("finish_at") is None else {"finish_at": it["finish_at"]}
+        req = {"input": it.get("input") or {}, "webhook": it.get("webhook")}
+        ids.append(_register(body["key"], body.get("model", "bench/model"), req, base, sim)["id"])
+    return ids
 
 
 async def get(request: Request) -> Response:
@@ -270,6 +306,7 @@ async def control(request: Request) -> Response:
         _due.clear()
         _throttled.clear()
         CONFIG.update(deliver=False, get_429=0)
+        STATS.update(dict.fromkeys(STATS, 0))
         return JSONResponse({"ok": True})
     if op == "config":
         CONFIG.update(await request.json())
@@ -285,6 +322,17 @@ async def control(request: Request) -> Response:
                              for pid, p in PREDICTIONS.items()})
     if op == "stats":
         return JSONResponse(STATS)
+    if op == "seed":
+        _ensure_ticker()
+        return JSONResponse(_seed(await request.json(), str(request.base_url).rstrip("/")))
+    if op == "finish":  # [[id, epoch seconds], …]: seeded predictions that should now end
+        for pid, at in (await request.json())["items"]:
+            _SIM[pid].update(outcome="succeeded", finish_at=at)
+            heapq.heappush(_due, (float(at), next(_seq), pid))
+        return JSONResponse({"ok": True})
+    if op == "finished":
+        return JSONResponse({pid: {"finished_at": sim["finished_at"], "delivered_at": sim.get("delivered_at")}
+                             for pid, sim in _SIM.items() if "finished_at" in sim})
     return JSONResponse({"error": "unknown"}, status_code=404)
 
 
