@@ -11,6 +11,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_pre
 __all__ = [
     "POOLS", "in_progress_key_prefix", "job_key_prefix", "result_key_prefix", "retry_key_prefix",
     "queue", "wake", "task_status", "done", "metrics", "health_check", "poll_chain", "finishing",
+    "create_reruns",
 ]
 
 # One arq queue (and one worker pool) per kind of provider work.
@@ -50,6 +51,11 @@ def health_check(pool: str) -> str:
 def poll_chain(job_id: str) -> str:
     """STRING: the id of the prediction's latest poll job (the sweeper checks it is alive)."""
     return f"syncnode:poll:{job_id}"
+
+
+def create_reruns(job_id: str) -> str:
+    """STRING counter: how often the sweeper re-ran a media create that arq gave up on mid-create."""
+    return f"syncnode:reruns:{job_id}"
 
 
 def finishing(job_id: str) -> str:

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # xiankgx/face-swap names its inputs local_source/local_target; the map renames ours to its.
     face_swap_input_map: str = "source_image=local_source,target_image=local_target"
     media_job_timeout_seconds: float = 60.0
+    # Each Replicate request a create job makes (create, webhook secret, lost-prediction lookup):
+    # short, so that every try of each fits in the job's timeout (workers.media.create_budget_seconds).
+    replicate_create_timeout_seconds: float = 20.0
     media_concurrency: int = 50
     poll_concurrency: int = 200
     prediction_deadline_seconds: int = 1800

@@ -17,6 +17,20 @@ PUBLIC_STATUS = {"queued": "in_progress", "running": "in_progress", "completed":
 
 DONE_TTL_SECONDS = 120
 
+# A progress update (``publish_progress``) must never overwrite a final status: a poll that read
+# "processing" may write after the webhook path published "completed", and /prediction-status
+# reads this hash first. So it is written only while the status is in_progress (or unset).
+# KEYS[1] the hash; ARGV[1] ttl, then field, value pairs. Returns 1 if written.
+_PROGRESS = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if cur and cur ~= 'in_progress' then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
@@ -26,6 +40,7 @@ class StatusStore:
     def __init__(self, redis: Redis, ttl_seconds: int) -> None:
         self.redis = redis
         self.ttl = ttl_seconds
+        self._progress = redis.register_script(_PROGRESS)
 
     @staticmethod
     def initial(uid: str, task_id: int, kind: str) -> dict[str, str]:
@@ -41,6 +56,12 @@ class StatusStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             self._queue_publish(pipe, job_id, result, notify)
             await pipe.execute()
+
+    async def publish_progress(self, job_id: str, provider_status: str, updated_at: str | None = None) -> bool:
+        """Record that a task is still running, unless it already ended; True if written."""
+        fields = ["status", PUBLIC_STATUS["running"], "provider_status", provider_status,
+                  "updated_at", updated_at or now_iso()]
+        return bool(await self._progress(keys=[keys.task_status(job_id)], args=[self.ttl, *fields]))
 
     async def publish_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
         """Final statuses of several tasks in one pipeline (one round trip)."""

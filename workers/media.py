@@ -17,8 +17,10 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import httpx
 
 from jobs.names import MEDIA_CREATE
+from jobs.settings import Settings
 from storage.files.netcheck import is_public_url
 from storage.predictions import PredictionRepository
 from storage.tasks import TERMINAL, TaskRepository
@@ -33,6 +35,9 @@ log = logging.getLogger("syncnode.media")
 
 # Replicate's webhook secret per API key (one per Replicate account): fetched once per process.
 _secrets: dict[bytes, str] = {}
+_SECRET_RETRIES = 1
+_LOST_PAGES = 5
+_UNSURE_PAUSE_S = 1.0
 
 
 def webhooks_on(w: WorkerContext) -> bool:
@@ -48,10 +53,30 @@ async def _webhook_secret(w: WorkerContext, key: str) -> str:
     h = hashlib.sha256(key.encode()).digest()
     if h not in _secrets:
         s = w.settings
+        t = s.replicate_create_timeout_seconds
         _secrets[h] = await call(
-            replicate.PROVIDER, lambda: replicate.webhook_secret(w.http["Replicate"], key),
-            max_retries=s.provider_max_retries, retry_after_cap=s.provider_retry_after_cap_seconds)
+            replicate.PROVIDER, lambda: replicate.webhook_secret(w.http["Replicate"], key, timeout=t),
+            max_retries=_SECRET_RETRIES, retry_after_cap=s.provider_retry_after_cap_seconds)
     return _secrets[h]
+
+
+def create_budget_seconds(s: Settings) -> float:
+    """The longest the Replicate requests of one create job can take, every try and wait included.
+
+    The media job's timeout is kept above it (workers/settings.py): a job killed by arq's
+    timeout is final, and would leave the sweeper to sort out a create whose fate is unknown.
+    """
+    t = s.replicate_create_timeout_seconds
+    # call()'s wait between tries: backoff up to 8 s, or a Retry-After up to the cap.
+    wait = max(8.0, s.provider_retry_after_cap_seconds)
+
+    def tried(retries: int, one: float) -> float:
+        return (retries + 1) * one + retries * wait
+
+    secret = tried(_SECRET_RETRIES, t)
+    lookup = tried(s.provider_max_retries, _LOST_PAGES * t)  # before the create and after an unsure one
+    create = tried(s.provider_max_retries, t)
+    return secret + 2 * lookup + create + _UNSURE_PAUSE_S
 
 
 def _same(pred: dict[str, Any], model: str, input_: Any) -> bool:
@@ -66,7 +91,11 @@ async def _find_lost(w: WorkerContext, st: asyncpg.Record, key: str) -> str | No
     """The id of a prediction an earlier run created but could not record, if Replicate has it."""
     since = (st["create_started_at"] - timedelta(seconds=30)).isoformat().replace("+00:00", "Z")
     req = st["request"]
-    found = await replicate.created_since(w.http["Replicate"], key, since)
+    s = w.settings
+    t = s.replicate_create_timeout_seconds
+    found = await call(replicate.PROVIDER,
+                       lambda: replicate.created_since(w.http["Replicate"], key, since, _LOST_PAGES, timeout=t),
+                       max_retries=s.provider_max_retries, retry_after_cap=s.provider_retry_after_cap_seconds)
     ids = [p["id"] for p in found if _same(p, req["model"], req["input"])]
     if not ids:
         return None
@@ -77,7 +106,21 @@ async def _find_lost(w: WorkerContext, st: asyncpg.Record, key: str) -> str | No
     return str(free[0])
 
 
-async def _create(w: WorkerContext, st: asyncpg.Record, job_id: str, key: str) -> str:
+async def _hook(w: WorkerContext, job_id: str, key: str) -> tuple[str | None, bytes | None]:
+    """(webhook URL, encrypted secret), or no webhook when it is off or its secret is unavailable:
+    polling finishes the task either way, so a failed secret fetch must not fail the task."""
+    if not webhooks_on(w):
+        return None, None
+    try:
+        return webhook_url(w, job_id), w.box.encrypt(await _webhook_secret(w, key))
+    except (ProviderError, httpx.HTTPError) as e:
+        log.warning("no webhook for %s: its secret could not be fetched (%s); polling only", job_id, e)
+        return None, None
+
+
+async def _create(w: WorkerContext, st: asyncpg.Record, job_id: str, key: str) -> str | None:
+    """The prediction's id: adopted from an earlier run, or created now. None: canceled before
+    any prediction existed (nothing to pay for, nothing to cancel at Replicate)."""
     s = w.settings
     repo = PredictionRepository(w.db)
     if st["create_started_at"] is not None:
@@ -85,8 +128,9 @@ async def _create(w: WorkerContext, st: asyncpg.Record, job_id: str, key: str) -
         if lost is not None:
             log.warning("adopted prediction %s created by an earlier run of %s", lost, job_id)
             return lost
-    hook = webhook_url(w, job_id) if webhooks_on(w) else None
-    secret = w.box.encrypt(await _webhook_secret(w, key)) if hook else None
+        if st["cancel_requested"]:
+            return None  # the earlier create never happened: do not create one just to cancel it
+    hook, secret = await _hook(w, job_id, key)
     await repo.begin_create(job_id, secret)
     req = st["request"]
     elapsed = time.time() - st["created_at"].timestamp()
@@ -94,13 +138,13 @@ async def _create(w: WorkerContext, st: asyncpg.Record, job_id: str, key: str) -
 
     async def send() -> dict[str, Any]:
         return await replicate.create(w.http["Replicate"], key, req["model"], req["input"], webhook=hook,
-                                      cancel_after_s=cancel_after)
+                                      cancel_after_s=cancel_after, timeout=s.replicate_create_timeout_seconds)
 
     try:
         pred = await call(replicate.PROVIDER, send, max_retries=s.provider_max_retries,
                           retry_after_cap=s.provider_retry_after_cap_seconds, metrics=w.metrics)
     except replicate.CreateUncertain:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(_UNSURE_PAUSE_S)
         lost = await _find_lost(w, await repo.state(job_id) or st, key)
         if lost is None:
             raise
@@ -126,13 +170,17 @@ async def _run(w: WorkerContext, job_id: str) -> str:
     prediction_id = st["provider_id"]
     if prediction_id is None:
         try:
-            prediction_id = await _create(w, st, job_id, key)
+            created = await _create(w, st, job_id, key)
         except ProviderRejected as e:
             await finish_failed(w, job_id, str(e), client_error=True)
             return "failed"
         except ProviderError as e:
             await finish_failed(w, job_id, f"{e} (gave up after retries)")
             return "failed"
+        if created is None:
+            await finish_failed(w, job_id, "Canceled by the user", status="canceled")
+            return "canceled"
+        prediction_id = created
         # First thing after the answer: without this id a re-run could not avoid paying twice.
         await TaskRepository(w.db).set_running(job_id, prediction_id)
     if (await repo.state(job_id) or st)["cancel_requested"]:

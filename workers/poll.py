@@ -23,7 +23,6 @@ from jobs import keys
 from jobs.names import MEDIA_POLL
 from jobs.queue import Job
 from storage.predictions import PredictionRepository
-from storage.status import PUBLIC_STATUS
 from storage.tasks import TERMINAL
 from workers.context import WorkerContext, wctx
 from workers.hosting import rehost
@@ -39,12 +38,17 @@ _FINISH_LOCK_S = 900
 
 def backoff(w: WorkerContext, n: int) -> float:
     s = w.settings
-    return min(s.poll_cap_seconds, s.poll_first_seconds * 1.6 ** n) * random.uniform(0.8, 1.2)
+    # The exponent is capped: 1.6 ** n overflows a float past n ≈ 1500, long after the cap is hit.
+    return min(s.poll_cap_seconds, s.poll_first_seconds * 1.6 ** min(n, 64)) * random.uniform(0.8, 1.2)
 
 
 async def schedule_poll(w: WorkerContext, job_id: str, n: int, delay_s: float, tag: str = "poll") -> None:
+    """Enqueue link ``n`` of a chain. ``tag`` names the chain and is passed down its links: a chain
+    the sweeper restarts gets a new tag, since arq still keeps the old chain's ids for a while
+    and would silently skip an enqueue under one of them."""
     poll_id = f"{job_id}:{tag}:{n}"
-    await w.queue.enqueue(Job("poll", MEDIA_POLL, poll_id, (job_id, n, True), defer_ms=int(delay_s * 1000)))
+    args = (job_id, n, True) if tag == "poll" else (job_id, n, True, tag)
+    await w.queue.enqueue(Job("poll", MEDIA_POLL, poll_id, args, defer_ms=int(delay_s * 1000)))
     # Only after the next link exists: the sweeper reads this to find chains that broke.
     await w.redis.set(keys.poll_chain(job_id), poll_id, ex=w.settings.prediction_deadline_seconds + 3600)
 
@@ -87,7 +91,7 @@ async def cancel_prediction(w: WorkerContext, key: str, prediction_id: str) -> N
         log.warning("cancel of prediction %s failed: %s", prediction_id, e)
 
 
-async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool) -> str:
+async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "poll") -> str:
     repo = PredictionRepository(w.db)
     st = await repo.state(job_id)
     if st is None or st["status"] in TERMINAL or st["provider_id"] is None:
@@ -96,9 +100,16 @@ async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool) -> str:
         await finish_failed(w, job_id, "The replicate_key was removed while the prediction ran",
                             client_error=True)
         return "failed"
-    key = w.box.decrypt(st["ciphertext"])
+    # The deadline first: it must hold even if the key can no longer be decrypted.
     deadline = st["created_at"].timestamp() + w.settings.prediction_deadline_seconds
-    if time.time() > deadline:
+    overdue = time.time() > deadline
+    try:
+        key = w.box.decrypt(st["ciphertext"])
+    except Exception:  # e.g. the master key changed: no poll could ever succeed
+        log.exception("the replicate_key of %s cannot be decrypted", job_id)
+        await finish_failed(w, job_id, "The stored replicate_key cannot be read; set it again")
+        return "failed"
+    if overdue:
         await cancel_prediction(w, key, st["provider_id"])
         await finish_failed(w, job_id, f"The prediction did not finish within "
                                        f"{w.settings.prediction_deadline_seconds} s; it was canceled")
@@ -112,32 +123,33 @@ async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool) -> str:
         wait = e.retry_after if isinstance(e, ProviderRetryable) and e.retry_after is not None else None
         log.info("poll of %s failed (%s); next in %s", job_id, e, wait or "backoff")
         if chain:
-            await schedule_poll(w, job_id, n + 1, (wait + random.uniform(0, 0.5)) if wait else backoff(w, n))
+            await schedule_poll(w, job_id, n + 1, (wait + random.uniform(0, 0.5)) if wait else backoff(w, n),
+                                tag)
         return "retry"
     status = str(pred.get("status"))
     if status in replicate.TERMINAL:
-        return await _finish_locked(w, job_id, st["uid"], pred, key, n, chain)
+        return await _finish_locked(w, job_id, st["uid"], pred, key, n, chain, tag)
     if st["cancel_requested"]:
         await cancel_prediction(w, key, st["provider_id"])
         await finish_failed(w, job_id, "Canceled by the user", status="canceled")
         return "canceled"
     if status != st["provider_status"]:
         await repo.polled(job_id, status)
-        await w.status.publish(job_id, {"status": PUBLIC_STATUS["running"], "provider_status": status,
-                                        "updated_at": datetime.now(UTC).isoformat()}, notify=False)
+        # Conditional: the webhook path may have published the end since this poll read its row.
+        await w.status.publish_progress(job_id, status, datetime.now(UTC).isoformat())
     if chain:
-        await schedule_poll(w, job_id, n + 1, backoff(w, n))
+        await schedule_poll(w, job_id, n + 1, backoff(w, n), tag)
     return "pending"
 
 
 async def _finish_locked(w: WorkerContext, job_id: str, uid: str, pred: dict[str, Any], key: str,
-                         n: int, chain: bool) -> str:
+                         n: int, chain: bool, tag: str) -> str:
     # Webhook and poll may both see the end: one re-hosts, the other steps aside. A chain link
     # keeps the chain alive behind the lock in case its holder dies mid-way.
     lock = keys.finishing(job_id)
     if not await w.redis.set(lock, "1", nx=True, ex=_FINISH_LOCK_S):
         if chain:
-            await schedule_poll(w, job_id, n + 1, w.settings.poll_cap_seconds)
+            await schedule_poll(w, job_id, n + 1, w.settings.poll_cap_seconds, tag)
         return "busy"
     try:
         return await finalize(w, job_id, uid, pred, key)
@@ -145,16 +157,17 @@ async def _finish_locked(w: WorkerContext, job_id: str, uid: str, pred: dict[str
         await w.redis.delete(lock)
 
 
-async def media_poll(ctx: dict[str, Any], job_id: str, n: int = 0, chain: bool = True) -> dict[str, Any]:
+async def media_poll(ctx: dict[str, Any], job_id: str, n: int = 0, chain: bool = True,
+                     tag: str = "poll") -> dict[str, Any]:
     w = wctx(ctx)
     start = time.perf_counter()
     outcome = "failed"
     try:
-        outcome = await _poll(w, job_id, n, chain)
+        outcome = await _poll(w, job_id, n, chain, tag)
     except Exception:
         log.exception("poll of %s crashed", job_id)
         if chain:  # never let a bug end the chain silently: the deadline still applies
-            await schedule_poll(w, job_id, n + 1, w.settings.poll_cap_seconds)
+            await schedule_poll(w, job_id, n + 1, w.settings.poll_cap_seconds, tag)
     finally:
         w.metrics.job(w.pool_name, MEDIA_POLL, outcome, time.perf_counter() - start)
     return {"outcome": outcome}
@@ -192,7 +205,8 @@ async def sweep_predictions(w: WorkerContext) -> int:
         again = await w.redis.get(keys.poll_chain(r["job_id"]))
         if again != chain:
             continue  # the chain moved on while we looked
-        await schedule_poll(w, r["job_id"], int(time.time()), 0, tag="poll-s")
+        # A fresh chain from link 0 under a tag of its own (see schedule_poll).
+        await schedule_poll(w, r["job_id"], 0, 0, tag=f"poll-s{time.time_ns():x}")
         log.warning("restarted the lost poll chain of %s", r["job_id"])
         restarted += 1
     return restarted

@@ -15,7 +15,8 @@ from jobs.serialize import dumps, loads
 from jobs.settings import get_settings
 from workers.chat import chat_openai, chat_openrouter
 from workers.context import on_shutdown, on_startup_for
-from workers.media import media_create
+from workers.hosting import rehost_budget_seconds
+from workers.media import create_budget_seconds, media_create
 from workers.moderation.job import moderation_functions, with_models
 from workers.poll import media_cancel, media_poll
 from workers.sweeper import sweep
@@ -53,11 +54,15 @@ ChatWorker = _settings("ChatWorker", "chat", _s.chat_concurrency, [
     func(chat_openrouter, name=CHAT_OPENROUTER, timeout=_s.chat_job_timeout_seconds),
     func(chat_openai, name=CHAT_OPENAI, timeout=_s.chat_job_timeout_seconds),
 ])
+# Above every try of every Replicate request a create makes: arq's timeout is final, and a create
+# it cut short leaves a prediction whose fate is unknown (the sweeper re-runs such a job).
+_create_timeout = max(_s.media_job_timeout_seconds, create_budget_seconds(_s) + 30)
 MediaWorker = _settings("MediaWorker", "media", _s.media_concurrency, [
-    func(media_create, name=MEDIA_CREATE, timeout=_s.media_job_timeout_seconds),
+    func(media_create, name=MEDIA_CREATE, timeout=_create_timeout),
 ])
-# A poll is one GET, but the one that sees the end also re-hosts the outputs.
-_finish_timeout = _s.hosting_timeout_seconds * max(1, _s.hosting_attempts) + 60
+# A poll is one GET, but the one that sees the end also re-hosts the outputs, which has its own
+# deadline below this (workers.hosting.rehost): it ends as a hosting_error, not a killed job.
+_finish_timeout = rehost_budget_seconds(_s) + 60
 PollWorker = _settings("PollWorker", "poll", _s.poll_concurrency, [
     func(media_poll, name=MEDIA_POLL, timeout=_finish_timeout),
     func(media_cancel, name=MEDIA_CANCEL, timeout=_s.media_job_timeout_seconds),

@@ -4,7 +4,9 @@ Every pool runs it every few seconds (an arq cron job, unique across the pool's 
 its own unfinished tasks older than ``sweep_after_seconds``:
 
 * arq still holds the job (queued or running): nothing to do;
-* arq holds only a result (it gave up: tries exhausted, job expired): fail and refund;
+* arq holds only a result (it gave up: tries exhausted, job expired): fail and refund, except a
+  media create that had started its POST (arq's timeout cut it short): a prediction may exist
+  and may be running, so the job runs again (a few times at most) and adopts it;
 * arq has no trace of it (the ingress died between commit and enqueue, or Redis lost it):
   enqueue it again, under the same job id.
 
@@ -17,15 +19,39 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from jobs import keys
 from jobs.names import KINDS
 from jobs.queue import Job
+from storage.predictions import PredictionRepository
 from storage.status import StatusStore
 from storage.tasks import TaskRepository
-from workers.context import wctx
+from workers.context import WorkerContext, wctx
 from workers.poll import sweep_predictions
 from workers.runner import finish_failed
 
 log = logging.getLogger("syncnode.sweeper")
+
+# A create that keeps timing out is a bug or an outage: after this many re-runs it is refunded.
+_MAX_CREATE_RERUNS = 3
+
+
+async def _rerun_started_create(w: WorkerContext, job_id: str, job: Job) -> bool:
+    """Run a media create again when arq gave up after its POST may have gone out."""
+    if w.pool_name != "media":
+        return False
+    st = await PredictionRepository(w.db).state(job_id)
+    if st is None or st["create_started_at"] is None or st["provider_id"] is not None:
+        return False
+    n = await w.redis.incr(keys.create_reruns(job_id))
+    await w.redis.expire(keys.create_reruns(job_id), 86_400)
+    if n > _MAX_CREATE_RERUNS:
+        return False
+    # Same job id, so the sweeper keeps tracking it: arq's result is what would block the enqueue.
+    await w.redis.delete(keys.result_key_prefix + job_id)
+    if not await w.queue.enqueue(job):
+        return False
+    log.warning("re-running create %s: arq gave up after its create request (rerun %d)", job_id, n)
+    return True
 
 
 async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
@@ -39,12 +65,15 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         state = await w.queue.state(r["job_id"])
         if state == "active":
             continue
+        job = Job(kind.pool, kind.function, r["job_id"], (r["job_id"],),
+                  status=StatusStore.initial(r["uid"], r["id"], kind.name))
         if state == "finished":
+            if await _rerun_started_create(w, r["job_id"], job):
+                counts["requeued"] += 1
+                continue
             await finish_failed(w, r["job_id"], "The task could not be run: the worker gave up on it")
             counts["failed"] += 1
             continue
-        job = Job(kind.pool, kind.function, r["job_id"], (r["job_id"],),
-                  status=StatusStore.initial(r["uid"], r["id"], kind.name))
         if await w.queue.enqueue(job):
             log.warning("re-enqueued task %s that was committed but not queued", r["job_id"])
             counts["requeued"] += 1

@@ -52,15 +52,19 @@ def _json(resp: httpx.Response) -> dict[str, Any]:
     return data
 
 
+def _timeout(seconds: float | None) -> Any:
+    return httpx.USE_CLIENT_DEFAULT if seconds is None else seconds
+
+
 async def create(client: httpx.AsyncClient, key: str, model: str, input_: dict[str, Any], *,
-                 webhook: str | None, cancel_after_s: int) -> dict[str, Any]:
+                 webhook: str | None, cancel_after_s: int, timeout: float | None = None) -> dict[str, Any]:
     path, body = create_route(model, input_)
     if webhook:
         body["webhook"] = webhook
         body["webhook_events_filter"] = ["completed"]
     headers = {**_auth(key), "Cancel-After": f"{max(5, cancel_after_s)}s"}
     try:
-        resp = await client.post(path, json=body, headers=headers)
+        resp = await client.post(path, json=body, headers=headers, timeout=_timeout(timeout))
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
         raise ProviderRetryable(PROVIDER, f"{type(e).__name__}: {e}")  # never reached Replicate
     except httpx.TransportError as e:
@@ -80,7 +84,7 @@ async def cancel(client: httpx.AsyncClient, key: str, prediction_id: str) -> dic
 
 
 async def created_since(client: httpx.AsyncClient, key: str, since_iso: str,
-                        max_pages: int = 5) -> list[dict[str, Any]]:
+                        max_pages: int = 5, timeout: float | None = None) -> list[dict[str, Any]]:
     """Predictions created at or after ``since_iso`` (newest first), a few pages at most."""
     out: list[dict[str, Any]] = []
     url: str | None = "/predictions"
@@ -88,7 +92,7 @@ async def created_since(client: httpx.AsyncClient, key: str, since_iso: str,
     for _ in range(max_pages):
         if url is None:
             break
-        resp = await client.get(url, params=params, headers=_auth(key))
+        resp = await client.get(url, params=params, headers=_auth(key), timeout=_timeout(timeout))
         classify(PROVIDER, resp)
         page = resp.json()
         out.extend(page.get("results") or [])
@@ -96,7 +100,7 @@ async def created_since(client: httpx.AsyncClient, key: str, since_iso: str,
     return out
 
 
-async def webhook_secret(client: httpx.AsyncClient, key: str) -> str:
-    resp = await client.get("/webhooks/default/secret", headers=_auth(key))
+async def webhook_secret(client: httpx.AsyncClient, key: str, timeout: float | None = None) -> str:
+    resp = await client.get("/webhooks/default/secret", headers=_auth(key), timeout=_timeout(timeout))
     classify(PROVIDER, resp)
     return str(resp.json()["key"])

@@ -1,0 +1,201 @@
+"""Media tasks through races and partial failures: a late progress write, a poll chain the
+sweeper restarts, a create arq gave up on, cancel before a retried create, a webhook secret
+that cannot be fetched, a key that cannot be decrypted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.accounts import Account, MakeAccount, audit
+from tests.fixtures.media import Sim
+from tests.fixtures.workers import start_inprocess_worker, stop_inprocess_worker
+from tests.test_media_generate import generate, wait_status
+
+
+@pytest.fixture
+async def keyed(make_account: MakeAccount) -> tuple[Account, str]:
+    key = f"r8_{secrets.token_hex(12)}"
+    return await make_account(keys={"replicate_key": key}), key
+
+
+@pytest.fixture
+async def media_only(app: Any, fast_polls: Any) -> AsyncIterator[Any]:
+    media = await start_inprocess_worker("media")
+    yield media[0]
+    await stop_inprocess_worker(*media)
+
+
+async def _task(app: Any, job_id: str) -> Any:
+    from storage.tasks import TaskRepository
+
+    return await TaskRepository(app.state.sn.db).by_job_id(job_id)
+
+
+async def _until_running(app: Any, job_id: str) -> Any:
+    for _ in range(200):
+        row = await _task(app, job_id)
+        if row["status"] == "running":
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{job_id} never started running")
+
+
+async def test_late_progress_never_overwrites_a_final_status(client: httpx.AsyncClient, replicate_account: Account,
+                                                             sim: Sim, media_only: Any, app: Any) -> None:
+    from jobs import keys
+    from workers.poll import media_poll
+
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"outcome": "never"}})
+    await _until_running(app, job)
+    # The webhook path published the end meanwhile; a poll that read "processing" writes after it.
+    await app.state.sn.status.publish(job, {"status": "completed", "output": "done"}, notify=False)
+    await media_poll(media_only.ctx, job, 0, False)
+    raw = await app.state.sn.redis.hget(keys.task_status(job), "status")
+    assert raw == b"completed"
+
+
+async def test_sweeper_restarts_a_chain_while_the_prediction_runs(
+        client: httpx.AsyncClient, replicate_account: Account, sim: Sim, app: Any, fast_polls: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from jobs import keys
+
+    caplog.set_level(logging.WARNING, logger="syncnode.poll")
+    media = await start_inprocess_worker("media")
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"seconds": 3}})
+    redis = app.state.sn.redis
+    raw = None
+    for _ in range(200):
+        if (raw := await redis.get(keys.poll_chain(job))) is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert raw is not None
+    assert await app.state.sn.queue.remove("poll", raw.decode())  # the chain is lost
+    poll = await start_inprocess_worker("poll")
+    try:
+        links: set[int] = set()
+        for _ in range(100):
+            cur = (await redis.get(keys.poll_chain(job)) or b"").decode()
+            if m := re.search(r":poll-s[0-9a-f]+:(\d+)$", cur):
+                links.add(int(m.group(1)))
+            if (await _task(app, job))["status"] != "running":
+                break
+            await asyncio.sleep(0.05)
+        body = await wait_status(client, replicate_account, job, timeout=15)
+    finally:
+        await stop_inprocess_worker(*poll)
+        await stop_inprocess_worker(*media)
+    assert body["replicate_status"] == "completed"
+    assert links and max(links) < 50  # a fresh chain, counted from 0
+    assert not [r for r in caplog.records if "crashed" in r.getMessage()]
+
+
+def test_backoff_survives_any_link_number(app: Any) -> None:
+    from workers.poll import backoff
+
+    w = type("W", (), {"settings": app.state.sn.settings})()
+    assert 0 < backoff(w, 10**10) <= app.state.sn.settings.poll_cap_seconds * 1.2  # type: ignore[arg-type]
+
+
+def test_create_job_timeout_covers_every_try(app: Any) -> None:
+    from jobs.names import MEDIA_CREATE
+    from workers.media import create_budget_seconds
+    from workers.settings import MediaWorker, _s
+
+    (create,) = [f for f in MediaWorker.functions if f.name == MEDIA_CREATE]  # type: ignore[attr-defined]
+    tries = _s.provider_max_retries + 1
+    assert create.timeout_s > create_budget_seconds(_s) >= tries * _s.replicate_create_timeout_seconds
+
+
+async def _as_if_arq_gave_up_mid_create(app: Any, sim: Sim, key: str, job: str, input_: dict[str, Any],
+                                        *, with_prediction: bool) -> None:
+    """The state a create job leaves when arq's timeout cut it short after its POST went out."""
+    from jobs import keys
+    from storage.predictions import PredictionRepository
+
+    st = app.state.sn
+    assert await st.queue.remove("media", job)
+    await PredictionRepository(st.db).begin_create(job, None)
+    if with_prediction:
+        r = await sim.http.post("/v1/models/owner/model/predictions", json={"input": input_},
+                                headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 201, r.text
+    await st.redis.set(keys.result_key_prefix + job, b"timed out", ex=300)
+    assert await st.queue.state(job) == "finished"
+
+
+async def test_sweeper_reruns_a_create_arq_gave_up_on(client: httpx.AsyncClient, keyed: tuple[Account, str],
+                                                      sim: Sim, app: Any, fast_polls: Any) -> None:
+    acct, key = keyed
+    input_ = {"prompt": "x", "sim": {"seconds": 0.2, "output": "text"}}
+    job = await generate(client, acct, "owner/model", input_)
+    await _as_if_arq_gave_up_mid_create(app, sim, key, job, input_, with_prediction=True)
+    media = await start_inprocess_worker("media")
+    poll = await start_inprocess_worker("poll")
+    try:
+        body = await wait_status(client, acct, job, timeout=20)
+    finally:
+        await stop_inprocess_worker(*poll)
+        await stop_inprocess_worker(*media)
+    assert body["replicate_status"] == "completed", body
+    assert len(await sim.creates()) == 1  # adopted, not paid twice
+    assert (await _task(app, job))["provider_id"] == next(iter(await sim.predictions()))
+    assert await audit(app, acct.uid) == (4_980_000, 4_980_000)
+
+
+async def test_cancel_before_a_retried_create_creates_nothing(client: httpx.AsyncClient,
+                                                              keyed: tuple[Account, str], sim: Sim,
+                                                              app: Any, fast_polls: Any) -> None:
+    from storage.predictions import PredictionRepository
+
+    acct, _ = keyed
+    job = await generate(client, acct, "owner/model", {"sim": {"output": "text"}})
+    # An earlier run started its create and died before sending it; then the user canceled.
+    await PredictionRepository(app.state.sn.db).begin_create(job, None)
+    await PredictionRepository(app.state.sn.db).request_cancel(job)
+    media = await start_inprocess_worker("media")
+    try:
+        body = await wait_status(client, acct, job, timeout=10)
+    finally:
+        await stop_inprocess_worker(*media)
+    assert body["replicate_status"] == "canceled"
+    assert await sim.creates() == []
+    assert await audit(app, acct.uid) == (5_000_000, 5_000_000)
+
+
+async def test_webhook_secret_failure_falls_back_to_polling(client: httpx.AsyncClient,
+                                                            replicate_account: Account, sim: Sim,
+                                                            media_workers: Any, app: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.providers import replicate
+    from workers.providers.errors import ProviderRetryable
+
+    async def down(*_: Any, **__: Any) -> str:
+        raise ProviderRetryable(replicate.PROVIDER, "secret endpoint down", 503)
+
+    monkeypatch.setattr(app.state.sn.settings, "replicate_webhooks", "on")
+    monkeypatch.setattr(replicate, "webhook_secret", down)
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"output": "text"}})
+    body = await wait_status(client, replicate_account, job)
+    assert body["replicate_status"] == "completed"
+    (create,) = await sim.creates()
+    assert "webhook" not in create["body"]
+
+
+async def test_undecryptable_key_fails_the_poll_chain(client: httpx.AsyncClient, replicate_account: Account,
+                                                      sim: Sim, media_workers: Any, app: Any) -> None:
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"outcome": "never"}})
+    await _until_running(app, job)
+    await app.state.sn.db.execute(
+        "UPDATE provider_keys SET ciphertext = $2 WHERE uid = $1 AND name = 'replicate_key'",
+        replicate_account.uid, b"not a sealed secret")
+    body = await wait_status(client, replicate_account, job, timeout=10)
+    assert body["replicate_status"] == "failed" and "replicate_key" in body["error"]
+    assert await audit(app, replicate_account.uid) == (5_000_000, 5_000_000)
