@@ -13,25 +13,28 @@ import asyncpg
 
 Conn = asyncpg.Connection | asyncpg.Pool
 
+_STATE_SQL = """
+SELECT t.id, t.uid, t.kind, t.model, {request}, t.status, t.provider_id, t.cost_micros,
+       t.created_at, t.updated_at, p.create_started_at, p.webhook_secret,
+       coalesce(p.cancel_requested, false) AS cancel_requested, p.provider_status, pk.ciphertext
+FROM tasks t
+LEFT JOIN predictions p ON p.job_id = t.job_id
+LEFT JOIN provider_keys pk ON pk.uid = t.uid AND pk.name = 'replicate_key'
+WHERE t.job_id = $1
+"""
+
 
 class PredictionRepository:
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
-    async def state(self, job_id: str) -> asyncpg.Record | None:
-        """The task joined with its prediction row and the account's Replicate key."""
+    async def state(self, job_id: str, *, with_request: bool = True) -> asyncpg.Record | None:
+        """The task joined with its prediction row and the account's Replicate key.
+
+        ``request`` (model and input: up to two 15 MiB base64 images for a face swap) is only
+        read when asked for: the create job needs it, the many polls of a prediction do not."""
         return await self.conn.fetchrow(
-            """
-            SELECT t.id, t.uid, t.kind, t.model, t.request, t.status, t.provider_id, t.cost_micros,
-                   t.created_at, t.updated_at, p.create_started_at, p.webhook_secret,
-                   coalesce(p.cancel_requested, false) AS cancel_requested, p.provider_status, pk.ciphertext
-            FROM tasks t
-            LEFT JOIN predictions p ON p.job_id = t.job_id
-            LEFT JOIN provider_keys pk ON pk.uid = t.uid AND pk.name = 'replicate_key'
-            WHERE t.job_id = $1
-            """,
-            job_id,
-        )
+            _STATE_SQL.format(request="t.request" if with_request else "NULL::jsonb AS request"), job_id)
 
     async def begin_create(self, job_id: str, webhook_secret: bytes | None) -> bool:
         """Record that a create POST is about to be sent. False if one was already started."""

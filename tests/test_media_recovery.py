@@ -199,3 +199,21 @@ async def test_undecryptable_key_fails_the_poll_chain(client: httpx.AsyncClient,
     body = await wait_status(client, replicate_account, job, timeout=10)
     assert body["replicate_status"] == "failed" and "replicate_key" in body["error"]
     assert await audit(app, replicate_account.uid) == (5_000_000, 5_000_000)
+
+
+async def test_polls_do_not_read_the_request(client: httpx.AsyncClient, replicate_account: Account, sim: Sim,
+                                             media_workers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from storage.predictions import PredictionRepository
+
+    reads: list[bool] = []
+    real = PredictionRepository.state
+
+    async def spy(self: PredictionRepository, job_id: str, *, with_request: bool = True) -> Any:
+        reads.append(with_request)
+        return await real(self, job_id, with_request=with_request)
+
+    monkeypatch.setattr(PredictionRepository, "state", spy)
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"seconds": 0.8, "output": "text"}})
+    assert (await wait_status(client, replicate_account, job))["replicate_status"] == "completed"
+    # A face swap's request holds two base64 images: only the create job reads it, once.
+    assert reads.count(True) == 1 and len(reads) >= 3

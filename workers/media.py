@@ -183,7 +183,7 @@ async def _run(w: WorkerContext, job_id: str) -> str:
         prediction_id = created
         # First thing after the answer: without this id a re-run could not avoid paying twice.
         await TaskRepository(w.db).set_running(job_id, prediction_id)
-    if (await repo.state(job_id) or st)["cancel_requested"]:
+    if (await repo.state(job_id, with_request=False) or st)["cancel_requested"]:
         await cancel_prediction(w, key, prediction_id)
         await finish_failed(w, job_id, "Canceled by the user", status="canceled")
         return "canceled"

@@ -93,7 +93,7 @@ async def cancel_prediction(w: WorkerContext, key: str, prediction_id: str) -> N
 
 async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "poll") -> str:
     repo = PredictionRepository(w.db)
-    st = await repo.state(job_id)
+    st = await repo.state(job_id, with_request=False)
     if st is None or st["status"] in TERMINAL or st["provider_id"] is None:
         return "done"
     if st["ciphertext"] is None:
@@ -176,7 +176,7 @@ async def media_poll(ctx: dict[str, Any], job_id: str, n: int = 0, chain: bool =
 async def media_cancel(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
     """Cancel a running prediction at Replicate, then mark the task canceled and refund it."""
     w = wctx(ctx)
-    st = await PredictionRepository(w.db).state(job_id)
+    st = await PredictionRepository(w.db).state(job_id, with_request=False)
     if st is None or st["status"] in TERMINAL:
         await announce(w, job_id)
         return {"outcome": "done"}

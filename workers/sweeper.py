@@ -39,7 +39,7 @@ async def _rerun_started_create(w: WorkerContext, job_id: str, job: Job) -> bool
     """Run a media create again when arq gave up after its POST may have gone out."""
     if w.pool_name != "media":
         return False
-    st = await PredictionRepository(w.db).state(job_id)
+    st = await PredictionRepository(w.db).state(job_id, with_request=False)
     if st is None or st["create_started_at"] is None or st["provider_id"] is not None:
         return False
     n = await w.redis.incr(keys.create_reruns(job_id))
