@@ -29,7 +29,9 @@ def _is_admin(st: AppState, request: Request) -> bool:
     token = st.settings.admin_token
     header = request.headers.get("authorization", "")
     given = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    return token is not None and bool(given) and hmac.compare_digest(given, token.get_secret_value())
+    # Bytes: compare_digest refuses non-ASCII str, and a header may carry any latin-1 byte.
+    return token is not None and bool(given) and hmac.compare_digest(
+        given.encode("latin-1", "replace"), token.get_secret_value().encode())
 
 
 def _require_admin(st: AppState, request: Request) -> None:

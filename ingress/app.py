@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             status=StatusStore(redis, settings.status_ttl_seconds),
             box=SecretBox(settings.master_key_value()),
             auth=Authenticator(settings, db),
-            charges=Combiner(lambda uid, items: TaskRepository(db).charge_many(uid, items)),
+            charges=Combiner(lambda key, items: TaskRepository(db).charge_many(key[0], items)),
         )
         try:
             yield

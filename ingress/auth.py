@@ -105,24 +105,28 @@ class Authenticator:
                     raise Unauthorized("HS256 access tokens are not accepted (no SUPABASE_JWT_SECRET)")
                 key: Any = s.supabase_jwt_secret.get_secret_value()
             else:
-                key = await self._jwks_key(header.get("kid"))
-            claims = jwt.decode(token, key, algorithms=[alg] if alg in _ASYMMETRIC | {"HS256"} else [],
-                                audience=s.supabase_audience, options={"require": ["sub", "exp"]})
-        except jwt.PyJWTError as e:
+                jwk = await self._jwks_key(header.get("kid"))
+                # The key decides the algorithm, never the token's own header (alg confusion).
+                if jwk.algorithm_name != alg:
+                    raise Unauthorized("Invalid access token: algorithm does not match its signing key")
+                key = jwk.key
+            claims = jwt.decode(token, key, algorithms=[alg], audience=s.supabase_audience,
+                                options={"require": ["sub", "exp"]})
+        except (jwt.PyJWTError, TypeError, ValueError) as e:
             raise Unauthorized(f"Invalid access token: {e}")
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise Unauthorized("Invalid access token: no subject")
         return sub
 
-    async def _jwks_key(self, kid: str | None) -> Any:
+    async def _jwks_key(self, kid: str | None) -> jwt.PyJWK:
         if self.settings.supabase_jwks_url is None:
             raise Unauthorized("Asymmetric access tokens are not accepted (no SUPABASE_JWKS_URL)")
         for refresh in (False, True):
             jwks = await self._load_jwks(force=refresh)
             for k in jwks.keys:
                 if kid is None or k.key_id == kid:
-                    return k.key
+                    return k
         raise Unauthorized("Invalid access token: unknown signing key")
 
     async def _load_jwks(self, force: bool) -> jwt.PyJWKSet:
@@ -143,5 +147,3 @@ class Authenticator:
             assert self._jwks is not None
             return self._jwks
 
-
-_ASYMMETRIC = {"RS256", "ES256", "RS384", "ES384", "RS512", "EdDSA"}

@@ -30,7 +30,7 @@ class AppState:
     box: SecretBox
     auth: Authenticator
     # Charges without an Idempotency-Key, combined per account (one statement per batch).
-    charges: Combiner[str, NewTask, ChargeOutcome]
+    charges: Combiner[tuple[str, int], NewTask, ChargeOutcome]
 
 
 def state(request: Request) -> AppState:

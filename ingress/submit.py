@@ -67,7 +67,9 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
                   idempotency_key=idempotency_key, request_hash=request_hash)
     try:
         if idempotency_key is None:
-            outcome = await st.charges.submit(who.uid, new)
+            # Same account and same price per batch: the running sum then takes exactly the
+            # requests that one-by-one charging would have taken.
+            outcome = await st.charges.submit((who.uid, price), new)
         else:
             outcome = await repo.charge_and_create(new)
     except asyncpg.UniqueViolationError:

@@ -46,16 +46,38 @@ class Combiner(Generic[K, T, R]):
                 del queue[: self._max]
                 try:
                     results = await self._run(key, [item for item, _ in batch])
+                except asyncio.CancelledError as e:
+                    _fail(batch, e)
+                    raise
                 except Exception as e:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(e)
+                    if len(batch) == 1:
+                        _fail(batch, e)
+                    else:
+                        # One bad item must not fail its neighbours: run each on its own.
+                        await self._one_by_one(key, batch)
                     continue
                 for (_, fut), result in zip(batch, results, strict=True):
                     if not fut.done():
                         fut.set_result(result)
         finally:
             del self._queues[key]
-            for _, fut in queue:
+            _fail(queue, RuntimeError("batch runner stopped"))
+
+    async def _one_by_one(self, key: K, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        for item, fut in batch:
+            try:
+                (result,) = await self._run(key, [item])
+            except asyncio.CancelledError as e:
+                _fail([(item, fut)], e)
+                raise
+            except Exception as e:
+                _fail([(item, fut)], e)
+            else:
                 if not fut.done():
-                    fut.set_exception(RuntimeError("batch runner stopped"))
+                    fut.set_result(result)
+
+
+def _fail(batch: list[tuple[T, asyncio.Future[R]]], exc: BaseException) -> None:
+    for _, fut in batch:
+        if not fut.done():
+            fut.set_exception(exc)

@@ -109,21 +109,17 @@ class JobQueue:
 
         Returns the result the worker pushed, or None when ``timeout`` passed first.
         """
-        for _ in range(2):
-            sha, n, ks, argv = self._call(job, await self._script_sha())
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(sha, n, *ks, *argv)
-                pipe.blpop([keys.done(job.job_id)], timeout=max(timeout, 0.01))
-                res = await pipe.execute(raise_on_error=False)
-            if isinstance(res[0], NoScriptError):
-                self._sha = None
-                continue
-            if isinstance(res[0], Exception):
-                raise res[0]
-            if isinstance(res[1], Exception):
-                raise res[1]
-            return None if res[1] is None else dict(loads(res[1][1]))
-        raise RuntimeError("could not load the enqueue script")
+        # EVAL, not EVALSHA: if Redis had lost the script (restart, failover, SCRIPT FLUSH), a
+        # NOSCRIPT reply would leave the pipelined BLPOP waiting the whole timeout for nothing.
+        _, n, ks, argv = self._call(job, "")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.eval(_ENQUEUE_LUA, n, *ks, *argv)
+            pipe.blpop([keys.done(job.job_id)], timeout=max(timeout, 0.01))
+            res = await pipe.execute(raise_on_error=False)
+        for r in res:
+            if isinstance(r, Exception):
+                raise r
+        return None if res[1] is None else dict(loads(res[1][1]))
 
     async def wait(self, job_id: str, timeout: float) -> dict[str, Any] | None:
         res = await self.redis.blpop([keys.done(job_id)], timeout=max(timeout, 0.01))

@@ -20,7 +20,9 @@ def _job(kind: TaskKind) -> Any:
         assert key is not None
         return await call(kind.provider, lambda: chat_api.complete(client, kind.provider, key, row["request"]),
                           max_retries=s.provider_max_retries,
-                          retry_after_cap=s.provider_retry_after_cap_seconds, metrics=w.metrics)
+                          retry_after_cap=s.provider_retry_after_cap_seconds, metrics=w.metrics,
+                          # the last try may still take a whole read timeout
+                          retry_budget=max(10.0, s.chat_job_timeout_seconds - s.provider_read_timeout - 10))
 
     async def job(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
         return await run_task(wctx(ctx), kind.function, job_id, kind.key_name, work)

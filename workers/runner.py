@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+from arq import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from storage.status import PUBLIC_STATUS
 from storage.tasks import TERMINAL, TaskRepository
@@ -21,6 +23,20 @@ from workers.context import WorkerContext
 from workers.providers.errors import ProviderError, ProviderRejected
 
 log = logging.getLogger("syncnode.worker")
+
+_INFRASTRUCTURE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+                   RedisConnectionError, ConnectionError)
+
+
+def storable(value: Any) -> Any:
+    """Provider output as Postgres can keep it: U+0000 (refused by text and jsonb) becomes U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
 
 Work = Callable[[WorkerContext, asyncpg.Record, str | None], Awaitable[Any]]
 
@@ -57,6 +73,12 @@ async def run_task(w: WorkerContext, function: str, job_id: str, key_name: str |
     try:
         outcome = await _run(w, job_id, key_name, work)
         return {"outcome": outcome}
+    except _INFRASTRUCTURE as e:
+        # Our own Postgres or Redis is unreachable: not the task's fault. arq runs the job again
+        # (up to max_tries; then the sweeper refunds it) instead of failing it for good now.
+        outcome = "retried"
+        log.warning("job %s: %s: %s; retrying", job_id, type(e).__name__, e)
+        raise Retry(defer=2) from e
     except asyncio.CancelledError:
         outcome = "interrupted"  # worker shutting down: arq puts the job back on the queue
         raise
@@ -77,7 +99,11 @@ async def _run(w: WorkerContext, job_id: str, key_name: str | None, work: Work) 
         if row["ciphertext"] is None:
             await finish_failed(w, job_id, f"The {key_name} was removed before the task ran", client_error=True)
             return "failed"
-        key = w.box.decrypt(row["ciphertext"])
+        try:
+            key = w.box.decrypt(row["ciphertext"])
+        except ValueError as e:
+            await finish_failed(w, job_id, f"The stored {key_name} cannot be used: {e}")
+            return "failed"
     try:
         output = await work(w, row, key)
     except ProviderRejected as e:
@@ -92,6 +118,7 @@ async def _run(w: WorkerContext, job_id: str, key_name: str | None, work: Work) 
         log.exception("job %s crashed", job_id)
         await finish_failed(w, job_id, "Internal error while running the task")
         return "failed"
+    output = storable(output)
     done = await w.completions.submit("", (job_id, output))
     if done is None:
         await announce(w, job_id)  # another run finished it first

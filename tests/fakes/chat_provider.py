@@ -6,6 +6,7 @@ Behaviour is picked by the model name, so a test needs no side channel:
   ``reject-400``    400 invalid_request_error (a provider 4xx)
   ``or-error-200``  OpenRouter's HTTP 200 carrying ``{"error": {"code": 502}}``
   ``slow-<secs>``   answers after that many seconds
+  ``nul-output``    a completion whose text holds U+0000 (Postgres cannot store it as is)
   anything else     200 at once
 Every call is recorded (``GET /_calls``), with the Authorization header it carried.
 """
@@ -66,6 +67,8 @@ async def chat_completions(request: Request) -> Response:
     if model == "or-error-200":
         return JSONResponse({"error": {"code": 502, "message": "Provider returned error",
                                        "metadata": {"provider_name": "Fake"}}})
+    if model == "nul-output":
+        return JSONResponse(completion(model, "before\u0000after"))
     if model.startswith("slow-"):
         await asyncio.sleep(float(model.removeprefix("slow-")))
     return JSONResponse(completion(model, f"echo: {prompt}"))

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -23,7 +24,7 @@ T = TypeVar("T")
 
 
 class _NoCookies(httpx.Cookies):
-    """A cookie jar that keeps nothing.
+    """A cookie jar that keeps nothing (httpx's side; aiohttp's gets a DummyCookieJar).
 
     One client serves every account's calls to a provider: a cookie set in one user's response
     must never ride along on another user's request. (Skipping the jar is also cheaper.)
@@ -35,12 +36,15 @@ class _NoCookies(httpx.Cookies):
 
 def make_client(base_url: str, *, connect_timeout: float, read_timeout: float, max_connections: int = 200,
                 transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
-                          keepalive_expiry=30)
+    def session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30,
+                                         ssl=httpx.create_ssl_context())
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
     client = httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout),
-        transport=transport or AiohttpTransport(limits=limits),
+        transport=transport or AiohttpTransport(client=session),
         headers={"User-Agent": "SyncNode/0.1"},
     )
     client._cookies = _NoCookies()
@@ -92,12 +96,16 @@ def classify(provider: str, resp: httpx.Response) -> None:
 
 
 async def call(provider: str, send: Callable[[], Awaitable[T]], *, max_retries: int,
-               retry_after_cap: float, metrics: WorkerMetrics | None = None) -> T:
+               retry_after_cap: float, metrics: WorkerMetrics | None = None,
+               retry_budget: float | None = None) -> T:
     """Run ``send`` (one HTTP exchange that raises ProviderError) with bounded retries.
 
     Backoff is exponential with full jitter; a Retry-After the provider sends is honoured,
     unless it is longer than ``retry_after_cap`` (then the task fails now rather than later).
+    No retry starts after ``retry_budget`` seconds, so the job ends (and refunds) before the
+    queue's own timeout, which arq treats as final, cuts it off.
     """
+    started = time.monotonic()
     attempt = 0
     while True:
         try:
@@ -118,6 +126,8 @@ async def call(provider: str, send: Callable[[], Awaitable[T]], *, max_retries: 
                 if err.retry_after > retry_after_cap:
                     raise err
                 wait = err.retry_after + random.uniform(0, 0.1)
+            if retry_budget is not None and time.monotonic() - started + wait > retry_budget:
+                raise err
             attempt += 1
             await asyncio.sleep(wait)
 
