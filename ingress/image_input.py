@@ -16,6 +16,8 @@ from jobs.errors import BadRequest, PayloadTooLarge
 
 # The formats every moderation backend reads (OpenAI takes PNG, JPEG, GIF and WebP).
 _PIL_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
+# What a decoded image's format must be for its type: the four above, and more for face swap.
+_DECODED_AS = {**_PIL_FORMATS, "BMP": "image/bmp", "AVIF": "image/avif"}
 _ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
 _DATA_URL = re.compile(r"^data:([\w.+/-]+);base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(rb"[ \t\r\n]+")
@@ -86,7 +88,7 @@ def from_fetched(data: bytes) -> ImageBytes:
 def _check_decodes(img: ImageBytes, max_pixels: int) -> None:
     try:
         with Image.open(io.BytesIO(img.data)) as im:
-            if _PIL_FORMATS.get(im.format or "") != img.mime:
+            if _DECODED_AS.get(im.format or "") != img.mime:
                 raise BadRequest(f"the image does not decode as {img.mime}")
             w, h = im.size
             if w * h > max_pixels:

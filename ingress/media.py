@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from ingress.body import read_json
 from ingress.chat import accepted
+from ingress.image_input import ImageBytes, check_decodes
 from ingress.state import state
 from ingress.submit import submit
 from jobs.errors import BadRequest
@@ -55,8 +56,16 @@ class FaceSwapRequest(BaseModel):
     input: FaceSwapInput
 
 
-def image_data_url(field: str, value: str) -> str:
-    """A base64 image (bare or as a data: URL) → a data: URL with its real type; 400 otherwise."""
+# A face (or the picture it goes into) has no business being larger than this; decoding a bigger
+# one is a memory hazard for the ingress.
+_MAX_PIXELS = 50_000_000
+
+
+async def image_data_url(field: str, value: str) -> str:
+    """A base64 image (bare or as a data: URL) → a data: URL with its real type; 400 otherwise.
+
+    The bytes must decode (in a thread): magic bytes alone let a truncated image, or text that
+    happens to start with "BM", through to be charged for and fail at Replicate."""
     raw = value.split(",", 1)[1] if value.startswith("data:") else value
     try:
         data = base64.b64decode("".join(raw.split()), validate=True)
@@ -65,6 +74,11 @@ def image_data_url(field: str, value: str) -> str:
     ctype, _ = sniff(data[:64])
     if ctype not in IMAGE_TYPES:
         raise BadRequest(f"Invalid input.{field}: not an image (PNG, JPEG, WebP, GIF, BMP, AVIF or HEIC)")
+    if ctype != "image/heic":  # no HEIC decoder here: its magic bytes are all we can check
+        try:
+            await check_decodes(ImageBytes(data, ctype), _MAX_PIXELS)
+        except BadRequest as e:
+            raise BadRequest(f"Invalid input.{field}: {e}")
     return f"data:{ctype};base64,{base64.b64encode(data).decode()}"
 
 
@@ -90,8 +104,8 @@ async def face_swap(request: Request) -> Response:
     who = await st.auth.principal(request, req.uid, public=True)
     names = _input_map(st.settings.face_swap_input_map)
     # Validated before submit(): a bad image is never charged.
-    ours: dict[str, Any] = {"source_image": image_data_url("source_image", req.input.source_image),
-                            "target_image": image_data_url("target_image", req.input.target_image)}
+    ours: dict[str, Any] = {"source_image": await image_data_url("source_image", req.input.source_image),
+                            "target_image": await image_data_url("target_image", req.input.target_image)}
     if req.input.background_enhance is not None:
         ours["background_enhance"] = req.input.background_enhance
     model = st.settings.face_swap_model

@@ -120,9 +120,20 @@ async def test_validation_and_limits(client: httpx.AsyncClient, replicate_accoun
     assert await audit(app, replicate_account.uid) == (5_000_000, 5_000_000)
 
 
+def real_png() -> bytes:
+    """A PNG that decodes (the simulator's PNG only has to look like one)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (2, 2), "blue").save(out, format="PNG")
+    return out.getvalue()
+
+
 async def test_face_swap(client: httpx.AsyncClient, replicate_account: Account, sim: Sim,
                          media_workers: Any, app: Any) -> None:
-    img = base64.b64encode(PNG).decode()
+    img = base64.b64encode(real_png()).decode()
     h = replicate_account.headers
     r = await client.post("/face-swap/run", headers=h, json={"input": {"source_image": "!!notbase64",
                                                                        "target_image": img}})
@@ -145,3 +156,24 @@ async def test_face_swap(client: httpx.AsyncClient, replicate_account: Account, 
     assert inp["local_source"] == "data:image/png;base64," + img
     assert inp["local_target"] == "data:image/png;base64," + img
     assert inp["background_enhance"] is True
+
+
+async def test_face_swap_images_must_decode(client: httpx.AsyncClient, replicate_account: Account, app: Any,
+                                            sim: Sim) -> None:
+    import io
+
+    from PIL import Image
+
+    bmp = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(bmp, format="BMP")
+    good = base64.b64encode(bmp.getvalue()).decode()
+    h = replicate_account.headers
+    for bad in (PNG[:40], b"BM but only text after the magic bytes", bmp.getvalue()[:30]):
+        r = await client.post("/face-swap/run", headers=h, json={"input": {
+            "source_image": good, "target_image": base64.b64encode(bad).decode()}})
+        assert r.status_code == 400, r.text
+        assert "target_image" in r.json()["error"] and "decode" in r.json()["error"]
+    assert await audit(app, replicate_account.uid) == (5_000_000, 5_000_000)  # nothing charged
+    r = await client.post("/face-swap/run", headers=h, json={"input": {"source_image": good,
+                                                                       "target_image": good}})
+    assert r.status_code == 202, r.text
