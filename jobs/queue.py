@@ -19,7 +19,7 @@ from typing import Any
 
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, WatchError
 
 from jobs import keys
 from jobs.serialize import dumps, loads
@@ -145,5 +145,8 @@ class JobQueue:
             pipe.multi()
             pipe.zrem(keys.queue(pool), job_id)
             pipe.delete(keys.job_key_prefix + job_id)
-            res = await pipe.execute()
+            try:
+                res = await pipe.execute()
+            except WatchError:  # a worker claimed it between our look and the removal
+                return False
         return bool(res[0])

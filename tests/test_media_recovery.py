@@ -217,3 +217,24 @@ async def test_polls_do_not_read_the_request(client: httpx.AsyncClient, replicat
     assert (await wait_status(client, replicate_account, job))["replicate_status"] == "completed"
     # A face swap's request holds two base64 images: only the create job reads it, once.
     assert reads.count(True) == 1 and len(reads) >= 3
+
+
+async def test_queue_remove_loses_a_race_to_a_worker(client: httpx.AsyncClient, replicate_account: Account,
+                                                      app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis.asyncio.client import Pipeline
+
+    from jobs import keys
+
+    job = await generate(client, replicate_account, "owner/model", {})  # no worker: still queued
+    real_exists = Pipeline.exists
+
+    async def exists_then_claimed(self: Pipeline, *names: Any) -> Any:
+        found = await real_exists(self, *names)  # type: ignore[misc]
+        await app.state.sn.redis.set(keys.in_progress_key_prefix + job, b"1", px=2000)  # a worker took it
+        return found
+
+    monkeypatch.setattr(Pipeline, "exists", exists_then_claimed)
+    assert await app.state.sn.queue.remove("media", job) is False
+    monkeypatch.undo()
+    await app.state.sn.redis.delete(keys.in_progress_key_prefix + job)
+    assert await app.state.sn.queue.remove("media", job) is True
