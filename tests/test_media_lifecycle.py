@@ -196,11 +196,15 @@ async def test_worker_killed_mid_create_makes_one_prediction(
         if await sim.creates():
             break
         await asyncio.sleep(0.05)
+    # The replacement starts while the first still holds the job's lease (it cannot take the job
+    # before the kill): its start-up (imports, ~1.5 s of CPU) is then off the critical path. Started
+    # after the kill, two process start-ups ran back to back inside the wait below, and on a loaded
+    # 2-core machine that alone could use up the 40 s.
+    worker_process("media")
     os.kill(first.pid, signal.SIGKILL)  # the prediction exists; the worker never hears its id
     first.wait()
     row = await _task(app, job)
     assert row["provider_id"] is None and row["status"] == "queued"
-    worker_process("media")
     poll = await start_inprocess_worker("poll")
     try:
         body = await wait_status(client, replicate_account, job, timeout=40)
