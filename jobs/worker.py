@@ -41,8 +41,11 @@ log = logging.getLogger("syncnode.worker")
 _MIN_SLEEP_S = 0.02
 
 # arq's rule for taking a job (not held by another worker, still queued, due now), applied to
-# the due jobs at the head of the queue in one script: returns id, score pairs it locked.
-# KEYS[1] queue; ARGV: now ms, how many to look at, how many to take, lease ms, lock prefix.
+# the due jobs at the head of the queue in one script. Returns the id, score pairs it locked,
+# then the score of the earliest job not yet due (-1 if none), so the worker knows how long
+# it may sleep without another look. Taking k jobs also takes k - 1 wake tokens (the BLPOP
+# took one): tokens left over are for jobs still waiting, and wake another worker.
+# KEYS: queue, wake list; ARGV: now ms, how many to look at, how many to take, lease ms, lock prefix.
 _CLAIM_LUA = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
 local out = {}
@@ -56,6 +59,11 @@ for i = 1, #due, 2 do
     out[#out + 1] = due[i + 1]
   end
 end
+if #out > 2 then
+  redis.call('LTRIM', KEYS[2], 0, -(#out / 2))
+end
+local nxt = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+out[#out + 1] = nxt[2] or '-1'
 return out
 """
 
@@ -68,6 +76,7 @@ class SyncNodeWorker(Worker):
         self.in_progress_timeout_s = lease_seconds
         self._wake = asyncio.Event()
         self._claim: Any = None
+        self._next_due_ms = -1.0  # from the last claim: earliest deferred job, -1 if none
         self._finishes: Combiner[str, tuple[Any, ...], None] = Combiner(self._finish_batch)
 
     async def _poll_iteration(self) -> None:
@@ -78,10 +87,11 @@ class SyncNodeWorker(Worker):
         if self.allow_pick_jobs and free > 0:
             if self._claim is None:
                 self._claim = self.pool.register_script(_CLAIM_LUA)
-            claimed = await self._claim(
-                keys=[self.queue_name],
+            *claimed, next_due = await self._claim(
+                keys=[self.queue_name, keys.wake(self.pool_name)],
                 args=[int(time.time() * 1000), self.queue_read_limit, free, int(self.lease_seconds * 1000),
                       keys.in_progress_key_prefix])
+            self._next_due_ms = float(next_due)
             for i in range(0, len(claimed), 2):
                 await self.sem.acquire()
                 self.job_counter += 1
@@ -169,20 +179,10 @@ class SyncNodeWorker(Worker):
 
     async def _until_next_due(self) -> float:
         """Seconds until the earliest deferred job is due, within [_MIN_SLEEP_S, poll_delay]."""
-        if self.job_counter >= self.max_jobs:
-            return float(self.poll_delay_s)  # full: a finishing job wakes the loop
-        now = int(time.time() * 1000)
-        try:
-            nxt = await self.pool.zrangebyscore(self.queue_name, min=f"({now}", max="+inf", start=0, num=1,
-                                                withscores=True)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # Redis blip: fall back to the poll_delay backstop
-            log.warning("reading the next due job failed", exc_info=True)
-            return float(self.poll_delay_s)
-        if not nxt:
-            return float(self.poll_delay_s)
-        return float(min(self.poll_delay_s, max(_MIN_SLEEP_S, (nxt[0][1] - now) / 1000)))
+        if self.job_counter >= self.max_jobs or self._next_due_ms < 0:
+            return float(self.poll_delay_s)  # full (a finishing job wakes the loop), or nothing deferred
+        wait = (self._next_due_ms - time.time() * 1000) / 1000
+        return float(min(self.poll_delay_s, max(_MIN_SLEEP_S, wait)))
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:

@@ -4,6 +4,7 @@ hashing of SyncNode API keys (stored hashed, shown once)."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import secrets
 
@@ -22,11 +23,16 @@ class SecretBox:
             master_key.encode()
         )
         self._fernet = Fernet(base64.urlsafe_b64encode(raw))
+        # Workers decrypt the same few keys for every job; Fernet's HMAC + AES is per call.
+        self.decrypt = functools.lru_cache(maxsize=4096)(self._decrypt)  # type: ignore[method-assign]
 
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode())
 
     def decrypt(self, token: bytes) -> str:
+        return self._decrypt(token)
+
+    def _decrypt(self, token: bytes) -> str:
         try:
             return self._fernet.decrypt(token).decode()
         except InvalidToken as e:
