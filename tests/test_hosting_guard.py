@@ -190,3 +190,21 @@ async def test_bunny_error_bodies_are_not_echoed(client: httpx.AsyncClient, repl
         "pull_zone_url": "https://sn.b-cdn.net"})
     assert r.status_code == 400
     assert "HTTP 404" in r.json()["error"] and "Storage zone not found" not in r.json()["error"]
+
+
+async def test_operator_default_storage_may_be_internal(poll_ctx: Any, replicate_account: Account,
+                                                        bunny_url: str, app: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import json
+
+    from pydantic import SecretStr
+
+    # Operator configuration, like the Replicate base URL: trusted without SYNCNODE_FETCH_ALLOW.
+    monkeypatch.setattr(app.state.sn.settings, "default_storage", SecretStr(json.dumps({
+        "provider": "bunny", "storage_zone": "sn-zone", "access_key": "bunny-zone-password",
+        "region_host": bunny_url, "pull_zone_url": "https://op.b-cdn.net"})))
+    data_url = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    hosted, error = await _rehost(poll_ctx, replicate_account, {"image": data_url})
+    assert error is None and hosted == {"image": "https://op.b-cdn.net/job-guard-test/0.png"}
+    assert bunny.FILES["sn-zone/job-guard-test/0.png"][0] == PNG

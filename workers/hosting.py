@@ -32,7 +32,7 @@ from jobs.fetch import FetchRefused, guarded_client
 from jobs.settings import Settings
 from storage.files import FileStore, StorageError
 from storage.files import config as files_config
-from storage.files.netcheck import check_reachable
+from storage.files.netcheck import check_reachable, host_port
 from storage.files.sniff import sniff
 from storage.storage_configs import StorageConfigRepository
 from workers.context import WorkerContext
@@ -41,6 +41,7 @@ log = logging.getLogger("syncnode.hosting")
 
 _DOWNLOAD_CLIENT = "HostingDownload"
 _STORAGE_CLIENT = "HostingStorage"
+_OPERATOR_STORAGE_CLIENT = "HostingOperatorStorage"
 _WRITE_BUFFER = 1 << 20
 
 
@@ -127,25 +128,41 @@ def download_client(w: WorkerContext) -> httpx.AsyncClient:
     return _client(w, _DOWNLOAD_CLIENT, w.settings.fetch_allow_list | {f"{host}:{port}"})
 
 
-def storage_client(w: WorkerContext) -> httpx.AsyncClient:
-    """Uploads to the user's storage (Bunny): only SYNCNODE_FETCH_ALLOW is trusted."""
-    return _client(w, _STORAGE_CLIENT, w.settings.fetch_allow_list)
+def storage_client(w: WorkerContext, allow: frozenset[str]) -> httpx.AsyncClient:
+    """Uploads to Bunny: a user's zone trusts only SYNCNODE_FETCH_ALLOW; the operator's default
+    storage (SYNCNODE_DEFAULT_STORAGE, operator configuration) also trusts its own host."""
+    name = _STORAGE_CLIENT if allow == w.settings.fetch_allow_list else _OPERATOR_STORAGE_CLIENT
+    return _client(w, name, allow)
+
+
+def _hosts_of(urls: list[str]) -> frozenset[str]:
+    out = set()
+    for url in urls:
+        try:
+            host, port = host_port(url)
+        except StorageError:
+            continue  # the connection attempt will say what is wrong with it
+        out.add(f"{host}:{port}")
+    return frozenset(out)
 
 
 async def store_for(w: WorkerContext, uid: str) -> FileStore:
     s = w.settings
+    allow = s.fetch_allow_list
     row = await StorageConfigRepository(w.db).get(uid)
     if row is None or row["provider"] == "default":
         provider, settings, secret = files_config.operator_default(
             s.default_storage.get_secret_value() if s.default_storage else None)
+        # The operator's own storage may well be internal (a MinIO next to the gateway).
+        allow = allow | _hosts_of(files_config.endpoints(provider, settings))
     else:
         provider, settings = row["provider"], dict(row["settings"])
         secret = files_config.unseal(w.box, row["ciphertext"])
         for url in files_config.endpoints(provider, settings):
-            await check_reachable(url, s.fetch_allow_list)  # a clear early refusal
-    return files_config.build(provider, settings, secret, http=storage_client(w),
+            await check_reachable(url, allow)  # a clear early refusal
+    return files_config.build(provider, settings, secret, http=storage_client(w, allow),
                               local_root=s.data_dir / "files", public_url=s.public_url,
-                              timeout=s.hosting_timeout_seconds, allow=s.fetch_allow_list)
+                              timeout=s.hosting_timeout_seconds, allow=allow)
 
 
 def _decode_data_url(url: str, cap: int) -> bytes:
