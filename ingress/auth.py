@@ -57,6 +57,11 @@ class Authenticator:
         self._jwks_at = 0.0
         self._jwks_lock = asyncio.Lock()
 
+    def require_credential(self, request: Request, *, public: bool) -> None:
+        """Refuse a request that cannot authenticate before its body is read (401, not 400/413)."""
+        if "authorization" not in request.headers and not (public and self.settings.allow_uid_only):
+            raise Unauthorized("Missing credential: send 'Authorization: Bearer <your API key>'")
+
     async def principal(self, request: Request, claimed_uid: str | None, *, public: bool) -> Principal:
         """Authenticate, then check a uid named in the body or query is the caller's own."""
         header = request.headers.get("authorization", "")

@@ -50,6 +50,7 @@ async def chatgpt_completion(request: Request) -> Response:
 
 async def _chat(request: Request, kind: TaskKind) -> Response:
     st = state(request)
+    st.auth.require_credential(request, public=True)
     req = ChatRequest.model_validate(await read_json(request, st.settings.max_body_bytes))
     who = await st.auth.principal(request, req.uid, public=True)
     wait = not wants_async(request)

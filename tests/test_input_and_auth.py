@@ -62,6 +62,11 @@ async def test_no_credential_is_401(client: httpx.AsyncClient, funded: Account) 
     assert r.status_code == 401 and r.json() == {"error": "Invalid API key"}
     r = await client.get("/balance", headers={"Authorization": "Basic abc"})
     assert r.status_code == 401
+    # Without a credential the body is never looked at: 401, not 400 or 413.
+    r = await client.post(CHAT, content=b"not json")
+    assert r.status_code == 401
+    r = await client.post(CHAT, json={"model": "m", "prompt": "x" * (2 << 20)})
+    assert r.status_code == 401
 
 
 async def test_another_accounts_uid_is_403(client: httpx.AsyncClient, funded: Account,
