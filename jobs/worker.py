@@ -1,13 +1,13 @@
-"""arq's Worker with two changes a gateway needs.
+"""arq's Worker with the changes a gateway needs.
 
 * Wake-up instead of polling: ``JobQueue`` pushes a token on ``syncnode:wake:<pool>`` with
-  every enqueue; an idle worker BLPOPs it and starts the job within a millisecond or two.
-  ``poll_delay`` stays as a backstop (deferred jobs, lost tokens), so idle Redis traffic is
-  one BLPOP per poll_delay instead of a ZRANGEBYSCORE every few milliseconds.
-* Deferred jobs on time: an enqueue wakes no one for a job that is not runnable yet, so after
-  each look at the queue the worker reads the earliest future score and sleeps until then
-  (at least ``_MIN_SLEEP_S``, at most ``poll_delay``). With only the poll_delay tick, a poll
-  chain's next link started up to a second late, and all of a second's links in one burst.
+  every enqueue of a runnable job. An idle worker waits in a BLPOP on that list with its claim
+  script pipelined behind it, so Redis takes the job for it the moment the token lands: waking
+  and claiming are one round trip. ``poll_delay`` bounds the wait (a backstop for lost
+  tokens), so idle Redis traffic is one BLPOP per poll_delay, not a ZRANGEBYSCORE every few ms.
+* Deferred jobs on time: an enqueue wakes no one for a job that is not runnable yet, so the
+  claim also reports the earliest future score and the next wait ends then (at least
+  ``_MIN_SLEEP_S``, at most ``poll_delay``).
 * One round trip to take jobs: arq reads the queue, then claims each job with WATCH / EXISTS /
   ZSCORE / MULTI-PSETEX-EXEC (three round trips and a watched connection per job); a Lua script
   does the read and every claim atomically.
@@ -31,6 +31,7 @@ from arq.connections import create_pool, log_redis_info
 from arq.constants import abort_jobs_ss
 from arq.utils import to_ms
 from arq.worker import Worker
+from redis.exceptions import NoScriptError, RedisError
 
 from jobs import keys
 from jobs.batch import Combiner
@@ -45,9 +46,12 @@ _MIN_SLEEP_S = 0.02
 # then the score of the earliest job not yet due (-1 if none), so the worker knows how long
 # it may sleep without another look. Taking k jobs also takes k - 1 wake tokens (the BLPOP
 # took one): tokens left over are for jobs still waiting, and wake another worker.
-# KEYS: queue, wake list; ARGV: now ms, how many to look at, how many to take, lease ms, lock prefix.
+# "Now" is Redis's clock: the script may run a second after it was sent (pipelined behind a BLPOP).
+# KEYS: queue, wake list; ARGV: (unused), how many to look at, how many to take, lease ms, lock prefix.
 _CLAIM_LUA = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, ARGV[2])
 local out = {}
 local want = tonumber(ARGV[3])
 for i = 1, #due, 2 do
@@ -62,7 +66,7 @@ end
 if #out > 2 then
   redis.call('LTRIM', KEYS[2], 0, -(#out / 2))
 end
-local nxt = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local nxt = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 out[#out + 1] = nxt[2] or '-1'
 return out
 """
@@ -79,18 +83,18 @@ class SyncNodeWorker(Worker):
         self._next_due_ms = -1.0  # from the last claim: earliest deferred job, -1 if none
         self._finishes: Combiner[str, tuple[Any, ...], None] = Combiner(self._finish_batch)
 
-    async def _poll_iteration(self) -> None:
-        """arq's poll iteration, with the queue read and every claim in one round trip."""
+    async def _poll_iteration(self, block: float = 0.0) -> None:
+        """arq's poll iteration, with the queue read and every claim in one round trip.
+
+        With ``block`` > 0 the claim is pipelined behind a BLPOP on the pool's wake list: Redis
+        runs it the moment a token arrives (or the block ends), so waking up and taking the
+        jobs cost one round trip, and this loop is the only one that ever claims.
+        """
         free = self.max_jobs - self.job_counter
         if self.burst and self.max_burst_jobs >= 0:
             free = min(free, self.max_burst_jobs - self._jobs_started())
         if self.allow_pick_jobs and free > 0:
-            if self._claim is None:
-                self._claim = self.pool.register_script(_CLAIM_LUA)
-            *claimed, next_due = await self._claim(
-                keys=[self.queue_name, keys.wake(self.pool_name)],
-                args=[int(time.time() * 1000), self.queue_read_limit, free, int(self.lease_seconds * 1000),
-                      keys.in_progress_key_prefix])
+            *claimed, next_due = await self._claim_jobs(free, block)
             self._next_due_ms = float(next_due)
             for i in range(0, len(claimed), 2):
                 await self.sem.acquire()
@@ -106,6 +110,28 @@ class SyncNodeWorker(Worker):
                 del self.tasks[job_id]
                 t.result()  # surface errors from run_job, as arq does
         await self.heart_beat()
+
+    async def _claim_jobs(self, free: int, block: float) -> list[Any]:
+        ks = [self.queue_name, keys.wake(self.pool_name)]
+        args = [0, self.queue_read_limit, free, int(self.lease_seconds * 1000), keys.in_progress_key_prefix]
+        if self._claim is None:
+            self._claim = await self.pool.script_load(_CLAIM_LUA)
+        if block > 0:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                pipe.blpop([keys.wake(self.pool_name)], timeout=block)
+                pipe.evalsha(self._claim, len(ks), *ks, *args)
+                woken, claimed = await pipe.execute(raise_on_error=False)
+            if isinstance(woken, Exception):
+                raise woken
+            if not isinstance(claimed, Exception):
+                return list(claimed)
+            if not isinstance(claimed, NoScriptError):
+                raise claimed
+        try:
+            return list(await self.pool.evalsha(self._claim, len(ks), *ks, *args))
+        except NoScriptError:  # Redis restarted or flushed its scripts
+            self._claim = await self.pool.script_load(_CLAIM_LUA)
+            return list(await self.pool.evalsha(self._claim, len(ks), *ks, *args))
 
     async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None,
                          result_timeout_s: float | None, keep_result_forever: bool, incr_score: int | None,
@@ -159,28 +185,36 @@ class SyncNodeWorker(Worker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
-        helpers = [asyncio.create_task(self._wake_loop()), asyncio.create_task(self._lease_loop())]
+        lease = asyncio.create_task(self._lease_loop())
+        block = 0.0
         try:
             while True:
                 self._wake.clear()
-                await self._poll_iteration()
+                try:
+                    await self._poll_iteration(block)
+                except (OSError, RedisError):  # Redis blip: wait a moment, then look again
+                    log.warning("taking jobs failed", exc_info=True)
+                    await asyncio.sleep(min(1.0, self.poll_delay_s))
                 if self.burst and await self._burst_done():
                     return
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-                # that lands as the event fires, and the worker would then never stop.
-                sleep = await self._until_next_due()
+                if self.job_counter < self.max_jobs and not self.burst:
+                    block = self._until_next_due()  # the next iteration blocks in Redis
+                    continue
+                # Full (a finishing job sets _wake), or burst mode. asyncio.timeout, not
+                # wait_for: on 3.11 wait_for can swallow a cancellation that lands as the event
+                # fires, and the worker would then never stop.
+                block = 0.0
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(sleep):
+                    async with asyncio.timeout(self.poll_delay_s):
                         await self._wake.wait()
         finally:
-            for t in helpers:
-                t.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            lease.cancel()
+            await asyncio.gather(lease, return_exceptions=True)
 
-    async def _until_next_due(self) -> float:
+    def _until_next_due(self) -> float:
         """Seconds until the earliest deferred job is due, within [_MIN_SLEEP_S, poll_delay]."""
-        if self.job_counter >= self.max_jobs or self._next_due_ms < 0:
-            return float(self.poll_delay_s)  # full (a finishing job wakes the loop), or nothing deferred
+        if self._next_due_ms < 0:
+            return float(self.poll_delay_s)  # nothing deferred
         wait = (self._next_due_ms - time.time() * 1000) / 1000
         return float(min(self.poll_delay_s, max(_MIN_SLEEP_S, wait)))
 
@@ -189,19 +223,6 @@ class SyncNodeWorker(Worker):
             await asyncio.gather(*self.tasks.values())
             return True
         return False
-
-    async def _wake_loop(self) -> None:
-        # BLPOP holds its own pooled connection; job work uses others.
-        timeout = max(self.poll_delay_s, 0.1)
-        while True:
-            try:
-                if await self.pool.blpop([keys.wake(self.pool_name)], timeout=timeout):
-                    self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # Redis blip: the poll_delay backstop keeps the worker going.
-                log.warning("wake wait failed", exc_info=True)
-                await asyncio.sleep(timeout)
 
     async def _lease_loop(self) -> None:
         ms = int(self.lease_seconds * 1000)
