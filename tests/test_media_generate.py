@@ -177,3 +177,6 @@ async def test_face_swap_images_must_decode(client: httpx.AsyncClient, replicate
     r = await client.post("/face-swap/run", headers=h, json={"input": {"source_image": good,
                                                                        "target_image": good}})
     assert r.status_code == 202, r.text
+    # No worker runs here: take the job off the queue, or a later test's worker would run it.
+    task_id = await app.state.sn.db.fetchval("SELECT id FROM tasks WHERE job_id = $1", r.json()["job_id"])
+    assert (await client.post(f"/tasks/{task_id}/cancel", headers=h)).json()["status"] == "canceled"
