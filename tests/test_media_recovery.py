@@ -247,3 +247,41 @@ async def _end(app: Any, job_id: str) -> None:
     from storage.tasks import TaskRepository
 
     await TaskRepository(app.state.sn.db).finish_unpaid(job_id, "canceled", "test over")
+
+
+async def test_lost_prediction_lookup_failing_retries_instead_of_refunding(
+        client: httpx.AsyncClient, keyed: tuple[Account, str], sim: Sim, app: Any, fast_polls: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from storage.predictions import PredictionRepository
+    from workers import media as media_mod
+    from workers.providers import replicate
+    from workers.providers.errors import ProviderRetryable
+
+    acct, key = keyed
+    input_ = {"sim": {"seconds": 0.2, "output": "text"}}
+    job = await generate(client, acct, "owner/model", input_)
+    # An earlier run's create reached Replicate; then listing predictions fails for a while.
+    await PredictionRepository(app.state.sn.db).begin_create(job, None)
+    r = await sim.http.post("/v1/models/owner/model/predictions", json={"input": input_},
+                            headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 201
+    real, failures = replicate.created_since, [0]
+
+    async def flaky(*args: Any, **kw: Any) -> Any:
+        if failures[0] < 2:
+            failures[0] += 1
+            raise ProviderRetryable(replicate.PROVIDER, "listing is down", 503)
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(replicate, "created_since", flaky)
+    monkeypatch.setattr(media_mod, "_LOOKUP_AGAIN_S", 0.2)
+    media = await start_inprocess_worker("media")
+    poll = await start_inprocess_worker("poll")
+    try:
+        body = await wait_status(client, acct, job, timeout=15)
+    finally:
+        await stop_inprocess_worker(*poll)
+        await stop_inprocess_worker(*media)
+    assert body["replicate_status"] == "completed", body
+    assert failures[0] == 2 and len(await sim.creates()) == 1
+    assert await audit(app, acct.uid) == (4_980_000, 4_980_000)

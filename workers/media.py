@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from arq.worker import Retry
 
 from jobs.names import MEDIA_CREATE
 from jobs.settings import Settings
@@ -27,7 +28,7 @@ from storage.tasks import TERMINAL, TaskRepository
 from workers.context import WorkerContext, wctx
 from workers.poll import cancel_prediction, schedule_poll
 from workers.providers import replicate
-from workers.providers.errors import ProviderError, ProviderRejected
+from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
 from workers.providers.http import call
 from workers.runner import announce, finish_failed
 
@@ -37,6 +38,8 @@ log = logging.getLogger("syncnode.media")
 _secrets: dict[bytes, str] = {}
 _SECRET_RETRIES = 1
 _LOST_PAGES = 5
+_LOOKUP_RETRIES = 1
+_LOOKUP_AGAIN_S = 30.0
 _UNSURE_PAUSE_S = 1.0
 
 
@@ -74,7 +77,7 @@ def create_budget_seconds(s: Settings) -> float:
         return (retries + 1) * one + retries * wait
 
     secret = tried(_SECRET_RETRIES, t)
-    lookup = tried(s.provider_max_retries, _LOST_PAGES * t)  # before the create and after an unsure one
+    lookup = tried(_LOOKUP_RETRIES, _LOST_PAGES * t)  # before the create and after an unsure one
     create = tried(s.provider_max_retries, t)
     return secret + 2 * lookup + create + _UNSURE_PAUSE_S
 
@@ -93,9 +96,15 @@ async def _find_lost(w: WorkerContext, st: asyncpg.Record, key: str) -> str | No
     req = st["request"]
     s = w.settings
     t = s.replicate_create_timeout_seconds
-    found = await call(replicate.PROVIDER,
-                       lambda: replicate.created_since(w.http["Replicate"], key, since, _LOST_PAGES, timeout=t),
-                       max_retries=s.provider_max_retries, retry_after_cap=s.provider_retry_after_cap_seconds)
+    try:
+        found = await call(replicate.PROVIDER,
+                           lambda: replicate.created_since(w.http["Replicate"], key, since, _LOST_PAGES, timeout=t),
+                           max_retries=_LOOKUP_RETRIES, retry_after_cap=s.provider_retry_after_cap_seconds)
+    except ProviderRetryable as e:
+        # Whether a prediction exists is unknown: failing now would refund work that may be
+        # running. arq runs the job again later (then the sweeper, which re-runs it a few times).
+        log.warning("looking for the lost prediction of task %s failed (%s); trying again later", st["id"], e)
+        raise Retry(defer=_LOOKUP_AGAIN_S) from e
     ids = [p["id"] for p in found if _same(p, req["model"], req["input"])]
     if not ids:
         return None
@@ -199,6 +208,9 @@ async def media_create(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
         outcome = await _run(w, job_id)
     except asyncio.CancelledError:
         outcome = "interrupted"  # shutdown: arq runs it again, and the stored state makes that safe
+        raise
+    except Retry:
+        outcome = "retry"
         raise
     except Exception:
         log.exception("media job %s crashed", job_id)
