@@ -208,3 +208,26 @@ async def test_operator_default_storage_may_be_internal(poll_ctx: Any, replicate
     hosted, error = await _rehost(poll_ctx, replicate_account, {"image": data_url})
     assert error is None and hosted == {"image": "https://op.b-cdn.net/job-guard-test/0.png"}
     assert bunny.FILES["sn-zone/job-guard-test/0.png"][0] == PNG
+
+
+async def test_s3_client_is_built_once_per_configuration(moto_url: str, tmp_path: Any) -> None:
+    import boto3
+
+    from storage.files.s3 import S3Store, close_all
+
+    boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="AKIDTEST",
+                 aws_secret_access_key="moto-secret-key-123").create_bucket(Bucket="sn-cache")
+    allow = frozenset({moto_url.split("://", 1)[1]})
+
+    def store(secret: str = "moto-secret-key-123") -> S3Store:
+        return S3Store(bucket="sn-cache", region="us-east-1", endpoint_url=moto_url, access_key_id="AKIDTEST",
+                       secret_access_key=secret, public_base_url=None, allow=allow)
+
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"hello")
+    a, b = store(), store()
+    await a.put("one.txt", path, 5, "text/plain")
+    await b.put("two.txt", path, 5, "text/plain")
+    assert await a._client() is await b._client()  # built once: 100-200 ms of blocking work each
+    assert await store("another-secret")._client() is not await a._client()
+    await close_all()
