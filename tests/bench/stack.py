@@ -64,7 +64,7 @@ class Stack:
 
     def spawn(self, name: str, cmd: list[str]) -> None:
         self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL,
-                                            stderr=open(self.tmp / f"{name}.log", "wb"))  # noqa: SIM115
+                                            stderr=open(self.tmp / f"{name}.log", "wb"))
 
     def account(self, keys: dict[str, str]) -> str:
         """A funded account with stored provider keys; returns its API key."""
