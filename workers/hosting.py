@@ -41,7 +41,6 @@ log = logging.getLogger("syncnode.hosting")
 
 _DOWNLOAD_CLIENT = "HostingDownload"
 _STORAGE_CLIENT = "HostingStorage"
-_OPERATOR_STORAGE_CLIENT = "HostingOperatorStorage"
 _WRITE_BUFFER = 1 << 20
 
 
@@ -112,11 +111,13 @@ def replace_urls(output: Any, mapping: dict[str, str]) -> Any:
 
 
 def _client(w: WorkerContext, name: str, allow: frozenset[str]) -> httpx.AsyncClient:
-    # One of each per worker, sized to the poll pool; closed with the others at shutdown.
-    c = w.http.get(name)
+    # One of each per worker, sized to the poll pool; closed with the others at shutdown. Keyed by
+    # its allow list too: a client must never outlive the list it was built to enforce.
+    key = f"{name}|{','.join(sorted(allow))}"
+    c = w.http.get(key)
     if c is None:
         s = w.settings
-        c = w.http[name] = guarded_client(allow, connect_timeout=s.provider_connect_timeout,
+        c = w.http[key] = guarded_client(allow, connect_timeout=s.provider_connect_timeout,
                                           read_timeout=s.hosting_timeout_seconds,
                                           max_connections=s.poll_concurrency)
     return c
@@ -131,8 +132,7 @@ def download_client(w: WorkerContext) -> httpx.AsyncClient:
 def storage_client(w: WorkerContext, allow: frozenset[str]) -> httpx.AsyncClient:
     """Uploads to Bunny: a user's zone trusts only SYNCNODE_FETCH_ALLOW; the operator's default
     storage (SYNCNODE_DEFAULT_STORAGE, operator configuration) also trusts its own host."""
-    name = _STORAGE_CLIENT if allow == w.settings.fetch_allow_list else _OPERATOR_STORAGE_CLIENT
-    return _client(w, name, allow)
+    return _client(w, _STORAGE_CLIENT, allow)
 
 
 def _hosts_of(urls: list[str]) -> frozenset[str]:
