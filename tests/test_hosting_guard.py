@@ -17,7 +17,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes import bunny
@@ -40,10 +40,14 @@ async def _file(request: Request) -> Response:
     return Response(PNG + name.encode(), media_type="application/octet-stream")
 
 
+async def _redirect(request: Request) -> Response:
+    return RedirectResponse(request.query_params["to"], status_code=302)
+
+
 @pytest.fixture(scope="module")
 def inside() -> Iterator[ServerThread]:
     """A server inside our network: nothing the guard refuses may reach it."""
-    srv = ServerThread(Starlette(routes=[Route("/f/{name}", _file)]))
+    srv = ServerThread(Starlette(routes=[Route("/f/{name}", _file), Route("/r", _redirect)]))
     srv.start()
     yield srv
     srv.stop()
@@ -119,6 +123,19 @@ async def test_only_provider_file_urls_are_copied(poll_ctx: Any, replicate_accou
     assert hosted["image"] == "http://gateway.test/files/job-guard-test/0.png"
     assert hosted["links"] == elsewhere and hosted["text"] == output["text"]  # untouched
     assert HITS == ["out.png"]
+
+
+async def test_redirect_to_an_inside_address_is_refused(poll_ctx: Any, replicate_account: Account,
+                                                        inside: ServerThread, dns: Any, app: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    dns({"files.replicate.delivery": ["127.0.0.1"]})
+    monkeypatch.setattr(app.state.sn.settings, "fetch_allow", f"files.replicate.delivery:{inside.port}")
+    for target in (f"http://127.0.0.1:{inside.port}/f/secret", f"http://[::ffff:127.0.0.1]:{inside.port}/f/secret",
+                   "http://169.254.169.254/latest/meta-data/"):
+        url = f"http://files.replicate.delivery:{inside.port}/r?to={target}"
+        output, error = await _rehost(poll_ctx, replicate_account, url)
+        assert output == url and error is not None and "only public hosts" in error, error
+    assert HITS == []  # the redirect itself is served by /r, which does not record
 
 
 async def test_malformed_output_urls(poll_ctx: Any, replicate_account: Account, app: Any) -> None:

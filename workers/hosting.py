@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from jobs.fetch import FetchRefused, guarded_client
+from jobs.fetch import FetchRefused, guarded_aiohttp_client
 from jobs.settings import Settings
 from storage.files import FileStore, StorageError
 from storage.files import config as files_config
@@ -117,9 +117,9 @@ def _client(w: WorkerContext, name: str, allow: frozenset[str]) -> httpx.AsyncCl
     c = w.http.get(key)
     if c is None:
         s = w.settings
-        c = w.http[key] = guarded_client(allow, connect_timeout=s.provider_connect_timeout,
-                                          read_timeout=s.hosting_timeout_seconds,
-                                          max_connections=s.poll_concurrency)
+        c = w.http[key] = guarded_aiohttp_client(allow, connect_timeout=s.provider_connect_timeout,
+                                                  read_timeout=s.hosting_timeout_seconds,
+                                                  max_connections=s.poll_concurrency)
     return c
 
 
