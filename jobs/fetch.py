@@ -1,13 +1,16 @@
 """Fetching a URL a user gave us without letting them reach our own network (SSRF guard).
 
-Used by moderation's ``imageUrl`` (and meant for webhooks). The rule: http/https only; every
+Used by moderation's ``imageUrl``, re-hosting downloads and the user's storage endpoints
+(Bunny, S3), and meant for webhooks. The rule: http/https only; every
 address a host resolves to must be public, checked again for every connection — so for every
 redirect hop too — and the connection goes to the address that was checked, so DNS cannot
 answer "public" to the check and "private" to the connect (rebinding). An operator can let
 named internal hosts through with ``SYNCNODE_FETCH_ALLOW`` (``host:port`` entries).
 
 The check sits in an httpcore network backend, the one place every connection is opened, so
-no code path (redirect, retry, keep-alive) can skip it.
+no code path (redirect, retry, keep-alive) can skip it. aiohttp clients (re-hosting, aiobotocore)
+get the same rules through a resolver that returns only vetted addresses (aiohttp connects to
+exactly those), plus a per-request check of IP literals, which aiohttp never resolves.
 """
 
 from __future__ import annotations
