@@ -100,12 +100,13 @@ async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "
         await finish_failed(w, job_id, "The replicate_key was removed while the prediction ran",
                             client_error=True)
         return "failed"
-    # The deadline first: it must hold even if the key can no longer be decrypted.
+    # The deadline is read before decrypting, and a key that cannot be decrypted ends the task:
+    # before, every poll crashed on it and re-queued itself, so the deadline was never reached.
     deadline = st["created_at"].timestamp() + w.settings.prediction_deadline_seconds
     overdue = time.time() > deadline
     try:
         key = w.box.decrypt(st["ciphertext"])
-    except Exception:  # e.g. the master key changed: no poll could ever succeed
+    except Exception:  # e.g. the master key changed: no poll could ever succeed (Cancel-After stops it)
         log.exception("the replicate_key of %s cannot be decrypted", job_id)
         await finish_failed(w, job_id, "The stored replicate_key cannot be read; set it again")
         return "failed"
