@@ -125,6 +125,15 @@ class JobQueue:
         res = await self.redis.blpop([keys.done(job_id)], timeout=max(timeout, 0.01))
         return None if res is None else dict(loads(res[1]))
 
+    async def states(self, job_ids: list[str]) -> list[str]:
+        """``state`` of many jobs in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(keys.job_key_prefix + job_id, keys.in_progress_key_prefix + job_id)
+                pipe.exists(keys.result_key_prefix + job_id)
+            res = await pipe.execute()
+        return ["active" if res[i] else "finished" if res[i + 1] else "absent" for i in range(0, len(res), 2)]
+
     async def state(self, job_id: str) -> str:
         """"active" (queued or running), "finished" (arq kept only its result) or "absent"."""
         async with self.redis.pipeline(transaction=False) as pipe:

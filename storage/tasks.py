@@ -246,14 +246,20 @@ class TaskRepository:
         )
         return None if current is None else str(current)
 
-    async def stale(self, pool: str, older_than_s: float, limit: int) -> list[asyncpg.Record]:
-        """Unfinished tasks of a pool older than the given age: candidates for the sweeper."""
+    async def stale(self, pool: str, older_than_s: float, limit: int,
+                    after: tuple[Any, int] | None = None) -> list[asyncpg.Record]:
+        """Queued tasks of a pool older than the given age, oldest first: the sweeper's candidates.
+
+        ``after`` is the (created_at, id) of the last row of the previous page (keyset paging),
+        so a backlog of old queued jobs cannot hide a lost one behind it.
+        """
         return list(await self.conn.fetch(
             """
             SELECT id, job_id, uid, kind, status, created_at FROM tasks
-            WHERE pool = $1 AND status IN ('queued', 'running')
+            WHERE pool = $1 AND status = 'queued'
               AND created_at < now() - make_interval(secs => $2)
-            ORDER BY created_at LIMIT $3
+              AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5))
+            ORDER BY created_at, id LIMIT $3
             """,
-            pool, older_than_s, limit,
+            pool, older_than_s, limit, after[0] if after else None, after[1] if after else 0,
         ))

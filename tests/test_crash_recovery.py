@@ -93,3 +93,40 @@ async def test_redis_down_at_enqueue_keeps_the_task_for_the_sweeper(
     assert r.json()["job_id"]
     row = await TaskRepository(app.state.sn.db).by_job_id(r.json()["job_id"])
     assert row is not None and row["status"] == "queued"  # recorded; the sweeper will run it
+
+
+async def test_sweeper_finds_a_lost_task_behind_a_backlog(funded: Account, app: Any) -> None:
+    from arq.connections import RedisSettings, create_pool
+
+    from jobs.queue import Job
+    from workers.context import on_shutdown, on_startup_for
+    from workers.sweeper import sweep
+
+    st = app.state.sn
+    repo = TaskRepository(st.db)
+
+    def task(job_id: str) -> NewTask:
+        return NewTask(job_id=job_id, uid=funded.uid, kind=CHAT.name, pool=CHAT.pool, model="m", prompt="b",
+                       request={"model": "m", "messages": [{"role": "user", "content": "b"}]}, cost_micros=1,
+                       key_name=CHAT.key_name)
+
+    backlog = [str(uuid.uuid4()) for _ in range(520)]
+    outcomes = await repo.charge_many(funded.uid, [task(j) for j in backlog])
+    assert all(o.task_id for o in outcomes)
+    for j in backlog:  # queued in arq, waiting for a worker: the sweeper must leave them alone
+        await st.queue.enqueue(Job(CHAT.pool, CHAT.function, j, (j,)))
+    lost = str(uuid.uuid4())
+    await repo.charge_and_create(task(lost))  # committed, never enqueued: newest of all
+    await st.db.execute("UPDATE tasks SET created_at = created_at - interval '1 minute' WHERE uid = $1",
+                        funded.uid)
+    ctx: dict[str, Any] = {"redis": await create_pool(RedisSettings.from_dsn(st.settings.redis_url))}
+    await on_startup_for("chat", 10)(ctx)
+    try:
+        counts = await sweep(ctx)
+    finally:
+        await on_shutdown(ctx)
+        for j in [*backlog, lost]:
+            await st.queue.remove(CHAT.pool, j)
+        await st.db.execute("UPDATE tasks SET status = 'canceled' WHERE uid = $1 AND status = 'queued'",
+                            funded.uid)
+    assert counts["requeued"] == 1

@@ -17,6 +17,7 @@ The media pool also restarts the poll chain of running predictions that lost it
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from jobs import keys
@@ -54,16 +55,34 @@ async def _rerun_started_create(w: WorkerContext, job_id: str, job: Job) -> bool
     return True
 
 
+_PAGE = 500
+# One sweep stops after this long; the next one, seconds later, starts from the oldest again.
+_BUDGET_S = 20.0
+
+
 async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     w = wctx(ctx)
-    rows = await TaskRepository(w.db).stale(w.pool_name, w.settings.sweep_after_seconds, 500)
     counts = {"requeued": 0, "failed": 0}
-    for r in rows:
+    after = None
+    deadline = time.monotonic() + _BUDGET_S
+    while time.monotonic() < deadline:
+        rows = await TaskRepository(w.db).stale(w.pool_name, w.settings.sweep_after_seconds, _PAGE, after)
+        if not rows:
+            break
+        await _sweep_page(w, rows, counts)
+        after = (rows[-1]["created_at"], rows[-1]["id"])
+        if len(rows) < _PAGE:
+            break
+    if w.pool_name == "media":
+        counts["polls_restarted"] = await sweep_predictions(w)
+    return counts
+
+
+async def _sweep_page(w: WorkerContext, rows: list[Any], counts: dict[str, int]) -> None:
+    states = await w.queue.states([r["job_id"] for r in rows])
+    for r, state in zip(rows, states, strict=True):
         kind = KINDS.get(r["kind"])
-        if kind is None or r["status"] != "queued":
-            continue
-        state = await w.queue.state(r["job_id"])
-        if state == "active":
+        if kind is None or state == "active":
             continue
         job = Job(kind.pool, kind.function, r["job_id"], (r["job_id"],),
                   status=StatusStore.initial(r["uid"], r["id"], kind.name))
@@ -77,6 +96,3 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         if await w.queue.enqueue(job):
             log.warning("re-enqueued task %s that was committed but not queued", r["job_id"])
             counts["requeued"] += 1
-    if w.pool_name == "media":
-        counts["polls_restarted"] = await sweep_predictions(w)
-    return counts
