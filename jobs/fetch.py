@@ -94,8 +94,8 @@ async def vetted_addresses(host: str, port: int, allow: frozenset[str],
         # Every answer must be public: a mixed answer is how rebinding attacks start.
         why = why_not_public(ipaddress.ip_address(a.split("%")[0]))
         if why is not None:
-            raise FetchRefused(f"{host!r} resolves to a {why} address ({a}); only public hosts "
-                               "can be reached")
+            # The address itself stays out of the message: it would map the operator's network.
+            raise FetchRefused(f"{host!r} resolves to a {why} address; only public hosts can be reached")
     return addresses
 
 

@@ -99,7 +99,8 @@ async def test_private_and_metadata_ranges_refused_before_connecting(address: st
     with pytest.raises(FetchRefused) as e:
         await fetch("http://innocent.example.com/cat.png", FetchPolicy(), what="imageUrl",
                     resolver=resolving_to(address), inner=rec)
-    assert address in e.value.message
+    assert "innocent.example.com" in e.value.message and "resolves to a" in e.value.message
+    assert address not in e.value.message  # the operator's network is not mapped for the caller
     assert rec.attempts == []
 
 
