@@ -24,7 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 from typing import Any
 
 from arq.connections import create_pool, log_redis_info
@@ -47,7 +50,8 @@ _MIN_SLEEP_S = 0.02
 # it may sleep without another look. Taking k jobs also takes k - 1 wake tokens (the BLPOP
 # took one): tokens left over are for jobs still waiting, and wake another worker.
 # "Now" is Redis's clock: the script may run a second after it was sent (pipelined behind a BLPOP).
-# KEYS: queue, wake list; ARGV: (unused), how many to look at, how many to take, lease ms, lock prefix.
+# KEYS: queue, wake list; ARGV: (unused), how many to look at, how many to take, lease ms, lock
+# prefix, this worker's token (the lock's value: arq only checks that the lock exists).
 _CLAIM_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -58,7 +62,7 @@ for i = 1, #due, 2 do
   if #out >= 2 * want then break end
   local lock = ARGV[5] .. due[i]
   if redis.call('EXISTS', lock) == 0 then
-    redis.call('PSETEX', lock, ARGV[4], '1')
+    redis.call('PSETEX', lock, ARGV[4], ARGV[6])
     out[#out + 1] = due[i]
     out[#out + 1] = due[i + 1]
   end
@@ -72,12 +76,26 @@ return out
 """
 
 
+# A lease is renewed, and released, only by the worker holding it: one whose renewals failed
+# for a whole lease (a Redis outage, a blocked loop) must not extend or delete the lock of the
+# worker that has since taken the job over.
+_RENEW_LUA = """
+for _, lock in ipairs(KEYS) do
+  if redis.call('GET', lock) == ARGV[1] then redis.call('PEXPIRE', lock, ARGV[2]) end
+end
+"""
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+"""
+
+
 class SyncNodeWorker(Worker):
     def __init__(self, *args: Any, pool_name: str, lease_seconds: float = 15.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pool_name = pool_name
         self.lease_seconds = lease_seconds
         self.in_progress_timeout_s = lease_seconds
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._claim: Any = None
         self._next_due_ms = -1.0  # from the last claim: earliest deferred job, -1 if none
@@ -113,7 +131,8 @@ class SyncNodeWorker(Worker):
 
     async def _claim_jobs(self, free: int, block: float) -> list[Any]:
         ks = [self.queue_name, keys.wake(self.pool_name)]
-        args = [0, self.queue_read_limit, free, int(self.lease_seconds * 1000), keys.in_progress_key_prefix]
+        args = [0, self.queue_read_limit, free, int(self.lease_seconds * 1000), keys.in_progress_key_prefix,
+                self.token]
         if self._claim is None:
             self._claim = await self.pool.script_load(_CLAIM_LUA)
         if block > 0:
@@ -146,7 +165,8 @@ class SyncNodeWorker(Worker):
                 lock = keys.in_progress_key_prefix + job_id
                 delete = []
                 if keep_in_progress is None:
-                    delete.append(lock)
+                    # EVAL (not EVALSHA) inside MULTI: a NOSCRIPT there would fail the whole EXEC.
+                    tr.eval(_RELEASE_LUA, 1, lock, self.token)
                 else:
                     tr.pexpire(lock, to_ms(keep_in_progress))
                 if finish:
@@ -232,10 +252,8 @@ class SyncNodeWorker(Worker):
             if not running:
                 continue
             try:
-                async with self.pool.pipeline(transaction=False) as pipe:
-                    for jid in running:
-                        pipe.pexpire(keys.in_progress_key_prefix + jid, ms)
-                    await pipe.execute()
+                locks = [keys.in_progress_key_prefix + jid for jid in running]
+                await self.pool.eval(_RENEW_LUA, len(locks), *locks, self.token, ms)
             except asyncio.CancelledError:
                 raise
             except Exception:

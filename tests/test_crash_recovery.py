@@ -130,3 +130,22 @@ async def test_sweeper_finds_a_lost_task_behind_a_backlog(funded: Account, app: 
         await st.db.execute("UPDATE tasks SET status = 'canceled' WHERE uid = $1 AND status = 'queued'",
                             funded.uid)
     assert counts["requeued"] == 1
+
+
+async def test_a_lease_taken_over_is_neither_renewed_nor_released(client: httpx.AsyncClient, funded: Account,
+                                                                   chat_worker: Any, app: Any) -> None:
+    redis = app.state.sn.redis
+    r = await client.post(CHAT_PATH, headers={**funded.headers, "Prefer": "respond-async"},
+                          json={"model": "slow-1.5", "prompt": f"lease {uuid.uuid4()}"})
+    lock = f"arq:in-progress:{r.json()['job_id']}"
+    for _ in range(100):
+        if await redis.exists(lock):
+            break
+        await asyncio.sleep(0.02)
+    assert (await redis.get(lock)).decode() == chat_worker.token
+    # As if this worker's renewals had failed for a whole lease and another worker took the job.
+    await redis.set(lock, b"another-worker", px=60_000)
+    await poll_until_done(client, funded, r.json()["job_id"])
+    await asyncio.sleep(0.2)
+    assert await redis.get(lock) == b"another-worker"  # not released by the first worker
+    assert await redis.pttl(lock) > 50_000  # nor renewed to its 2 s lease
