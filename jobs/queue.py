@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, WatchError
 
 from jobs import keys
+from jobs.batch import Combiner
 from jobs.serialize import dumps, loads
 
 _ENQUEUE_LUA = """
@@ -73,6 +74,7 @@ class JobQueue:
         self.redis = redis
         self.status_ttl = status_ttl_seconds
         self._sha: str | None = None
+        self._batches: Combiner[str, Job, bool] = Combiner(self._enqueue_many)
 
     async def _script_sha(self) -> str:
         if self._sha is None:
@@ -95,13 +97,29 @@ class JobQueue:
         return sha, len(ks), ks, argv
 
     async def enqueue(self, job: Job) -> bool:
-        """Enqueue once; False when arq still holds that job id (a duplicate is a no-op)."""
-        for _ in range(2):
-            sha, n, ks, argv = self._call(job, await self._script_sha())
-            try:
-                return bool(await self.redis.evalsha(sha, n, *ks, *argv))
-            except NoScriptError:
-                self._sha = None  # Redis restarted and lost its script cache.
+        """Enqueue once; False when arq still holds that job id (a duplicate is a no-op).
+
+        Enqueues that arrive while one pipeline is in flight share the next one.
+        """
+        return await self._batches.submit("", job)
+
+    async def _enqueue_many(self, _: str, jobs: list[Job]) -> list[bool]:
+        for _attempt in range(2):
+            sha = await self._script_sha()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job in jobs:
+                    _, n, ks, argv = self._call(job, sha)
+                    pipe.evalsha(sha, n, *ks, *argv)
+                res = await pipe.execute(raise_on_error=False)
+            if any(isinstance(r, NoScriptError) for r in res):
+                # Redis restarted and lost its scripts. Re-running the batch is safe: a job
+                # already enqueued is skipped (its arq:job key exists).
+                self._sha = None
+                continue
+            for r in res:
+                if isinstance(r, Exception):
+                    raise r
+            return [bool(r) for r in res]
         raise RuntimeError("could not load the enqueue script")
 
     async def enqueue_and_wait(self, job: Job, timeout: float) -> dict[str, Any] | None:
