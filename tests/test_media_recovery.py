@@ -285,3 +285,44 @@ async def test_lost_prediction_lookup_failing_retries_instead_of_refunding(
     assert body["replicate_status"] == "completed", body
     assert failures[0] == 2 and len(await sim.creates()) == 1
     assert await audit(app, acct.uid) == (4_980_000, 4_980_000)
+
+
+async def test_cancel_while_outputs_are_rehosted_delivers_and_charges(
+        client: httpx.AsyncClient, replicate_account: Account, sim: Sim, media_workers: Any, app: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.poll as poll_mod
+    from storage.tasks import TaskRepository
+    from tests.fixtures.accounts import audit
+    from tests.test_media_generate import generate, wait_status
+
+    real = poll_mod.rehost
+    copying = asyncio.Event()
+
+    async def slow_rehost(*a: Any, **k: Any) -> Any:
+        out = await real(*a, **k)  # the files already reached the user's storage
+        copying.set()
+        await asyncio.sleep(1.5)   # a slow upload of a further file
+        return out
+
+    monkeypatch.setattr(poll_mod, "rehost", slow_rehost)
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"seconds": 0.2}})
+    await asyncio.wait_for(copying.wait(), 15)
+    row = await TaskRepository(app.state.sn.db).by_job_id(job)
+    assert row is not None
+    await client.post(f"/tasks/{row['id']}/cancel", headers=replicate_account.headers)
+    await asyncio.sleep(2.0)
+    body = await wait_status(client, replicate_account, job)
+    assert body["replicate_status"] == "completed"  # delivered, so not refunded
+    balance, total = await audit(app, replicate_account.uid)
+    assert balance == total == 4_980_000
+
+
+async def test_nul_in_prediction_output_is_stored(client: httpx.AsyncClient, replicate_account: Account,
+                                                  sim: Sim, media_workers: Any, app: Any) -> None:
+    from tests.test_media_generate import generate, wait_status
+
+    # Postgres refuses U+0000 in jsonb: unhandled, every poll would crash until the deadline refunds.
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"seconds": 0.1, "output": "nul"}})
+    body = await wait_status(client, replicate_account, job)
+    assert body["replicate_status"] == "completed"
+    assert body["output"] == ["tok\ufffden", "s"]

@@ -29,7 +29,7 @@ from workers.hosting import rehost
 from workers.providers import replicate
 from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
 from workers.providers.http import call
-from workers.runner import announce, finish_failed
+from workers.runner import announce, finish_failed, storable
 
 log = logging.getLogger("syncnode.poll")
 
@@ -65,7 +65,7 @@ async def finalize(w: WorkerContext, job_id: str, uid: str, pred: dict[str, Any]
     """Turn a terminal prediction into the task's terminal state (at most once)."""
     status = pred.get("status")
     if status == "succeeded":
-        output, hosting_error = await rehost(w, uid, job_id, pred.get("output"), key)
+        output, hosting_error = await rehost(w, uid, job_id, storable(pred.get("output")), key)
         row = await PredictionRepository(w.db).complete(job_id, output, hosting_error)
         if row is None:
             await announce(w, job_id)
@@ -77,7 +77,7 @@ async def finalize(w: WorkerContext, job_id: str, uid: str, pred: dict[str, Any]
         return "canceled"
     error = pred.get("error") or ("The prediction was aborted before it started" if status == "aborted"
                                   else "The prediction failed")
-    await finish_failed(w, job_id, f"Replicate: {error}", client_error=True)
+    await finish_failed(w, job_id, storable(f"Replicate: {error}"), client_error=True)
     return "failed"
 
 
@@ -131,9 +131,10 @@ async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "
     if status in replicate.TERMINAL:
         return await _finish_locked(w, job_id, st["uid"], pred, key, n, chain, tag)
     if st["cancel_requested"]:
-        await cancel_prediction(w, key, st["provider_id"])
-        await finish_failed(w, job_id, "Canceled by the user", status="canceled")
-        return "canceled"
+        outcome = await _cancel_locked(w, job_id, st["uid"], key, st["provider_id"])
+        if outcome == "busy" and chain:
+            await schedule_poll(w, job_id, n + 1, w.settings.poll_cap_seconds, tag)
+        return outcome
     if status != st["provider_status"]:
         await repo.polled(job_id, status)
         # Conditional: the webhook path may have published the end since this poll read its row.
@@ -154,6 +155,26 @@ async def _finish_locked(w: WorkerContext, job_id: str, uid: str, pred: dict[str
         return "busy"
     try:
         return await finalize(w, job_id, uid, pred, key)
+    finally:
+        await w.redis.delete(lock)
+
+
+async def _cancel_locked(w: WorkerContext, job_id: str, uid: str, key: str, prediction_id: str) -> str:
+    """Cancel under the same lock as finishing: a prediction whose success is being re-hosted is
+    delivered (and paid for), never refunded while its files reach the user's storage."""
+    lock = keys.finishing(job_id)
+    if not await w.redis.set(lock, "1", nx=True, ex=_FINISH_LOCK_S):
+        return "busy"
+    try:
+        await cancel_prediction(w, key, prediction_id)
+        try:  # Replicate may have finished first: then the result stands
+            pred: dict[str, Any] | None = await replicate.get(w.http["Replicate"], key, prediction_id)
+        except ProviderError:
+            pred = None
+        if pred is not None and pred.get("status") == "succeeded":
+            return await finalize(w, job_id, uid, pred, key)
+        await finish_failed(w, job_id, "Canceled by the user", status="canceled")
+        return "canceled"
     finally:
         await w.redis.delete(lock)
 
@@ -184,10 +205,11 @@ async def media_cancel(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
     if st["provider_id"] is None:
         # The create job is between its POST and storing the id: it sees the flag and cancels.
         return {"outcome": "deferred"}
-    if st["ciphertext"] is not None:
-        await cancel_prediction(w, w.box.decrypt(st["ciphertext"]), st["provider_id"])
-    await finish_failed(w, job_id, "Canceled by the user", status="canceled")
-    return {"outcome": "canceled"}
+    if st["ciphertext"] is None:
+        await finish_failed(w, job_id, "Canceled by the user", status="canceled")
+        return {"outcome": "canceled"}
+    return {"outcome": await _cancel_locked(w, job_id, st["uid"], w.box.decrypt(st["ciphertext"]),
+                                            st["provider_id"])}
 
 
 async def sweep_predictions(w: WorkerContext) -> int:

@@ -90,7 +90,7 @@ def _output(base: str, pid: str, kind: str) -> Any:
     url = f"{base}/files/{pid}"
     return {"file": f"{url}/out-0.png", "files": [f"{url}/out-0.png", f"{url}/out-1.png"],
             "nested": {"image": f"{url}/out-0.png", "extra": {"thumbs": [f"{url}/thumb.png"]}, "seed": 7},
-            "text": "hello from the simulator", "broken": f"{url}/broken.png",
+            "text": "hello from the simulator", "nul": ["tok\u0000en", "s"], "broken": f"{url}/broken.png",
             "big": f"{url}/big.bin"}[kind]
 
 
