@@ -85,16 +85,22 @@ class PredictionRepository:
         )
         return None if row is None else (row["uid"], row["webhook_secret"])
 
-    async def running(self, pool: str, quiet_for_s: float, limit: int) -> list[asyncpg.Record]:
-        """Running predictions not touched for a while: the sweeper checks their poll chain."""
+    async def running(self, pool: str, quiet_for_s: float, limit: int,
+                      after: tuple[Any, int] | None = None) -> list[asyncpg.Record]:
+        """Running predictions not touched for a while: the sweeper checks their poll chain.
+
+        Keyset-paged by (updated_at, id): polls do not touch ``updated_at``, so without paging
+        the same oldest page would be checked forever and a lost chain behind it never found.
+        """
         return list(await self.conn.fetch(
             """
-            SELECT job_id, uid, id, kind FROM tasks
+            SELECT job_id, uid, id, kind, updated_at FROM tasks
             WHERE pool = $1 AND status = 'running' AND provider_id IS NOT NULL
               AND updated_at < now() - make_interval(secs => $2)
-            ORDER BY updated_at LIMIT $3
+              AND ($4::timestamptz IS NULL OR (updated_at, id) > ($4, $5))
+            ORDER BY updated_at, id LIMIT $3
             """,
-            pool, quiet_for_s, limit,
+            pool, quiet_for_s, limit, after[0] if after else None, after[1] if after else 0,
         ))
 
     async def complete(self, job_id: str, output: Any, hosting_error: str | None) -> asyncpg.Record | None:

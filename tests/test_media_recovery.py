@@ -326,3 +326,42 @@ async def test_nul_in_prediction_output_is_stored(client: httpx.AsyncClient, rep
     body = await wait_status(client, replicate_account, job)
     assert body["replicate_status"] == "completed"
     assert body["output"] == ["tok\ufffden", "s"]
+
+
+async def test_lost_poll_chain_behind_500_running_predictions_is_restarted(
+        make_account: MakeAccount, app: Any) -> None:
+    from arq.connections import RedisSettings, create_pool
+
+    from jobs import keys
+    from jobs.names import GENERATE
+    from jobs.queue import Job
+    from storage.tasks import NewTask, TaskRepository
+    from workers.context import on_shutdown, on_startup_for
+    from workers.poll import sweep_predictions
+
+    st = app.state.sn
+    acct = await make_account(balance="100", keys={"replicate_key": "r8_backlog"})
+    ids = [f"bk-{secrets.token_hex(6)}" for _ in range(510)]
+    outcomes = await TaskRepository(st.db).charge_many(acct.uid, [NewTask(
+        job_id=j, uid=acct.uid, kind=GENERATE.name, pool=GENERATE.pool, model="o/m", prompt=None,
+        request={"model": "o/m", "input": {}}, cost_micros=1, key_name=GENERATE.key_name) for j in ids])
+    assert all(o.task_id for o in outcomes)
+    await st.db.execute("UPDATE tasks SET status = 'running', provider_id = 'p-' || job_id, "
+                        "updated_at = now() - interval '1 minute' WHERE uid = $1", acct.uid)
+    # The last (newest) one lost its chain; every other chain has a live link in the queue.
+    await st.db.execute("UPDATE tasks SET updated_at = now() - interval '30 seconds' WHERE job_id = $1", ids[-1])
+    for j in ids[:-1]:
+        link = f"{j}:poll:1"
+        await st.queue.enqueue(Job("poll", "media.poll", link, (j, 1, True), defer_ms=600_000))
+        await st.redis.set(keys.poll_chain(j), link, ex=600)
+    ctx: dict[str, Any] = {"redis": await create_pool(RedisSettings.from_dsn(st.settings.redis_url))}
+    await on_startup_for("media", 10)(ctx)
+    try:
+        assert await sweep_predictions(ctx["sn"]) == 1
+        assert (await st.redis.get(keys.poll_chain(ids[-1]))).decode().startswith(f"{ids[-1]}:poll-s")
+    finally:
+        await on_shutdown(ctx)
+        for j in ids:
+            await st.queue.remove("poll", f"{j}:poll:1")
+            await st.redis.delete(keys.poll_chain(j))
+        await st.db.execute("UPDATE tasks SET status = 'canceled' WHERE uid = $1", acct.uid)

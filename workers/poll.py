@@ -212,18 +212,32 @@ async def media_cancel(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
                                             st["provider_id"])}
 
 
-async def sweep_predictions(w: WorkerContext) -> int:
+async def sweep_predictions(w: WorkerContext, budget_s: float = 20.0) -> int:
     """Restart the poll chain of running predictions whose chain was lost (Redis flush, bug)."""
-    rows = await PredictionRepository(w.db).running("media", w.settings.sweep_after_seconds, 500)
-    if not rows:
-        return 0
+    restarted = 0
+    after = None
+    deadline = time.monotonic() + budget_s
+    while time.monotonic() < deadline:
+        rows = await PredictionRepository(w.db).running("media", w.settings.sweep_after_seconds, 500, after)
+        if not rows:
+            break
+        restarted += await _restart_lost_chains(w, rows)
+        after = (rows[-1]["updated_at"], rows[-1]["id"])
+        if len(rows) < 500:
+            break
+    return restarted
+
+
+async def _restart_lost_chains(w: WorkerContext, rows: list[asyncpg.Record]) -> int:
     async with w.redis.pipeline(transaction=False) as pipe:
         for r in rows:
             pipe.get(keys.poll_chain(r["job_id"]))
         chains = await pipe.execute()
+    alive = await w.queue.states([c.decode() for c in chains if c is not None])
+    state_of = dict(zip([c for c in chains if c is not None], alive, strict=True))
     restarted = 0
     for r, chain in zip(rows, chains, strict=True):
-        if chain is not None and await w.queue.state(chain.decode()) == "active":
+        if chain is not None and state_of[chain] == "active":
             continue
         again = await w.redis.get(keys.poll_chain(r["job_id"]))
         if again != chain:
