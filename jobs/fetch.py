@@ -67,6 +67,8 @@ def why_not_public(ip: IPAddress) -> str | None:
                        ("is_reserved", "reserved"), ("is_private", "private")):
         if getattr(ip, attr):
             return what
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:  # fec0::/10: 3.11 calls it global
+        return "site-local"
     if not ip.is_global:  # e.g. 100.64.0.0/10 (carrier-grade NAT)
         return "non-public"
     return None

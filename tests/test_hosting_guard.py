@@ -248,3 +248,12 @@ async def test_s3_client_is_built_once_per_configuration(moto_url: str, tmp_path
     assert await a._client() is await b._client()  # built once: 100-200 ms of blocking work each
     assert await store("another-secret")._client() is not await a._client()
     await close_all()
+
+
+def test_only_base64_data_urls_count_as_files(app: Any) -> None:
+    from workers.hosting import file_urls, provider_hosts
+
+    trusted = provider_hosts(app.state.sn.settings)
+    png = "data:image/png;base64,iVBORw0KGgo="
+    output = [png, "data: a token, then more text", "data:text/plain,hello", "data:x;base64 ,y"]
+    assert file_urls(output, trusted) == [png]

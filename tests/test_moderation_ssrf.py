@@ -92,7 +92,7 @@ async def test_allow_list_lets_only_the_named_host_through(client: httpx.AsyncCl
 @pytest.mark.parametrize("address", [
     "10.0.0.1", "172.16.5.4", "192.168.1.10", "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1",
     "240.0.0.1", "255.255.255.255", "fc00::1", "fd12:3456::1", "fe80::1", "ff02::1", "::",
-    "::ffff:10.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "2002:c0a8:0101::1",
+    "::ffff:10.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "2002:c0a8:0101::1", "fec0::1",
 ])
 async def test_private_and_metadata_ranges_refused_before_connecting(address: str) -> None:
     rec = Recorder()

@@ -71,7 +71,9 @@ def provider_hosts(s: Settings) -> Callable[[str], bool]:
 
 def _is_file_url(v: str, trusted: Callable[[str], bool]) -> bool:
     if v.startswith("data:"):
-        return "," in v
+        # Only base64 data URLs are files; "data:" at the start of a text token is text.
+        head, sep, _ = v.partition(",")
+        return bool(sep) and head.endswith(";base64") and not any(c.isspace() for c in head)
     if not v.startswith(("https://", "http://")) or any(c.isspace() for c in v):
         return False
     try:
