@@ -257,3 +257,14 @@ def test_only_base64_data_urls_count_as_files(app: Any) -> None:
     png = "data:image/png;base64,iVBORw0KGgo="
     output = [png, "data: a token, then more text", "data:text/plain,hello", "data:x;base64 ,y"]
     assert file_urls(output, trusted) == [png]
+
+
+def test_api_urls_in_output_are_not_fetched_with_the_users_key(app: Any) -> None:
+    from workers.hosting import file_urls, provider_hosts
+
+    base = app.state.sn.settings.replicate_base_url.rstrip("/")
+    trusted = provider_hosts(app.state.sn.settings)
+    mine = f"{base}/files/p1/out-0.png"
+    output = {"image": mine, "account": f"{base}/account", "bill": f"{base}/predictions?x=1",
+              "cdn": "https://replicate.delivery/pbxt/abc/out.png"}
+    assert file_urls(output, trusted) == [mine, "https://replicate.delivery/pbxt/abc/out.png"]

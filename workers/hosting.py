@@ -58,18 +58,23 @@ def _replicate_api(s: Settings) -> tuple[str, int]:
     return (u.hostname or "").lower(), u.port or (443 if u.scheme == "https" else 80)
 
 
-def provider_hosts(s: Settings) -> Callable[[str], bool]:
-    """Hosts whose files are the provider's (re-hosted, sent the provider key): Replicate's file
-    hosts, and the configured API host (the simulator serves its files there)."""
+def provider_hosts(s: Settings) -> Callable[[str, str], bool]:
+    """Whether (host, path) is one of the provider's files (re-hosted, sent the provider key):
+    anything on Replicate's file hosts, and on the API host only its ``files/`` paths (the
+    simulator serves its files there). Any other API URL a model prints — an account or
+    billing endpoint — must never be fetched with the user's key and copied to their storage."""
     api, _ = _replicate_api(s)
+    files_prefix = urlsplit(s.replicate_base_url).path.rstrip("/") + "/files/"
 
-    def trusted(host: str) -> bool:
-        return host == api or host == "replicate.delivery" or host.endswith(".replicate.delivery")
+    def trusted(host: str, path: str) -> bool:
+        if host == "replicate.delivery" or host.endswith(".replicate.delivery"):
+            return True
+        return host == api and path.startswith((files_prefix, "/files/"))
 
     return trusted
 
 
-def _is_file_url(v: str, trusted: Callable[[str], bool]) -> bool:
+def _is_file_url(v: str, trusted: Callable[[str, str], bool]) -> bool:
     if v.startswith("data:"):
         # Only base64 data URLs are files; "data:" at the start of a text token is text.
         head, sep, _ = v.partition(",")
@@ -77,13 +82,14 @@ def _is_file_url(v: str, trusted: Callable[[str], bool]) -> bool:
     if not v.startswith(("https://", "http://")) or any(c.isspace() for c in v):
         return False
     try:
-        host = urlsplit(v).hostname
+        parts = urlsplit(v)
+        host = parts.hostname
     except ValueError:  # not a URL we could fetch; left as the model wrote it
         return False
-    return host is not None and trusted(host.lower())
+    return host is not None and trusted(host.lower(), parts.path)
 
 
-def file_urls(output: Any, trusted: Callable[[str], bool]) -> list[str]:
+def file_urls(output: Any, trusted: Callable[[str, str], bool]) -> list[str]:
     """Every provider file URL (and data: URL) in the output, in document order, without repeats."""
     seen: dict[str, None] = {}
 
