@@ -27,6 +27,7 @@ import psutil
 
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from storage.migrate import migrate
+from tests.bench.stack import wait_http
 from tests.fixtures.moderation import landscape, synthetic_set
 from tests.moderation_texts import BENIGN, HARASSMENT_WITHOUT_PROFANITY, MILD, OFFENSIVE
 
@@ -36,17 +37,6 @@ PY = sys.executable
 def _pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
-
-
-async def _wait_http(url: str) -> None:
-    async with httpx.AsyncClient() as c:
-        for _ in range(300):
-            try:
-                await c.get(url)
-                return
-            except httpx.HTTPError:
-                await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def _load(c: httpx.AsyncClient, body: dict[str, Any], n: int, conc: int) -> dict[str, float]:
@@ -102,7 +92,7 @@ async def main(n: int) -> None:
         procs.append(subprocess.Popen([PY, "-m", "uvicorn", "ingress.app:create_app", "--factory", "--port",
                                        str(port), "--log-level", "warning"], env=env))
         base = f"http://127.0.0.1:{port}"
-        await _wait_http(base + "/healthz")
+        await wait_http(base + "/healthz")
         async with httpx.AsyncClient(base_url=base, timeout=120) as c:
             admin = {"Authorization": "Bearer bench-admin"}
             acct = (await c.post("/accounts", headers=admin, json={})).json()

@@ -37,6 +37,7 @@ from storage.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from storage.secrets import SecretBox
 from storage.status import StatusStore
 from storage.tasks import NewTask, TaskRepository
+from tests.bench.stack import wait_http
 from tests.fakes.replicate import secret_for
 from workers.context import WorkerContext
 from workers.poll import schedule_poll
@@ -134,17 +135,6 @@ class Bench:
         self.pg.stop()
         if not os.environ.get("BENCH_KEEP"):  # BENCH_KEEP=1 keeps the processes' logs
             shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-async def wait_http(url: str) -> None:
-    async with httpx.AsyncClient(timeout=2) as c:
-        for _ in range(300):
-            try:
-                await c.get(url)
-                return
-            except httpx.HTTPError:
-                await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 @dataclass

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
 
 def _wait_http(url: str, timeout: float = 30) -> None:
-    import httpx
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -30,6 +29,17 @@ def _wait_http(url: str, timeout: float = 30) -> None:
             return
         except httpx.HTTPError:
             time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def wait_http(url: str) -> None:
+    async with httpx.AsyncClient(timeout=2) as c:
+        for _ in range(300):
+            try:
+                await c.get(url)
+                return
+            except httpx.HTTPError:
+                await asyncio.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
 
 
