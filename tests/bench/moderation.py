@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import base64
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,7 @@ async def main(n: int) -> None:
                 p.kill()
         rd.stop()
         pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     accuracy()
 
 
