@@ -30,7 +30,7 @@ from workers.poll import cancel_prediction, schedule_poll
 from workers.providers import replicate
 from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
 from workers.providers.http import call
-from workers.runner import announce, finish_failed
+from workers.runner import announce, finish_failed, provider_failed
 
 log = logging.getLogger("syncnode.media")
 
@@ -180,12 +180,8 @@ async def _run(w: WorkerContext, job_id: str) -> str:
     if prediction_id is None:
         try:
             created = await _create(w, st, job_id, key)
-        except ProviderRejected as e:
-            await finish_failed(w, job_id, str(e), client_error=True)
-            return "failed"
         except ProviderError as e:
-            await finish_failed(w, job_id, f"{e} (gave up after retries)")
-            return "failed"
+            return await provider_failed(w, job_id, e)
         if created is None:
             await finish_failed(w, job_id, "Canceled by the user", status="canceled")
             return "canceled"

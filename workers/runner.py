@@ -58,6 +58,16 @@ async def finish_failed(w: WorkerContext, job_id: str, error: str, *, status: st
         await announce(w, job_id)
 
 
+async def provider_failed(w: WorkerContext, job_id: str, e: ProviderError) -> str:
+    """A provider's 4xx fails the task with its own message (the caller's fault: 400); anything
+    else reached here after every retry (502). Either way the charge is refunded."""
+    if isinstance(e, ProviderRejected):
+        await finish_failed(w, job_id, str(e), client_error=True)
+    else:
+        await finish_failed(w, job_id, f"{e} (gave up after retries)")
+    return "failed"
+
+
 async def announce(w: WorkerContext, job_id: str) -> None:
     """Re-publish a finished task (a re-run job, or a crash between Postgres and Redis)."""
     row = await TaskRepository(w.db).by_job_id(job_id)
@@ -106,12 +116,8 @@ async def _run(w: WorkerContext, job_id: str, key_name: str | None, work: Work) 
             return "failed"
     try:
         output = await work(w, row, key)
-    except ProviderRejected as e:
-        await finish_failed(w, job_id, str(e), client_error=True)
-        return "failed"
     except ProviderError as e:
-        await finish_failed(w, job_id, f"{e} (gave up after retries)")
-        return "failed"
+        return await provider_failed(w, job_id, e)
     except asyncio.CancelledError:
         raise
     except Exception:
