@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from jobs.errors import BadRequest, PayloadTooLarge
+from storage.files.sniff import sniff as sniff_file
 
 # The formats every moderation backend reads (OpenAI takes PNG, JPEG, GIF and WebP).
 _PIL_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
@@ -30,16 +31,9 @@ class ImageBytes:
 
 
 def sniff(data: bytes) -> str | None:
-    """The type the magic bytes say, or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
+    """The image type the magic bytes say, if a moderation backend reads it; else None."""
+    ctype, _ = sniff_file(data[:64])
+    return ctype if ctype in _PIL_FORMATS.values() else None
 
 
 def normalize_mime(mime: str) -> str:
