@@ -7,17 +7,15 @@ exchange that failed after the body was sent raises :class:`CreateUncertain` ins
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import httpx
 
+from jobs.model_refs import is_version
 from workers.providers.errors import ProviderError, ProviderRetryable
 from workers.providers.http import classify
 
 PROVIDER = "Replicate"
-VERSION_RE = re.compile(r"^[0-9a-f]{64}$")
-MODEL_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(:[0-9a-f]{64})?$")
 # Replicate's own terminal statuses; ``aborted`` is newer than most clients know.
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 
@@ -26,13 +24,9 @@ class CreateUncertain(ProviderError):
     """The create request was sent but no answer came back: a prediction may exist."""
 
 
-def valid_model(model: str) -> bool:
-    return bool(VERSION_RE.match(model) or MODEL_RE.match(model))
-
-
 def create_route(model: str, input_: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """``owner/name`` runs the latest version through the model's route; a version pins one."""
-    if VERSION_RE.match(model):
+    if is_version(model):
         return "/predictions", {"version": model, "input": input_}
     if ":" in model:
         return "/predictions", {"version": model.split(":", 1)[1], "input": input_}
