@@ -69,3 +69,11 @@ def blob(sha256_hex: str) -> str:
 
 
 __all__ += ["blob"]
+
+
+def rehost_runs(job_id: str) -> str:
+    """STRING counter with TTL: how many runs started re-hosting a prediction's output (bounded)."""
+    return f"syncnode:rehosts:{job_id}"
+
+
+__all__ += ["rehost_runs"]
