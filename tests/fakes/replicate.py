@@ -77,6 +77,11 @@ DOWNLOADS: list[dict[str, Any]] = []
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(document.domain)"><script>alert(1)</script></svg>'
 
 
+def key_of(pid: str) -> str:
+    """The API key that created a prediction (the simulator runs in the tests' process)."""
+    return _KEYS[pid]
+
+
 def secret_for(key: str) -> str:
     return "whsec_" + base64.b64encode(hashlib.sha256(b"sim:" + key.encode()).digest()).decode()
 
@@ -328,10 +333,14 @@ async def secret(request: Request) -> Response:
     return JSONResponse({"key": secret_for(key)})
 
 
-def _zeros(n: int) -> Any:
+def _zeros(request: Request, n: int) -> Any:
     async def gen() -> Any:
         left = n
-        while left > 0:  # lazily: a client that stops reading stops the sending
+        while left > 0:
+            # uvicorn drops writes to a closed connection silently: stop when the client left,
+            # so file_bytes counts what a client could have read, not what was generated.
+            if await request.is_disconnected():
+                return
             chunk = b"\x00" * min(left, 64 << 10)
             left -= len(chunk)
             STATS["file_bytes"] += len(chunk)
@@ -339,12 +348,10 @@ def _zeros(n: int) -> Any:
     return gen()
 
 
-def _sized(name: str) -> Response:
+def _sized(request: Request, name: str) -> Response:
     kind, size, _ = name.split("-", 2)
-    if kind == "declared":
-        return StreamingResponse(_zeros(int(size)), media_type="application/octet-stream",
-                                 headers={"Content-Length": size})
-    return StreamingResponse(_zeros(int(size)), media_type="application/octet-stream")
+    headers = {"Content-Length": size} if kind == "declared" else None
+    return StreamingResponse(_zeros(request, int(size)), media_type="application/octet-stream", headers=headers)
 
 
 async def delivery(request: Request) -> Response:
@@ -362,7 +369,7 @@ async def files(request: Request) -> Response:
     if request.headers.get("authorization") != f"Bearer {_KEYS[pid]}":
         return Response(b"missing or wrong Authorization", status_code=401)
     if name.startswith(("sized-", "declared-")):
-        return _sized(name)
+        return _sized(request, name)
     if name == "evil.svg":
         return Response(SVG, media_type="image/svg+xml")
     if name == "broken.png":
