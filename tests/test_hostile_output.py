@@ -49,6 +49,19 @@ async def test_unencodable_output_fails_once_and_is_refunded(
     assert await audit(app, replicate_account.uid) == FULL
 
 
+async def test_output_past_the_parsers_limits_fails_at_once(
+        client: httpx.AsyncClient, replicate_account: Account, sim: Sim, media_workers: Any, app: Any) -> None:
+    # The poll cannot even read the prediction: it must not re-read it every few seconds for 30 min.
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"output": "unreadable"}})
+    body = await _settled(client, replicate_account, job)
+    assert body["replicate_status"] == "failed" and "cannot be read" in body["error"], body
+    assert await _refunds(app, job) == 1
+    gets = (await sim.op("stats"))["gets"]
+    await asyncio.sleep(1.0)
+    assert (await sim.op("stats"))["gets"] == gets  # the chain ended
+    assert await audit(app, replicate_account.uid) == FULL
+
+
 @pytest.mark.parametrize("kind", ["bigint", "surrogate"])
 async def test_big_ints_and_lone_surrogates_are_normalised_and_copied_once(
         client: httpx.AsyncClient, replicate_account: Account, sim: Sim, media_workers: Any, app: Any,
@@ -232,3 +245,19 @@ def test_key_origin_is_https_api_replicate_com_by_default() -> None:
                 "https://api.replicate.com:8443/v1/files/abc", "https://files.replicate.delivery/x.png",
                 "https://api.replicate.com.evil.example/x", "https://[::1/x"):
         assert not ours(url), url
+
+
+async def test_chat_output_is_normalised_or_refused_without_hurting_its_batch(
+        client: httpx.AsyncClient, funded: Account, chat_worker: Any, app: Any) -> None:
+    from tests.test_chat import CHAT
+
+    models = ["hostile-output", "deep-output", "m", "m"]
+    rs = await asyncio.gather(*(client.post(CHAT, headers=funded.headers, json={"model": m, "prompt": "p"})
+                                for m in models))
+    hostile, deep, *fine = rs
+    assert hostile.status_code == 200, hostile.text
+    pred = hostile.json()["prediction"]["output"]
+    assert pred["choices"][0]["message"]["content"] == "bad \ufffd text" and pred["usage"]["seed"] == str(2**70)
+    assert deep.status_code >= 500 and "nested more than 64 levels" in deep.json()["error"], deep.text
+    assert [r.status_code for r in fine] == [200, 200]
+    assert await audit(app, funded.uid) == (4_940_000, 4_940_000)  # three paid, the refused one refunded

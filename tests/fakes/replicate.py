@@ -13,7 +13,8 @@ test needs no side channel. ``input["sim"]`` may hold:
                      ``size`` bytes, streamed without a length) | ``declared`` (``count`` files that
                      declare ``size`` bytes and stream zeros lazily) | ``svg_data`` (a
                      ``data:image/svg+xml`` URL with script) | ``svg_file`` (an SVG file with script)
-                     | ``delivery`` (a public file on ``http://<host>:<port>/delivery/…``, ``host``
+                     | ``unreadable`` (nesting 5,000 deep and a 5,000-digit integer: past the stdlib
+                     parser's limits) | ``delivery`` (a public file on ``http://<host>:<port>/delivery/…``, ``host``
                      default ``files.replicate.delivery``: tests resolve it to the simulator)
   ``create_delay``   seconds the create request hangs *after* the prediction exists
 Models: ``sim/missing`` → 404, ``sim/throttled`` → first create 429 with Retry-After,
@@ -110,6 +111,10 @@ def _json(value: Any, status_code: int = 200) -> Response:
     return Response(json.dumps(value), status_code=status_code, media_type="application/json")
 
 
+_HOSTILE = frozenset({"deep", "unreadable", "bigint", "surrogate", "many", "sized", "declared", "svg_data",
+                      "svg_file", "delivery"})
+
+
 def _hostile(base: str, pid: str, kind: str, sim: dict[str, Any]) -> Any:
     url = f"{base}/files/{pid}"
     count = int(sim.get("count", 10_000))
@@ -118,6 +123,9 @@ def _hostile(base: str, pid: str, kind: str, sim: dict[str, Any]) -> Any:
         for _ in range(int(sim.get("depth", 300))):
             out = [out]
         return out
+    if kind == "unreadable":
+        sim["raw"] = "[" * 5000 + "1" * 5000 + "]" * 5000  # spliced in by get(): json.dumps can't
+        return "__raw__"
     if kind == "bigint":
         return {"seed": 2**70, "image": f"{url}/out-0.png"}
     if kind == "surrogate":
@@ -135,7 +143,7 @@ def _hostile(base: str, pid: str, kind: str, sim: dict[str, Any]) -> Any:
 
 
 def _output(base: str, pid: str, kind: str, sim: dict[str, Any]) -> Any:
-    if kind in ("deep", "bigint", "surrogate", "many", "sized", "declared", "svg_data", "svg_file", "delivery"):
+    if kind in _HOSTILE:
         return _hostile(base, pid, kind, sim)
     url = f"{base}/files/{pid}"
     return {"file": f"{url}/out-0.png", "files": [f"{url}/out-0.png", f"{url}/out-1.png"],
@@ -301,6 +309,9 @@ async def get(request: Request) -> Response:
         return _problem(404, "Not found", "The requested resource could not be found.")
     _advance()
     _status_now(pid)
+    if (raw := _SIM[pid].get("raw")) and PREDICTIONS[pid]["output"] == "__raw__":
+        body = json.dumps(PREDICTIONS[pid]).replace('"__raw__"', raw)
+        return Response(body, media_type="application/json")
     return _json(PREDICTIONS[pid])
 
 
