@@ -49,6 +49,26 @@ async def test_unencodable_output_fails_once_and_is_refunded(
     assert await audit(app, replicate_account.uid) == FULL
 
 
+async def test_rehosting_is_not_started_a_third_time(
+        client: httpx.AsyncClient, replicate_account: Account, sim: Sim, app: Any, fast_polls: Any) -> None:
+    from jobs import keys
+    from tests.fixtures.workers import start_inprocess_worker, stop_inprocess_worker
+
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"seconds": 0.2}})
+    # As if two runs had started copying this output and died (worker killed, lock expired).
+    await app.state.sn.redis.set(keys.rehost_runs(job), 2)
+    workers = [await start_inprocess_worker("media"), await start_inprocess_worker("poll")]
+    try:
+        body = await _settled(client, replicate_account, job)
+    finally:
+        for w in reversed(workers):
+            await stop_inprocess_worker(*w)
+    assert body["replicate_status"] == "failed" and "interrupted more than once" in body["error"], body
+    assert await _downloads(sim) == []
+    assert await _refunds(app, job) == 1
+    assert await audit(app, replicate_account.uid) == FULL
+
+
 async def test_output_past_the_parsers_limits_fails_at_once(
         client: httpx.AsyncClient, replicate_account: Account, sim: Sim, media_workers: Any, app: Any) -> None:
     # The poll cannot even read the prediction: it must not re-read it every few seconds for 30 min.
