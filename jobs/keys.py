@@ -73,4 +73,9 @@ def replay_waiters(job_id: str) -> str:
     return f"syncnode:replaying:{job_id}"
 
 
-__all__ += ["blob", "replay_waiters"]
+def rehost_runs(job_id: str) -> str:
+    """STRING counter with TTL: how many runs started re-hosting a prediction's output (bounded)."""
+    return f"syncnode:rehosts:{job_id}"
+
+
+__all__ += ["blob", "replay_waiters", "rehost_runs"]

@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     fetch_timeout_seconds: float = 10.0
     fetch_max_redirects: int = 3
 
+    # Hostile provider output (issue 7, docs/media.md). Over a cap the task fails, refunded,
+    # and nothing more is downloaded; output nested deeper than the bound is refused outright.
+    hosting_max_files: int = Field(100, ge=1)
+    hosting_max_total_bytes: int = Field(1 << 30, ge=1)
+    output_max_depth: int = Field(64, ge=2, le=200)  # orjson refuses ~255
+
     @field_validator("public_url_")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:

@@ -7,12 +7,13 @@ exchange that failed after the body was sent raises :class:`CreateUncertain` ins
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 
 from jobs.model_refs import is_version
-from workers.providers.errors import ProviderError, ProviderRetryable
+from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
 from workers.providers.http import classify
 
 PROVIDER = "Replicate"
@@ -70,7 +71,16 @@ async def create(client: httpx.AsyncClient, key: str, model: str, input_: dict[s
 
 
 async def get(client: httpx.AsyncClient, key: str, prediction_id: str) -> dict[str, Any]:
-    return _json(await client.get(f"/predictions/{prediction_id}", headers=_auth(key)))
+    resp = await client.get(f"/predictions/{prediction_id}", headers=_auth(key))
+    try:
+        return _json(resp)
+    except json.JSONDecodeError:
+        raise
+    except (RecursionError, ValueError):
+        # Valid JSON past a parser limit (nesting past the recursion limit, an integer past 4300
+        # digits): a model's output can do that on purpose, and it reads the same on every poll.
+        raise ProviderRejected(PROVIDER, "the prediction's output cannot be read (nested too deeply "
+                               "or a number too long)", resp.status_code)
 
 
 async def cancel(client: httpx.AsyncClient, key: str, prediction_id: str) -> dict[str, Any]:
