@@ -94,11 +94,12 @@ async def get_api_keys(request: Request) -> Response:
 
 async def post_api_keys(request: Request) -> Response:
     st = state(request)
+    early = await st.auth.early(request, public=False)
     body = await read_json(request, 64 << 10)
     uid = body.pop("uid", None)
     if uid is not None and not isinstance(uid, str):
         raise BadRequest("Invalid uid: must be a string")
-    who = await st.auth.principal(request, uid, public=False)
+    who = await st.auth.confirm(request, early, uid, public=False)
     updates: dict[str, tuple[bytes, str] | None] = {}
     for name, value in body.items():
         if name not in PROVIDER_KEY_NAMES:

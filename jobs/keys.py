@@ -78,4 +78,9 @@ def rehost_runs(job_id: str) -> str:
     return f"syncnode:rehosts:{job_id}"
 
 
-__all__ += ["blob", "replay_waiters", "rehost_runs"]
+def prework(uid: str) -> str:
+    """STRING counter with TTL: an account's requests doing work before their charge (images)."""
+    return f"syncnode:prework:{uid}"
+
+
+__all__ += ["blob", "replay_waiters", "rehost_runs", "prework"]

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # long one may take.
     image_decode_slots: int = 2
     image_decode_timeout_seconds: float = 10.0
+    # An account's requests doing pre-charge work (image fetch/decode) at once, at most; fewer
+    # when its balance pays for fewer calls.
+    prework_per_account: int = 4
     # Bearer token that GET /metrics requires when set (Prometheus: authorization.credentials).
     metrics_token: SecretStr | None = None
 

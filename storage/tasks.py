@@ -45,6 +45,8 @@ class Affordability:
     account_exists: bool
     has_key: bool
     covers: bool
+    # How many calls at this price the balance covers now.
+    calls: int
 
 
 class TaskRepository:
@@ -135,14 +137,14 @@ class TaskRepository:
         statement stays the guard). Lets a route refuse before it does costly work."""
         row = await self.conn.fetchrow(
             """
-            SELECT a.balance_micros >= $2 AS covers,
+            SELECT a.balance_micros >= $2 AS covers, greatest(a.balance_micros, 0) / $2 AS calls,
                    ($3::text IS NULL OR EXISTS (
                        SELECT 1 FROM provider_keys WHERE uid = $1 AND name = $3)) AS has_key
             FROM accounts a WHERE a.uid = $1
             """, uid, price_micros, key_name)
         if row is None:
-            return Affordability(False, False, False)
-        return Affordability(True, row["has_key"], row["covers"])
+            return Affordability(False, False, False, 0)
+        return Affordability(True, row["has_key"], row["covers"], int(row["calls"]))
 
     async def by_idempotency_key(self, uid: str, key: str) -> asyncpg.Record | None:
         return await self.conn.fetchrow(
