@@ -20,12 +20,14 @@ import asyncpg
 import orjson
 from redis.exceptions import RedisError
 
+from billing.recharge import recharge_job
 from ingress.auth import Principal
 from ingress.state import AppState
 from jobs.errors import IdempotencyConflict, InsufficientBalance, MissingProviderKey, NotFound, Unavailable
 from jobs.names import TaskKind
 from jobs.queue import Job
 from jobs.settings import to_dollars
+from storage.billing import BillingRepository
 from storage.status import PUBLIC_STATUS, StatusStore
 from storage.tasks import TERMINAL, NewTask, TaskRepository
 
@@ -83,11 +85,15 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
         if not outcome.has_key:
             assert kind.key_name is not None
             raise MissingProviderKey(kind.key_name, kind.provider)
+        if await BillingRepository(st.db).recharge_armed(who.uid):
+            await _recharge(st, who.uid, price)
         raise InsufficientBalance(
             f"Insufficient balance: this call costs ${to_dollars(price):.2f}; "
             "top up (POST /topup_card) or save a card for auto-recharge"
         )
 
+    if outcome.recharge:
+        await _recharge(st, who.uid, 0)
     job = Job(kind.pool, kind.function, new.job_id, (new.job_id,),
               status=StatusStore.initial(who.uid, outcome.task_id, kind.name))
     try:
@@ -101,6 +107,17 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
         raise Unavailable("The queue is unavailable; the task is recorded and will run when it recovers",
                           extra={"job_id": new.job_id})
     return Submitted(outcome.task_id, new.job_id, result)
+
+
+async def _recharge(st: AppState, uid: str, need_micros: int) -> None:
+    """Ask the billing pool to recharge: one job id per account, so arq keeps one queued.
+
+    Never awaited beyond the enqueue: a paid call does not wait on the card.
+    """
+    try:
+        await st.queue.enqueue(recharge_job(uid, need_micros))
+    except RedisError:
+        log.warning("could not enqueue the auto-recharge of %s", uid, exc_info=True)
 
 
 async def _replay(st: AppState, prior: asyncpg.Record, request_hash: bytes | None,

@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = Field(
         None, validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET")
     )
-    stripe_base_url: str | None = None
+    stripe_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("SYNCNODE_STRIPE_BASE_URL", "STRIPE_BASE_URL"))
     supabase_jwt_secret: SecretStr | None = Field(
         None, validation_alias=AliasChoices("SUPABASE_JWT_SECRET")
     )
@@ -127,6 +128,20 @@ class Settings(BaseSettings):
     fetch_connect_timeout_seconds: float = 5.0
     fetch_timeout_seconds: float = 10.0
     fetch_max_redirects: int = 3
+
+    # Billing with Stripe (README "Billing"): card top-ups, auto-recharge, webhooks.
+    stripe_publishable_key: str | None = Field(
+        None, validation_alias=AliasChoices("STRIPE_PUBLISHABLE_KEY", "SYNCNODE_STRIPE_PUBLISHABLE_KEY"))
+    stripe_timeout_seconds: float = 20.0
+    topup_min: Decimal = Decimal("5")
+    topup_max: Decimal = Decimal("1000")
+    # A failed auto-recharge is retried this many times in all, waiting backoff * 2^n between tries;
+    # then auto-recharge switches itself off and says why (GET /billing-threshold).
+    recharge_max_attempts: int = 3
+    recharge_backoff_seconds: float = 60.0
+    # Payments left unsettled this long (a crash, Stripe unreachable) are settled by the billing pool.
+    reconcile_after_seconds: float = 120.0
+    reconcile_interval_seconds: int = 30
 
     @field_validator("public_url_")
     @classmethod
