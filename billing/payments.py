@@ -62,10 +62,10 @@ async def topup(b: Billing, uid: str, amount_micros: int, idempotency_key: str |
     return await drive(b, row)
 
 
-async def recharge(b: Billing, uid: str, need_micros: int = 0) -> Outcome | None:
+async def recharge(b: Billing, uid: str, need_micros: int = 0, retry: bool = False) -> Outcome | None:
     """Recharge if the account still needs it and nothing else is recharging it; None if not."""
     row = await PaymentRepository(b.db).start_recharge(
-        uid, to_micros(b.settings.recharge_amount), need_micros, b.lease_seconds)
+        uid, to_micros(b.settings.recharge_amount), need_micros, b.lease_seconds, retry)
     if row is None:
         return None
     return await drive(b, row)

@@ -25,8 +25,10 @@ log = logging.getLogger("syncnode.billing")
 
 def recharge_job(uid: str, need_micros: int = 0, attempt: int = 0, defer_ms: int = 0) -> Job:
     """The job that recharges ``uid``; retries get their own ids (the first one is still running)."""
-    job_id = f"recharge:{uid}" if attempt == 0 else f"recharge:{uid}:retry:{attempt}"
-    return Job("billing", BILLING_RECHARGE, job_id, (uid, need_micros), defer_ms=defer_ms)
+    if attempt == 0:
+        return Job("billing", BILLING_RECHARGE, f"recharge:{uid}", (uid, need_micros))
+    return Job("billing", BILLING_RECHARGE, f"recharge:{uid}:retry:{attempt}", (uid, need_micros, True),
+               defer_ms=defer_ms)
 
 
 async def after_recharge(b: Billing, uid: str, out: Outcome) -> None:

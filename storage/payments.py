@@ -34,8 +34,11 @@ class PaymentRepository:
         )
 
     async def start_recharge(self, uid: str, default_amount_micros: int, need_micros: int,
-                             lease_s: float) -> asyncpg.Record | None:
-        """Insert a pending auto-recharge if the account still needs one and none is in flight."""
+                             lease_s: float, retry: bool = False) -> asyncpg.Record | None:
+        """Insert a pending auto-recharge if the account still needs one and none is in flight.
+
+        During a backoff only the scheduled retry (``retry``) may start one.
+        """
         return await self.conn.fetchrow(
             """
             INSERT INTO payments (uid, kind, amount_micros, lease_until)
@@ -44,10 +47,10 @@ class PaymentRepository:
             FROM accounts
             WHERE uid = $1 AND recharge_armed
               AND balance_micros < greatest(recharge_below_micros, $3)
-              AND (recharge_retry_at IS NULL OR recharge_retry_at <= now())
+              AND ($5 OR recharge_retry_at IS NULL OR recharge_retry_at <= now())
             ON CONFLICT DO NOTHING RETURNING *
             """,
-            uid, default_amount_micros, need_micros, lease_s,
+            uid, default_amount_micros, need_micros, lease_s, retry,
         )
 
     async def by_idempotency_key(self, uid: str, key: str) -> asyncpg.Record | None:

@@ -45,15 +45,15 @@ def _billing(ctx: dict[str, Any]) -> Billing | None:
     return b if isinstance(b, Billing) else None
 
 
-async def recharge_job(ctx: dict[str, Any], uid: str, need_micros: int = 0) -> str:
+async def run_recharge(ctx: dict[str, Any], uid: str, need_micros: int = 0, retry: bool = False) -> str:
     b = _billing(ctx)
     if b is None:
         return "stripe off"
-    out = await recharge(b, uid, need_micros)
+    out = await recharge(b, uid, need_micros, retry)
     return "skipped" if out is None else out.status
 
 
-async def reconcile_job(ctx: dict[str, Any]) -> dict[str, int]:
+async def run_reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     b = _billing(ctx)
     if b is None:
         return {}

@@ -22,7 +22,7 @@ from jobs.names import (
 )
 from jobs.serialize import dumps, loads
 from jobs.settings import get_settings
-from workers.billing import recharge_job, reconcile_job, with_stripe
+from workers.billing import run_recharge, run_reconcile, with_stripe
 from workers.chat import chat_openai, chat_openrouter
 from workers.context import on_shutdown, on_startup_for
 from workers.hosting import rehost_budget_seconds
@@ -85,10 +85,10 @@ ModerationWorker = _settings(
 # the same job id (the payments table, not arq, is what keeps one in flight).
 _stripe_timeout = 4 * _s.stripe_timeout_seconds + 30
 BillingWorker = _settings("BillingWorker", "billing", 10, [
-    func(recharge_job, name=BILLING_RECHARGE, timeout=_stripe_timeout, keep_result=0, max_tries=3),
+    func(run_recharge, name=BILLING_RECHARGE, timeout=_stripe_timeout, keep_result=0, max_tries=3),
 ], cron_jobs=[
     *_common("billing", 10)["cron_jobs"],
-    cron(reconcile_job, name=BILLING_RECONCILE,
+    cron(run_reconcile, name=BILLING_RECONCILE,
          second=set(range(0, 60, max(1, min(59, _s.reconcile_interval_seconds)))),
          unique=True, run_at_startup=True, timeout=_stripe_timeout * 2),
 ], **with_stripe(on_startup_for("billing", 10), on_shutdown))
