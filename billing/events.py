@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
+
 from billing.client import from_cents
 from storage.billing import BillingRepository
 from storage.db import Conn
@@ -19,7 +21,7 @@ from storage.payments import PaymentRepository
 log = logging.getLogger("syncnode.billing")
 
 
-async def handle_event(db: Any, event: dict[str, Any]) -> str:
+async def handle_event(db: asyncpg.Pool, event: dict[str, Any]) -> str:
     """Apply one verified event; returns what happened (for the log and the answer)."""
     async with db.acquire() as conn, conn.transaction():
         repo = PaymentRepository(conn)

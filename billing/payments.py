@@ -45,7 +45,7 @@ class Outcome:
     balance_micros: int | None = None
 
 
-def _outcome(row: asyncpg.Record, **kw: Any) -> Outcome:
+def outcome_of(row: asyncpg.Record, **kw: Any) -> Outcome:
     base: dict[str, Any] = {"payment_id": row["id"], "status": row["status"], "amount_micros": row["amount_micros"],
                             "payment_intent": row["payment_intent"], "client_secret": row["client_secret"],
                             "error": row["error"]}
@@ -85,13 +85,13 @@ async def _replay(b: Billing, uid: str, amount_micros: int, key: str) -> Outcome
         if claimed is not None:  # the first request gave up on it (502, crash): carry on from there
             return await drive(b, claimed)
         if asyncio.get_running_loop().time() > deadline:
-            return _outcome(row)
+            return outcome_of(row)
         await asyncio.sleep(0.05)
 
 
 async def _settled(b: Billing, row: asyncpg.Record) -> Outcome:
     balance = await BillingRepository(b.db).profile(row["uid"])
-    return _outcome(row, balance_micros=None if balance is None else balance["balance_micros"])
+    return outcome_of(row, balance_micros=None if balance is None else balance["balance_micros"])
 
 
 async def drive(b: Billing, row: asyncpg.Record) -> Outcome:
@@ -102,7 +102,7 @@ async def drive(b: Billing, row: asyncpg.Record) -> Outcome:
     """
     repo = PaymentRepository(b.db)
     try:
-        pi = await _intent(b, row)
+        pi = await ensure_intent(b, row)
         if pi.status == "requires_confirmation":
             pi = await b.stripe.confirm_off_session(pi.id)
     except stripe.StripeError as e:
@@ -113,7 +113,7 @@ async def drive(b: Billing, row: asyncpg.Record) -> Outcome:
     return await settle(b, row, pi)
 
 
-async def _intent(b: Billing, row: asyncpg.Record) -> Any:
+async def ensure_intent(b: Billing, row: asyncpg.Record) -> Any:
     if row["payment_intent"] is not None:
         return await b.stripe.retrieve_intent(row["payment_intent"])
     profile = await BillingRepository(b.db).profile(row["uid"])
@@ -134,11 +134,11 @@ async def _failed_call(b: Billing, row: asyncpg.Record, e: stripe.StripeError) -
     assert fresh is not None
     if needs_authentication(e):
         await repo.mark(row["id"], "requires_action", NEEDS_AUTH)
-        return await _after(b, _outcome(fresh, status="requires_action", error=NEEDS_AUTH))
+        return await after_settled(b, outcome_of(fresh, status="requires_action", error=NEEDS_AUTH))
     if is_decline(e):
         msg = f"Card declined: {message_of(e)}"
         await repo.mark(row["id"], "failed", msg)
-        return await _after(b, _outcome(fresh, status="failed", error=msg))
+        return await after_settled(b, outcome_of(fresh, status="failed", error=msg))
     await repo.release(row["id"])
     log.warning("payment %s: Stripe call failed (%s); left pending", row["id"], e)
     raise translate(e, "charge the card") from e
@@ -150,23 +150,23 @@ async def settle(b: Billing, row: asyncpg.Record, pi: Any) -> Outcome:
     status = pi.status
     if status == "succeeded":
         _, balance = await repo.credit(pi.id)
-        return await _after(b, _outcome(row, status="succeeded", payment_intent=pi.id, error=None,
+        return await after_settled(b, outcome_of(row, status="succeeded", payment_intent=pi.id, error=None,
                                         balance_micros=balance))
     if status == "requires_action":
         await repo.mark(row["id"], "requires_action", NEEDS_AUTH)
-        return await _after(b, _outcome(row, status="requires_action", payment_intent=pi.id,
+        return await after_settled(b, outcome_of(row, status="requires_action", payment_intent=pi.id,
                                         client_secret=pi.client_secret, error=NEEDS_AUTH))
     if status in ("requires_payment_method", "canceled"):
         err = getattr(pi, "last_payment_error", None)
         msg = f"Card declined: {err.message}" if err and getattr(err, "message", None) else "The payment failed"
         await repo.mark(row["id"], "failed", msg)
-        return await _after(b, _outcome(row, status="failed", payment_intent=pi.id, error=msg))
+        return await after_settled(b, outcome_of(row, status="failed", payment_intent=pi.id, error=msg))
     # processing / requires_confirmation: Stripe has not decided; the reconciliation will look again.
     await repo.release(row["id"])
-    return _outcome(row, status="pending", payment_intent=pi.id)
+    return outcome_of(row, status="pending", payment_intent=pi.id)
 
 
-async def _after(b: Billing, out: Outcome) -> Outcome:
+async def after_settled(b: Billing, out: Outcome) -> Outcome:
     """Auto-recharge bookkeeping; a top-up needs none."""
     row = await PaymentRepository(b.db).get(out.payment_id)
     if row is None or row["kind"] != "auto_recharge":

@@ -17,7 +17,7 @@ import asyncpg
 import stripe
 
 from billing.context import Billing
-from billing.payments import _after, _outcome, settle
+from billing.payments import after_settled, outcome_of, settle
 from storage.payments import PaymentRepository
 
 log = logging.getLogger("syncnode.billing")
@@ -51,7 +51,7 @@ async def _one(b: Billing, row: asyncpg.Record) -> bool:
         if claimed["payment_intent"] is None:
             # The request died before Stripe answered the create: nothing was confirmed.
             await repo.mark(claimed["id"], "failed", "The payment was interrupted before the card was charged")
-            await _after(b, _outcome(claimed, status="failed"))
+            await after_settled(b, outcome_of(claimed, status="failed"))
             return True
         pi = await b.stripe.retrieve_intent(claimed["payment_intent"])
         if pi.status == "requires_confirmation":

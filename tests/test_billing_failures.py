@@ -71,7 +71,7 @@ async def test_stripe_failing_is_502_then_the_same_key_pays_once(
 
 async def test_crash_after_stripe_success_before_the_credit_is_credited_once_by_reconciliation(
         client: httpx.AsyncClient, card_account: CardAccount, stripe_admin: StripeAdmin, app: Any) -> None:
-    from billing.payments import _intent
+    from billing.payments import ensure_intent
     from billing.reconcile import reconcile
     from storage.payments import PaymentRepository
 
@@ -80,7 +80,7 @@ async def test_crash_after_stripe_success_before_the_credit_is_credited_once_by_
     # What POST /topup_card does up to Stripe's success, in a process that then dies: the
     # row (its lease already run out), the stored PaymentIntent, the confirm. No credit.
     row = await PaymentRepository(b.db).start_topup(acct.uid, 10_000_000, None, 0)
-    pi = await _intent(b, row)
+    pi = await ensure_intent(b, row)
     assert (await b.stripe.confirm_off_session(pi.id)).status == "succeeded"
     assert await balanced(app, acct.uid) == 5_000_000
 
@@ -97,7 +97,7 @@ async def test_crash_after_stripe_success_before_the_credit_is_credited_once_by_
 
 async def test_crash_before_the_confirm_cancels_the_intent_and_charges_nothing(
         card_account: CardAccount, stripe_admin: StripeAdmin, app: Any) -> None:
-    from billing.payments import _intent
+    from billing.payments import ensure_intent
     from billing.reconcile import reconcile
     from storage.payments import PaymentRepository
 
@@ -105,7 +105,7 @@ async def test_crash_before_the_confirm_cancels_the_intent_and_charges_nothing(
     b = app.state.sn.billing
     repo = PaymentRepository(b.db)
     created = await repo.start_topup(acct.uid, 10_000_000, None, 0)
-    pi = await _intent(b, created)
+    pi = await ensure_intent(b, created)
     never_created = await repo.start_topup(acct.uid, 20_000_000, None, 0)
     await reconcile(b, older_than_s=0)
     assert (await stripe_admin.intent(pi.id))["status"] == "canceled"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -126,3 +127,42 @@ async def test_payment_failed_event_is_recorded(client: httpx.AsyncClient, card_
     assert await balanced(app, acct.uid) == 5_000_000
     r = await client.post("/webhooks/stripe", content=b"{}", headers={"Stripe-Signature": "t=1,v1=00"})
     assert r.status_code == 400
+
+
+async def test_localstripe_signed_event_credits_a_3d_secure_top_up(
+        client: httpx.AsyncClient, card_account: CardAccount, stripe_admin: StripeAdmin, app: Any) -> None:
+    """The event localstripe itself signs and sends (not one we built) is accepted and credits."""
+    from localstripe import webhooks
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from tests.fixtures.servers import ServerThread
+    from tests.fixtures.stripe import THREE_D_SECURE, WEBHOOK_SECRET
+
+    got: list[tuple[bytes, str]] = []
+
+    async def capture(request: Request) -> Response:
+        got.append((await request.body(), request.headers["stripe-signature"]))
+        return Response()
+
+    acct = await card_account(THREE_D_SECURE)
+    r = await client.post("/topup_card", headers=acct.headers, json={"amount": 10})
+    assert r.status_code == 402
+    pi, secret = r.json()["payment_intent"], r.json()["client_secret"]
+    hook = f"capture-{uuid.uuid4().hex[:8]}"
+    with ServerThread(Starlette(routes=[Route("/hook", capture, methods=["POST"])])) as receiver:
+        webhooks.register_webhook(hook, receiver.url + "/hook", WEBHOOK_SECRET, ["payment_intent.succeeded"])
+        try:
+            await stripe_admin.authenticate(pi, secret)
+            for _ in range(100):
+                if any(pi.encode() in body for body, _ in got):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            del webhooks._webhooks[hook]
+    body, signature = next((b, s) for b, s in got if pi.encode() in b)
+    r = await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": signature})
+    assert r.status_code == 200 and r.json()["outcome"] == "credited"
+    assert await balanced(app, acct.uid) == 15_000_000
