@@ -13,7 +13,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from storage.embedded import free_port
@@ -111,4 +111,61 @@ async def test_crash_before_the_confirm_cancels_the_intent_and_charges_nothing(
     assert (await stripe_admin.intent(pi.id))["status"] == "canceled"
     by_id = {p["id"]: p for p in await payments(app, acct.uid)}
     assert by_id[created["id"]]["status"] == "failed" and by_id[never_created["id"]]["status"] == "failed"
+    assert await balanced(app, acct.uid) == 5_000_000
+
+
+def _answer_lost_on_confirm(stripe_url: str) -> Starlette:
+    """Stripe itself, except that the answer to a confirm is lost after Stripe acted on it."""
+
+    async def proxy(request: Request) -> Response:
+        async with httpx.AsyncClient(base_url=stripe_url) as c:
+            r = await c.request(request.method, request.url.path, params=request.query_params,
+                                content=await request.body(),
+                                headers={k: v for k, v in request.headers.items() if k.lower() != "host"})
+        if request.url.path.endswith("/confirm"):
+            return JSONResponse({"error": {"type": "api_error", "message": "connection reset"}}, status_code=500)
+        return Response(r.content, status_code=r.status_code, media_type="application/json")
+
+    return Starlette(routes=[Route("/{path:path}", proxy, methods=["GET", "POST", "DELETE"])])
+
+
+async def test_confirm_answer_lost_after_stripe_charged_then_the_same_key_credits_once(
+        client: httpx.AsyncClient, card_account: CardAccount, stripe_admin: StripeAdmin, app: Any) -> None:
+    acct = await card_account()
+    headers = {**acct.headers, "Idempotency-Key": str(uuid.uuid4())}
+    with ServerThread(_answer_lost_on_confirm(stripe_admin.url)) as flaky:
+        async with gateway_with_stripe_at(flaky.url) as down:
+            r = await down.post("/topup_card", headers=headers, json={"amount": 10})
+    assert r.status_code == 502
+    [p] = await payments(app, acct.uid)
+    # Stripe took the money; we do not know it yet, and credit nothing.
+    assert (await stripe_admin.intent(p["payment_intent"]))["status"] == "succeeded"
+    assert p["status"] == "pending" and await balanced(app, acct.uid) == 5_000_000
+    r = await client.post("/topup_card", headers=headers, json={"amount": 10})
+    assert r.status_code == 200 and r.json()["payment_intent"] == p["payment_intent"]
+    assert len(await payments(app, acct.uid)) == 1
+    assert await balanced(app, acct.uid) == 15_000_000
+
+
+async def test_authentication_required_error_as_real_stripe_sends_it_is_402_with_client_secret(
+        card_account: CardAccount, app: Any) -> None:
+    """Real Stripe refuses an off-session 3-D Secure charge with an error (localstripe does not)."""
+    import respx
+
+    acct = await card_account()
+    fake = "http://stripe.respx.test"
+    intent = {"id": "pi_3dsrespx", "object": "payment_intent", "status": "requires_confirmation",
+              "client_secret": "pi_3dsrespx_secret_abc", "amount": 1000, "currency": "usd"}
+    refusal = {"error": {"type": "card_error", "code": "authentication_required", "decline_code":
+                         "authentication_required", "message": "This payment requires authentication.",
+                         "payment_intent": {**intent, "status": "requires_payment_method"}}}
+    async with gateway_with_stripe_at(fake) as gw:
+        with respx.mock(base_url=fake, assert_all_called=True) as mock:
+            mock.post("/v1/payment_intents").respond(200, json=intent)
+            mock.post("/v1/payment_intents/pi_3dsrespx/confirm").respond(402, json=refusal)
+            r = await gw.post("/topup_card", headers=acct.headers, json={"amount": 10})
+    assert r.status_code == 402
+    body = r.json()
+    assert "3-D Secure" in body["error"] and body["client_secret"] == "pi_3dsrespx_secret_abc"
+    assert [p["status"] for p in await payments(app, acct.uid)] == ["requires_action"]
     assert await balanced(app, acct.uid) == 5_000_000
