@@ -107,6 +107,9 @@ async def drive(b: Billing, row: asyncpg.Record) -> Outcome:
             pi = await b.stripe.confirm_off_session(pi.id)
     except stripe.StripeError as e:
         return await _failed_call(b, row, e)
+    except PaymentRequired:  # the card was removed since the payment started
+        changed = await repo.mark(row["id"], "failed", NO_CARD)
+        return await after_settled(b, outcome_of(row, status="failed", error=NO_CARD), changed)
     except BaseException:
         await repo.release(row["id"])
         raise
@@ -133,12 +136,12 @@ async def _failed_call(b: Billing, row: asyncpg.Record, e: stripe.StripeError) -
     fresh = await repo.get(row["id"])
     assert fresh is not None
     if needs_authentication(e):
-        await repo.mark(row["id"], "requires_action", NEEDS_AUTH)
-        return await after_settled(b, outcome_of(fresh, status="requires_action", error=NEEDS_AUTH))
+        changed = await repo.mark(row["id"], "requires_action", NEEDS_AUTH)
+        return await after_settled(b, outcome_of(fresh, status="requires_action", error=NEEDS_AUTH), changed)
     if is_decline(e):
         msg = f"Card declined: {message_of(e)}"
-        await repo.mark(row["id"], "failed", msg)
-        return await after_settled(b, outcome_of(fresh, status="failed", error=msg))
+        changed = await repo.mark(row["id"], "failed", msg)
+        return await after_settled(b, outcome_of(fresh, status="failed", error=msg), changed)
     await repo.release(row["id"])
     log.warning("payment %s: Stripe call failed (%s); left pending", row["id"], e)
     raise translate(e, "charge the card") from e
@@ -149,25 +152,28 @@ async def settle(b: Billing, row: asyncpg.Record, pi: Any) -> Outcome:
     repo = PaymentRepository(b.db)
     status = pi.status
     if status == "succeeded":
-        _, balance = await repo.credit(pi.id)
-        return await after_settled(b, outcome_of(row, status="succeeded", payment_intent=pi.id, error=None,
-                                        balance_micros=balance))
+        credited, balance = await repo.credit(pi.id)
+        out = outcome_of(row, status="succeeded", payment_intent=pi.id, error=None, balance_micros=balance)
+        return await after_settled(b, out, credited)
     if status == "requires_action":
-        await repo.mark(row["id"], "requires_action", NEEDS_AUTH)
-        return await after_settled(b, outcome_of(row, status="requires_action", payment_intent=pi.id,
-                                        client_secret=pi.client_secret, error=NEEDS_AUTH))
+        changed = await repo.mark(row["id"], "requires_action", NEEDS_AUTH)
+        out = outcome_of(row, status="requires_action", payment_intent=pi.id, client_secret=pi.client_secret,
+                         error=NEEDS_AUTH)
+        return await after_settled(b, out, changed)
     if status in ("requires_payment_method", "canceled"):
         err = getattr(pi, "last_payment_error", None)
         msg = f"Card declined: {err.message}" if err and getattr(err, "message", None) else "The payment failed"
-        await repo.mark(row["id"], "failed", msg)
-        return await after_settled(b, outcome_of(row, status="failed", payment_intent=pi.id, error=msg))
+        changed = await repo.mark(row["id"], "failed", msg)
+        return await after_settled(b, outcome_of(row, status="failed", payment_intent=pi.id, error=msg), changed)
     # processing / requires_confirmation: Stripe has not decided; the reconciliation will look again.
     await repo.release(row["id"])
     return outcome_of(row, status="pending", payment_intent=pi.id)
 
 
-async def after_settled(b: Billing, out: Outcome) -> Outcome:
-    """Auto-recharge bookkeeping; a top-up needs none."""
+async def after_settled(b: Billing, out: Outcome, changed: bool) -> Outcome:
+    """Auto-recharge bookkeeping, once per change of a payment's state; a top-up needs none."""
+    if not changed:
+        return out
     row = await PaymentRepository(b.db).get(out.payment_id)
     if row is None or row["kind"] != "auto_recharge":
         return out

@@ -5,13 +5,15 @@ or Stripe could not be reached; one waiting for 3-D Secure stays open until the 
 finishes. Every few seconds the billing pool pages through open payments older than
 ``reconcile_after_seconds`` whose lease has run out, asks Stripe where each one stands and
 records it: a success is credited (once: the unique index), a PaymentIntent that was never
-confirmed is canceled so that nothing can confirm it later, one that never got created fails.
+confirmed is canceled so that nothing can confirm it later, one that never got created fails,
+and one whose cardholder has not authenticated within a day is canceled too.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import stripe
@@ -23,6 +25,9 @@ from storage.payments import PaymentRepository
 log = logging.getLogger("syncnode.billing")
 
 _PAGE = 200
+_INTERRUPTED = "The payment was interrupted before the card was charged"
+# A payment still waiting for its cardholder after this long is canceled at Stripe and failed.
+_ABANDONED = timedelta(days=1)
 _BUDGET_S = 20.0
 
 
@@ -50,11 +55,12 @@ async def _one(b: Billing, row: asyncpg.Record) -> bool:
     try:
         if claimed["payment_intent"] is None:
             # The request died before Stripe answered the create: nothing was confirmed.
-            await repo.mark(claimed["id"], "failed", "The payment was interrupted before the card was charged")
-            await after_settled(b, outcome_of(claimed, status="failed"))
+            changed = await repo.mark(claimed["id"], "failed", _INTERRUPTED)
+            await after_settled(b, outcome_of(claimed, status="failed"), changed)
             return True
         pi = await b.stripe.retrieve_intent(claimed["payment_intent"])
-        if pi.status == "requires_confirmation":
+        stale = claimed["created_at"] < datetime.now(UTC) - _ABANDONED
+        if pi.status == "requires_confirmation" or (pi.status == "requires_action" and stale):
             pi = await b.stripe.cancel_intent(pi.id)
         out = await settle(b, claimed, pi)
         if out.status != "pending":

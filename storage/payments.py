@@ -87,15 +87,21 @@ class PaymentRepository:
             payment_id, payment_intent, client_secret,
         )
 
-    async def mark(self, payment_id: int, status: str, error: str | None) -> None:
-        """Record a failure or a wait for the cardholder; a success is only ever ``credit``'s."""
-        await self.conn.execute(
+    async def mark(self, payment_id: int, status: str, error: str | None) -> bool:
+        """Record a failure or a wait for the cardholder (a success is only ever ``credit``'s).
+
+        True when this changed the status: what happened is counted once, however often it is seen.
+        """
+        v = await self.conn.fetchval(
             """
-            UPDATE payments SET status = $2, error = $3, lease_until = NULL, updated_at = now()
-            WHERE id = $1 AND status IN ('pending', 'requires_action')
+            WITH old AS (SELECT id, status FROM payments WHERE id = $1 FOR UPDATE)
+            UPDATE payments p SET status = $2, error = $3, lease_until = NULL, updated_at = now()
+            FROM old WHERE p.id = old.id AND old.status IN ('pending', 'requires_action')
+            RETURNING old.status <> $2
             """,
             payment_id, status, error,
         )
+        return bool(v)
 
     async def credit(self, payment_intent: str) -> tuple[bool, int | None]:
         """Mark the payment succeeded and credit it, once. (credited now?, balance after)."""
