@@ -126,7 +126,7 @@ async def ensure_intent(b: Billing, row: asyncpg.Record) -> Any:
         amount_micros=row["amount_micros"], customer=profile["stripe_customer_id"],
         payment_method=profile["card"]["payment_method"],
         metadata={"syncnode_uid": row["uid"], "syncnode_payment": str(row["id"]), "syncnode_kind": row["kind"]},
-        idempotency_key=f"syncnode-payment-{row['id']}")
+        idempotency_key=f"syncnode-payment-{row['uid']}-{row['id']}")
     await PaymentRepository(b.db).set_intent(row["id"], pi.id, pi.client_secret)
     return pi
 

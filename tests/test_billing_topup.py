@@ -169,3 +169,29 @@ async def test_without_stripe_card_features_say_so(no_stripe_client: httpx.Async
     for method, path in (("GET", "/card"), ("POST", "/card/setup"), ("POST", "/topup_card")):
         r = await no_stripe_client.request(method, path, headers=funded.headers, json={"amount": 10})
         assert r.status_code == 402 and "STRIPE_SECRET_KEY" in r.json()["error"], (path, r.text)
+
+
+async def test_billing_history_pages_by_id_with_the_balance_after_each_row(
+        client: httpx.AsyncClient, make_account: MakeAccount, app: Any) -> None:
+    acct = await make_account()
+    admin = {"Authorization": "Bearer test-admin-token"}
+    for amount in (1, -2, 3, 4, -5):
+        r = await client.post("/admin/credit", headers=admin, json={"uid": acct.uid, "amount": amount, "reason": "t"})
+        assert r.status_code == 200
+    seen: list[dict[str, Any]] = []
+    before = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"before": before} if before else {})}
+        page = (await client.get("/billing-history", headers=acct.headers, params=params)).json()
+        seen += page["history"]
+        before = page["next_before"]
+        if before is None:
+            break
+    assert [h["amount"] for h in seen] == [-5.0, 4.0, 3.0, -2.0, 1.0, 5.0]
+    assert [h["balance_after"] for h in seen] == [6.0, 11.0, 7.0, 4.0, 6.0, 5.0]
+    assert [h["kind"] for h in seen] == ["credit"] * 5 + ["grant"]
+    assert len({h["id"] for h in seen}) == 6
+    for bad in ({"before": "x"}, {"before": 0}, {"limit": 0}, {"limit": 101}):
+        r = await client.get("/billing-history", headers=acct.headers, params=bad)
+        assert r.status_code == 400 and next(iter(bad)) in r.json()["error"]
+    assert await balanced(app, acct.uid) == 6_000_000
