@@ -38,7 +38,7 @@ async def gateway_with_stripe_at(url: str) -> AsyncIterator[httpx.AsyncClient]:
     from ingress.app import create_app
     from jobs.settings import Settings
 
-    app = create_app(Settings(SYNCNODE_STRIPE_BASE_URL=url, stripe_timeout_seconds=0.5))  # type: ignore[call-arg]
+    app = create_app(Settings(SYNCNODE_STRIPE_BASE_URL=url, stripe_timeout_seconds=0.5))
     async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://gateway.test", timeout=30) as c:
         yield c
@@ -80,6 +80,7 @@ async def test_crash_after_stripe_success_before_the_credit_is_credited_once_by_
     # What POST /topup_card does up to Stripe's success, in a process that then dies: the
     # row (its lease already run out), the stored PaymentIntent, the confirm. No credit.
     row = await PaymentRepository(b.db).start_topup(acct.uid, 10_000_000, None, 0)
+    assert row is not None
     pi = await ensure_intent(b, row)
     assert (await b.stripe.confirm_off_session(pi.id)).status == "succeeded"
     assert await balanced(app, acct.uid) == 5_000_000
@@ -105,8 +106,10 @@ async def test_crash_before_the_confirm_cancels_the_intent_and_charges_nothing(
     b = app.state.sn.billing
     repo = PaymentRepository(b.db)
     created = await repo.start_topup(acct.uid, 10_000_000, None, 0)
+    assert created is not None
     pi = await ensure_intent(b, created)
     never_created = await repo.start_topup(acct.uid, 20_000_000, None, 0)
+    assert never_created is not None
     await reconcile(b, older_than_s=0)
     assert (await stripe_admin.intent(pi.id))["status"] == "canceled"
     by_id = {p["id"]: p for p in await payments(app, acct.uid)}

@@ -159,7 +159,7 @@ async def no_stripe_client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     from ingress.app import create_app
     from jobs.settings import Settings
 
-    other = create_app(Settings(STRIPE_SECRET_KEY=None))  # type: ignore[call-arg]
+    other = create_app(Settings(STRIPE_SECRET_KEY=None))
     async with other.router.lifespan_context(other), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=other), base_url="http://gateway.test") as c:
         yield c

@@ -132,7 +132,7 @@ async def test_payment_failed_event_is_recorded(client: httpx.AsyncClient, card_
 async def test_localstripe_signed_event_credits_a_3d_secure_top_up(
         client: httpx.AsyncClient, card_account: CardAccount, stripe_admin: StripeAdmin, app: Any) -> None:
     """The event localstripe itself signs and sends (not one we built) is accepted and credits."""
-    from localstripe import webhooks
+    from localstripe import webhooks  # type: ignore[import-untyped]
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response

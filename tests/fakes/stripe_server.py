@@ -23,17 +23,17 @@ _patched = False
 
 def _patch() -> Any:
     global _patched
-    from localstripe import resources
+    from localstripe import resources  # type: ignore[import-untyped]
 
     if not _patched:
-        resources.store.dump_to_disk = lambda *a, **k: None  # type: ignore[method-assign]
+        resources.store.dump_to_disk = lambda *a, **k: None
         confirm = resources.PaymentIntent._api_confirm
 
         def confirm_off_session(id: str, payment_method: Any = None, off_session: Any = None, **kw: Any) -> Any:
             return confirm(id, payment_method=payment_method, **kw)
 
         # Before localstripe.server is imported: it builds its routes from this table.
-        resources.PaymentIntent._api_confirm = staticmethod(confirm_off_session)  # type: ignore[assignment]
+        resources.PaymentIntent._api_confirm = staticmethod(confirm_off_session)
         for i, (method, url, _fn) in enumerate(resources.extra_apis):
             if url == "/v1/payment_intents/{id}/confirm":
                 resources.extra_apis[i] = (method, url, confirm_off_session)
@@ -89,7 +89,7 @@ def main() -> None:
     args = p.parse_args()
     app = _patch()
     if args.webhook:
-        from localstripe.webhooks import register_webhook
+        from localstripe.webhooks import register_webhook  # type: ignore[import-untyped]
 
         register_webhook("syncnode", args.webhook, args.secret, None)
     print(f"localstripe on http://127.0.0.1:{args.port} (STRIPE_BASE_URL); any sk_test_… key works")
