@@ -92,7 +92,11 @@ async def post_threshold(request: Request) -> Response:
 
 
 async def card_setup(request: Request) -> Response:
-    st, uid, _ = await _body_principal(request)
+    # The body is optional here: a dashboard's button posts nothing.
+    if request.headers.get("content-length") in (None, "0"):
+        st, uid = await _query_principal(request)
+    else:
+        st, uid, _ = await _body_principal(request)
     return JSON(await cards.setup_intent(_billing(st), uid))
 
 
