@@ -22,6 +22,7 @@ import asyncpg
 import orjson
 from redis.exceptions import RedisError
 
+from billing.recharge import recharge_job
 from ingress.auth import Principal
 from ingress.slots import slot
 from ingress.state import AppState
@@ -39,6 +40,7 @@ from jobs.errors import (
 from jobs.names import TaskKind
 from jobs.queue import Job
 from jobs.settings import to_dollars
+from storage.billing import BillingRepository
 from storage.status import PUBLIC_STATUS, StatusStore
 from storage.tasks import TERMINAL, NewTask, TaskRepository
 
@@ -91,6 +93,8 @@ async def ensure_can_pay(st: AppState, who: Principal, kind: TaskKind, idempoten
     price = kind.price_micros(st.settings)
     can = await repo.can_pay(who.uid, price, kind.key_name)
     if not (can.account_exists and can.has_key and can.covers):
+        if can.account_exists and can.has_key and await BillingRepository(st.db).recharge_armed(who.uid):
+            await _recharge(st, who.uid, price)  # short now: the card refills it for the next call
         raise refusal(kind, price, account_exists=can.account_exists, has_key=can.has_key)
     return can.calls
 
@@ -157,8 +161,12 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
         assert prior is not None
         return await _replay(st, prior, request_hash, wait)
     if outcome.task_id is None:
+        if outcome.account_exists and outcome.has_key and await BillingRepository(st.db).recharge_armed(who.uid):
+            await _recharge(st, who.uid, price)
         raise refusal(kind, price, account_exists=outcome.account_exists, has_key=outcome.has_key)
 
+    if outcome.recharge:
+        await _recharge(st, who.uid, 0)
     job = Job(kind.pool, kind.function, new.job_id, (new.job_id,),
               status=StatusStore.initial(who.uid, outcome.task_id, kind.name))
     try:
@@ -174,6 +182,17 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
         raise Unavailable("The queue is unavailable; the task is recorded and will run when it recovers",
                           extra={"job_id": new.job_id})
     return Submitted(outcome.task_id, new.job_id, result)
+
+
+async def _recharge(st: AppState, uid: str, need_micros: int) -> None:
+    """Ask the billing pool to recharge: one job id per account, so arq keeps one queued.
+
+    Never awaited beyond the enqueue: a paid call does not wait on the card.
+    """
+    try:
+        await st.queue.enqueue(recharge_job(uid, need_micros))
+    except RedisError:
+        log.warning("could not enqueue the auto-recharge of %s", uid, exc_info=True)
 
 
 async def _replay(st: AppState, prior: asyncpg.Record, request_hash: bytes | None,

@@ -46,3 +46,7 @@ KINDS: dict[str, TaskKind] = {k.name: k for k in (CHAT, CHATGPT, GENERATE, FACE_
 KINDS[MODERATION.name] = MODERATION
 
 PROVIDER_KEY_NAMES = ("openrouter_key", "chatgpt_key", "replicate_key", "huggingface_key")
+
+# The billing pool (issue 8): auto-recharge one account; settle payments a crash left open.
+BILLING_RECHARGE = "billing.recharge"
+BILLING_RECONCILE = "billing.reconcile"

@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = Field(
         None, validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET")
     )
-    stripe_base_url: str | None = None
+    stripe_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("SYNCNODE_STRIPE_BASE_URL", "STRIPE_BASE_URL"))
     supabase_jwt_secret: SecretStr | None = Field(
         None, validation_alias=AliasChoices("SUPABASE_JWT_SECRET")
     )
@@ -147,6 +148,20 @@ class Settings(BaseSettings):
     hosting_max_files: int = Field(100, ge=1)
     hosting_max_total_bytes: int = Field(1 << 30, ge=1)
     output_max_depth: int = Field(64, ge=2, le=200)  # orjson refuses ~255
+
+    # Billing with Stripe (README "Billing"): card top-ups, auto-recharge, webhooks.
+    stripe_publishable_key: str | None = Field(
+        None, validation_alias=AliasChoices("STRIPE_PUBLISHABLE_KEY", "SYNCNODE_STRIPE_PUBLISHABLE_KEY"))
+    stripe_timeout_seconds: float = 20.0
+    topup_min: Decimal = Decimal("5")
+    topup_max: Decimal = Decimal("1000")
+    # A failed auto-recharge is retried this many times in all, waiting backoff * 2^n between tries;
+    # then auto-recharge switches itself off and says why (GET /billing-threshold).
+    recharge_max_attempts: int = 3
+    recharge_backoff_seconds: float = 60.0
+    # Payments left unsettled this long (a crash, Stripe unreachable) are settled by the billing pool.
+    reconcile_after_seconds: float = 120.0
+    reconcile_interval_seconds: int = 30
 
     @field_validator("public_url_")
     @classmethod

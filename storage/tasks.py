@@ -38,6 +38,8 @@ class ChargeOutcome:
     task_id: int | None
     account_exists: bool
     has_key: bool
+    # The charge left the balance under the account's auto-recharge floor (and a card is on file).
+    recharge: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +68,7 @@ class TaskRepository:
             ), a AS (
                 UPDATE accounts SET balance_micros = balance_micros - $3
                 WHERE uid = $1 AND balance_micros >= $3 AND (SELECT ok FROM k)
-                RETURNING uid
+                RETURNING uid, recharge_armed AND balance_micros < recharge_below_micros AS low
             ), t AS (
                 INSERT INTO tasks (job_id, uid, kind, pool, model, prompt, request, cost_micros,
                                    idempotency_key, request_hash)
@@ -78,13 +80,14 @@ class TaskRepository:
             )
             SELECT (SELECT id FROM t) AS task_id,
                    EXISTS (SELECT 1 FROM accounts WHERE uid = $1) AS account_exists,
-                   (SELECT ok FROM k) AS has_key
+                   (SELECT ok FROM k) AS has_key,
+                   coalesce((SELECT low FROM a), false) AS low
             """,
             t.uid, t.job_id, t.cost_micros, t.kind, t.pool, t.model, t.prompt, t.request,
             t.key_name, t.idempotency_key, t.request_hash,
         )
         assert row is not None
-        return ChargeOutcome(row["task_id"], row["account_exists"], row["has_key"])
+        return ChargeOutcome(row["task_id"], row["account_exists"], row["has_key"], row["low"])
 
     async def charge_many(self, uid: str, items: list[NewTask]) -> list[ChargeOutcome]:
         """``charge_and_create`` for several tasks of one account in one statement.
@@ -115,6 +118,7 @@ class TaskRepository:
             ), a AS (
                 UPDATE accounts SET balance_micros = balance_micros - (SELECT sum(cost) FROM ok)
                 WHERE uid = $1 AND EXISTS (SELECT 1 FROM ok)
+                RETURNING recharge_armed AND balance_micros < recharge_below_micros AS low
             ), t AS (
                 INSERT INTO tasks (job_id, uid, kind, pool, model, prompt, request, cost_micros)
                 SELECT job_id, $1, kind, pool, model, prompt, request, cost FROM ok ORDER BY ord
@@ -123,14 +127,15 @@ class TaskRepository:
                 INSERT INTO ledger (uid, amount_micros, kind, task_id)
                 SELECT $1, -cost_micros, 'charge', id FROM t
             )
-            SELECT keyed.ord, keyed.has_key, t.id AS task_id, EXISTS (SELECT 1 FROM acct) AS account_exists
+            SELECT keyed.ord, keyed.has_key, t.id AS task_id, EXISTS (SELECT 1 FROM acct) AS account_exists,
+                   coalesce((SELECT low FROM a), false) AS low
             FROM keyed LEFT JOIN t USING (job_id) ORDER BY keyed.ord
             """,
             uid, [i.job_id for i in items], [i.kind for i in items], [i.pool for i in items],
             [i.model for i in items], [i.prompt for i in items], [i.request for i in items],
             [i.cost_micros for i in items], [i.key_name for i in items],
         )
-        return [ChargeOutcome(r["task_id"], r["account_exists"], r["has_key"]) for r in rows]
+        return [ChargeOutcome(r["task_id"], r["account_exists"], r["has_key"], r["low"]) for r in rows]
 
     async def can_pay(self, uid: str, price_micros: int, key_name: str | None) -> Affordability:
         """Whether a charge of ``price_micros`` would go through now (read only: the charge
