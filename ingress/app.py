@@ -11,7 +11,20 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from ingress import accounts, billing, cancel, chat, files, health, media, moderation, storage_config, tasks, webhooks
+from ingress import (
+    accounts,
+    billing,
+    cancel,
+    chat,
+    files,
+    health,
+    hooks,
+    media,
+    moderation,
+    storage_config,
+    tasks,
+    webhooks,
+)
 from ingress.auth import Authenticator
 from ingress.errors import HANDLERS
 from ingress.metrics import RequestMetrics, metrics
@@ -58,6 +71,9 @@ ROUTES = [
     Route("/storage", storage_config.post_storage, methods=["POST"]),
     Route("/files/{path:path}", files.serve, methods=["GET"]),
     Route("/webhooks/replicate", webhooks.replicate, methods=["POST"]),
+    Route("/webhook-secret", hooks.get_secret, methods=["GET"]),
+    Route("/webhook-secret/rotate", hooks.rotate_secret, methods=["POST"]),
+    Route("/tasks/{id}/deliveries", hooks.list_deliveries, methods=["GET"]),
 ]
 
 

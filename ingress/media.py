@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from ingress.body import read_json
 from ingress.chat import accepted
+from ingress.hooks import pop_webhook_fields, webhook_target
 from ingress.image_input import ImageBytes, check_decodes
 from ingress.state import state
 from ingress.submit import submit
@@ -89,19 +90,25 @@ def _input_map(raw: str) -> dict[str, str]:
 
 async def generate(request: Request) -> Response:
     st = state(request)
-    req = GenerateRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
+    body = await read_json(request, st.settings.max_media_body_bytes)
+    hook_fields = pop_webhook_fields(body)
+    req = GenerateRequest.model_validate(body)
     who = await st.auth.principal(request, req.uid, public=True)
+    hook = await webhook_target(st.settings, *hook_fields)
     prompt = req.input.get("prompt")
     sub = await submit(st, who, GENERATE, model=req.model, prompt=str(prompt)[:500] if prompt else None,
                        request={"model": req.model, "input": req.input},
-                       idempotency_key=request.headers.get("idempotency-key"), wait=False)
+                       idempotency_key=request.headers.get("idempotency-key"), wait=False, webhook=hook)
     return accepted(st, sub.job_id)
 
 
 async def face_swap(request: Request) -> Response:
     st = state(request)
-    req = FaceSwapRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
+    body = await read_json(request, st.settings.max_media_body_bytes)
+    hook_fields = pop_webhook_fields(body)
+    req = FaceSwapRequest.model_validate(body)
     who = await st.auth.principal(request, req.uid, public=True)
+    hook = await webhook_target(st.settings, *hook_fields)
     names = _input_map(st.settings.face_swap_input_map)
     # Validated before submit(): a bad image is never charged.
     ours: dict[str, Any] = {"source_image": await image_data_url("source_image", req.input.source_image),
@@ -111,5 +118,5 @@ async def face_swap(request: Request) -> Response:
     model = st.settings.face_swap_model
     sub = await submit(st, who, FACE_SWAP, model=model, prompt="face swap",
                        request={"model": model, "input": {names.get(k, k): v for k, v in ours.items()}},
-                       idempotency_key=request.headers.get("idempotency-key"), wait=False)
+                       idempotency_key=request.headers.get("idempotency-key"), wait=False, webhook=hook)
     return accepted(st, sub.job_id)

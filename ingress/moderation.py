@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from ingress.body import read_json
 from ingress.chat import accepted, status_url, wants_async
+from ingress.hooks import pop_webhook_fields, webhook_target
 from ingress.image_input import ImageBytes, check_decodes, decode_base64, from_fetched, normalize_mime
 from ingress.responses import JSON
 from ingress.state import AppState, state
@@ -80,8 +81,11 @@ def task_request(req: ModerationRequest, img: ImageBytes | None, digest: str | N
 
 async def moderate(request: Request) -> Response:
     st = state(request)
-    req = ModerationRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
+    body = await read_json(request, st.settings.max_media_body_bytes)
+    hook_fields = pop_webhook_fields(body)
+    req = ModerationRequest.model_validate(body)
     who = await st.auth.principal(request, req.uid, public=True)
+    hook = await webhook_target(st.settings, *hook_fields)
     img = await load_image(st, req)
     digest = None
     if img is not None:
@@ -93,7 +97,7 @@ async def moderate(request: Request) -> Response:
     prompt = (req.text or "")[:500] or (req.imageUrl or "[image]")[:500]
     sub = await submit(st, who, MODERATION, model=model, prompt=prompt,
                        request=task_request(req, img, digest),
-                       idempotency_key=request.headers.get("idempotency-key"), wait=wait)
+                       idempotency_key=request.headers.get("idempotency-key"), wait=wait, webhook=hook)
     if not wait:
         return accepted(st, sub.job_id)
     if sub.result is None:

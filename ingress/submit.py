@@ -51,12 +51,15 @@ def result_from_row(row: asyncpg.Record) -> dict[str, Any]:
 
 
 async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | None, prompt: str | None,
-                 request: dict[str, Any], idempotency_key: str | None, wait: bool) -> Submitted:
+                 request: dict[str, Any], idempotency_key: str | None, wait: bool,
+                 webhook: tuple[str, tuple[str, ...]] | None = None) -> Submitted:
+    """``webhook``: a target ``ingress.hooks.webhook_target`` validated, or None."""
     repo = TaskRepository(st.db)
     request_hash = None
     if idempotency_key is not None:
         request_hash = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
-                                      + kind.name.encode()).digest()
+                                      + kind.name.encode()
+                                      + (orjson.dumps(webhook) if webhook else b"")).digest()
         prior = await repo.by_idempotency_key(who.uid, idempotency_key)
         if prior is not None:
             return await _replay(st, prior, request_hash, wait)
@@ -64,9 +67,10 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
     price = kind.price_micros(st.settings)
     new = NewTask(job_id=str(uuid.uuid4()), uid=who.uid, kind=kind.name, pool=kind.pool, model=model,
                   prompt=prompt, request=request, cost_micros=price, key_name=kind.key_name,
-                  idempotency_key=idempotency_key, request_hash=request_hash)
+                  idempotency_key=idempotency_key, request_hash=request_hash,
+                  webhook=webhook[0] if webhook else None, webhook_events=webhook[1] if webhook else None)
     try:
-        if idempotency_key is None:
+        if idempotency_key is None and webhook is None:
             # Same account and same price per batch: the running sum then takes exactly the
             # requests that one-by-one charging would have taken.
             outcome = await st.charges.submit((who.uid, price), new)

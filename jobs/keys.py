@@ -15,7 +15,7 @@ __all__ = [
 ]
 
 # One arq queue (and one worker pool) per kind of provider work.
-POOLS = ("chat", "media", "poll", "moderation", "billing")
+POOLS = ("chat", "media", "poll", "moderation", "billing", "webhooks")
 
 
 def queue(pool: str) -> str:
@@ -69,3 +69,11 @@ def blob(sha256_hex: str) -> str:
 
 
 __all__ += ["blob"]
+
+
+def webhook_slots(uid: str) -> str:
+    """ZSET of an account's webhook attempts in flight, scored by when each hold ends."""
+    return f"syncnode:webhook-slots:{uid}"
+
+
+__all__ += ["webhook_slots"]

@@ -10,7 +10,16 @@ from arq import cron, func
 from arq.connections import RedisSettings
 
 from jobs import keys
-from jobs.names import CHAT_OPENAI, CHAT_OPENROUTER, MEDIA_CANCEL, MEDIA_CREATE, MEDIA_POLL, SWEEP
+from jobs.names import (
+    CHAT_OPENAI,
+    CHAT_OPENROUTER,
+    MEDIA_CANCEL,
+    MEDIA_CREATE,
+    MEDIA_POLL,
+    SWEEP,
+    WEBHOOK_DELIVER,
+    WEBHOOK_DISPATCH,
+)
 from jobs.serialize import dumps, loads
 from jobs.settings import get_settings
 from workers.chat import chat_openai, chat_openrouter
@@ -20,6 +29,7 @@ from workers.media import create_budget_seconds, media_create
 from workers.moderation.job import moderation_functions, with_models
 from workers.poll import media_cancel, media_poll
 from workers.sweeper import sweep
+from workers.webhooks import deliver, dispatch, with_listener
 
 _s = get_settings()
 
@@ -72,8 +82,17 @@ ModerationWorker = _settings(
     "ModerationWorker", "moderation", _s.moderation_concurrency, moderation_functions(_s),
     **with_models(on_startup_for("moderation", _s.moderation_concurrency), on_shutdown))
 BillingWorker = _settings("BillingWorker", "billing", 10, [])
+# Completion webhooks: one short job per attempt; no tasks of its own to sweep, a dispatcher instead.
+_every = max(1, _s.sweep_interval_seconds)
+WebhooksWorker = _settings(
+    "WebhooksWorker", "webhooks", _s.webhook_concurrency, [
+        func(deliver, name=WEBHOOK_DELIVER, timeout=_s.webhook_timeout_seconds + 30),
+    ],
+    cron_jobs=[cron(dispatch, name=WEBHOOK_DISPATCH, second=set(range(0, 60, _every)), unique=True,
+                    run_at_startup=True, timeout=60)],
+    **with_listener(on_startup_for("webhooks", _s.webhook_concurrency), on_shutdown))
 
 POOL_SETTINGS: dict[str, type] = {
     "chat": ChatWorker, "media": MediaWorker, "poll": PollWorker,
-    "moderation": ModerationWorker, "billing": BillingWorker,
+    "moderation": ModerationWorker, "billing": BillingWorker, "webhooks": WebhooksWorker,
 }
