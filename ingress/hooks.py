@@ -47,7 +47,8 @@ async def webhook_target(settings: Settings, webhook: Any, events: Any,
         return None
     if not isinstance(webhook, str) or not webhook or len(webhook) > MAX_URL_CHARS:
         raise BadRequest(f"Invalid webhook: expected an https URL of at most {MAX_URL_CHARS} characters")
-    return await _checked_url(settings, webhook, resolver), _events(events)
+    wanted = _events(events)  # before the URL: no DNS lookup for a request that is refused anyway
+    return await _checked_url(settings, webhook, resolver), wanted
 
 
 def _events(events: Any) -> tuple[str, ...]:
