@@ -35,7 +35,7 @@ async def start_webhooks_worker(max_jobs: int | None = None) -> tuple[Any, async
     from jobs.worker import SyncNodeWorker
     from workers.settings import POOL_SETTINGS
 
-    kwargs = get_kwargs(POOL_SETTINGS["webhooks"])
+    kwargs: dict[str, Any] = get_kwargs(POOL_SETTINGS["webhooks"])
     if max_jobs is not None:
         kwargs["max_jobs"] = max_jobs
     w = SyncNodeWorker(**kwargs, pool_name="webhooks", lease_seconds=get_settings().job_lease_seconds,
