@@ -88,6 +88,22 @@ class WebhookRepository:
             grace_s, limit,
         ))
 
+    async def expire(self, older_than_s: float) -> int:
+        """Give up events still pending that long after they happened (an attempt that never
+        came back, or one that kept crashing); the newest attempt's log entry says why."""
+        n = await self.conn.fetchval(
+            """
+            WITH e AS (
+                UPDATE webhook_events SET state = 'failed', updated_at = now()
+                WHERE state = 'pending' AND created_at < now() - make_interval(secs => $1)
+                RETURNING id
+            )
+            SELECT count(*) FROM e
+            """,
+            older_than_s,
+        )
+        return int(n)
+
     async def for_attempt(self, event_id: int) -> asyncpg.Record | None:
         """The event with what its document is built from (the task's final output and error)."""
         return await self.conn.fetchrow(

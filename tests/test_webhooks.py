@@ -17,7 +17,7 @@ from tests.fakes import webhook_receiver as receiver
 from tests.fixtures.accounts import Account, MakeAccount
 from tests.fixtures.media import Sim
 from tests.fixtures.servers import ServerThread
-from tests.fixtures.workers import stop_inprocess_worker
+from tests.fixtures.workers import WorkerProcess, stop_inprocess_worker
 
 CHAT_KEYS = {"openrouter_key": "sk-or-v1-test-key-0001"}
 
@@ -258,3 +258,20 @@ async def test_media_task_webhook_start_and_completed(
     status = await client.get("/prediction-status", params={"job_id": job_id}, headers=replicate_account.headers)
     assert docs["completed"] == status.json()
     assert docs["completed"]["output"] == "hello from the simulator"
+
+
+async def test_a_real_webhooks_process_delivers_a_failed_task(
+        client: httpx.AsyncClient, make_account: MakeAccount, chat_worker: Any, hook_settings: Any,
+        receiver_url: str, worker_process: WorkerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNCNODE_FETCH_ALLOW", hook_settings.fetch_allow)
+    worker_process("webhooks")  # `syncnode worker webhooks`, as the Procfile runs it
+    acct = await make_account(keys=CHAT_KEYS)
+    key = await secret(client, acct)
+    name = hook_name()
+    r = await client.post("/chat-completion", headers=acct.headers, json={
+        "model": "fail-500", "prompt": "this one fails", "webhook": f"{receiver_url}/hook/{name}"})
+    assert r.status_code == 502, r.text
+    (call,) = await received(name, timeout=30)
+    doc = Webhook(key).verify(call["body"], call["headers"])
+    status = await client.get("/prediction-status", params={"job_id": r.json()["job_id"]}, headers=acct.headers)
+    assert doc == status.json() and doc["replicate_status"] == "failed" and doc["error"]

@@ -154,9 +154,17 @@ async def _deliver(w: WorkerContext, event_id: int, attempt: int) -> str:
         if not await repo.claim(event_id, attempt, timeout + _HOLD_EXTRA_S):
             return "duplicate"
         body = orjson.dumps(document(ev))
-        headers = await signed_headers(w, ev["uid"], f"whevt_{event_id}", body)
         t0 = time.perf_counter()
-        outcome, code, error, retry_after = await send(w, ev["url"], body, headers)
+        outcome: str
+        code: int | None
+        error: str | None
+        retry_after: float | None
+        try:
+            headers = await signed_headers(w, ev["uid"], f"whevt_{event_id}", body)
+        except ValueError as e:  # the secret cannot be decrypted (master key changed): no retry helps
+            outcome, code, error, retry_after = "failed", None, str(e), None
+        else:
+            outcome, code, error, retry_after = await send(w, ev["url"], body, headers)
         took_ms = int((time.perf_counter() - t0) * 1000)
     finally:
         await w.redis.zrem(keys.webhook_slots(ev["uid"]), token)
@@ -184,11 +192,12 @@ async def _record(w: WorkerContext, ev: asyncpg.Record, attempt: int, outcome: s
 async def dispatch(ctx: dict[str, Any]) -> dict[str, int]:
     """Enqueue attempts that are overdue: a NOTIFY nobody heard, a job Redis lost, a dead worker."""
     w = wctx(ctx)
-    grace = w.settings.webhook_timeout_seconds + 5
-    rows = await WebhookRepository(w.db).due(grace, 1000)
+    repo = WebhookRepository(w.db)
+    expired = await repo.expire(w.settings.webhook_retry_window_seconds + 3600)
+    rows = await repo.due(w.settings.webhook_timeout_seconds + 5, 1000)
     for r in rows:
         await w.queue.enqueue(attempt_job(r["id"], r["attempts"] + 1))
-    return {"enqueued": len(rows)}
+    return {"enqueued": len(rows), "expired": expired}
 
 
 async def listen(w: WorkerContext) -> None:
