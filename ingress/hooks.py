@@ -72,7 +72,8 @@ async def _checked_url(settings: Settings, raw: str, resolver: Resolver | None) 
         raise BadRequest("Invalid webhook: expected https://host/path (no user name or password)")
     port = url.port or (443 if url.scheme == "https" else 80)
     allow = settings.fetch_allow_list
-    if url.scheme == "http" and f"{url.host.lower()}:{port}" not in allow:
+    host = url.host.lower()
+    if url.scheme == "http" and f"{host}:{port}" not in allow and f"[{host}]:{port}" not in allow:
         raise BadRequest("Invalid webhook: must be an https URL (http only for hosts in SYNCNODE_FETCH_ALLOW)")
     try:
         check_literal(url.host, port, allow)

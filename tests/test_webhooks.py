@@ -275,3 +275,36 @@ async def test_a_real_webhooks_process_delivers_a_failed_task(
     doc = Webhook(key).verify(call["body"], call["headers"])
     status = await client.get("/prediction-status", params={"job_id": r.json()["job_id"]}, headers=acct.headers)
     assert doc == status.json() and doc["replicate_status"] == "failed" and doc["error"]
+
+
+async def test_canceling_a_queued_task_sends_completed(
+        client: httpx.AsyncClient, make_account: MakeAccount, hooks_worker: Any, receiver_url: str) -> None:
+    acct = await make_account(keys=CHAT_KEYS)
+    key = await secret(client, acct)
+    name = hook_name()
+    # No chat worker: the task stays queued until the cancel (ingress/cancel.py) ends it.
+    r = await client.post("/chat-completion", headers={**acct.headers, "Prefer": "respond-async"},
+                          json={"model": "m", "prompt": "never runs", "webhook": f"{receiver_url}/hook/{name}"})
+    assert r.status_code == 202, r.text
+    (task,) = (await client.get("/tasks", headers=acct.headers)).json()["tasks"]
+    assert (await client.post(f"/tasks/{task['id']}/cancel", headers=acct.headers)).status_code == 200
+    (call,) = await received(name)
+    doc = Webhook(key).verify(call["body"], call["headers"])
+    assert doc["replicate_status"] == "canceled" and doc["error"] == "Canceled by the user"
+
+
+async def test_output_filter_is_sent_on_success_only(
+        client: httpx.AsyncClient, make_account: MakeAccount, chat_worker: Any, hooks_worker: Any,
+        receiver_url: str) -> None:
+    acct = await make_account(keys=CHAT_KEYS)
+    ok, bad = hook_name(), hook_name()
+    p = await chat_with_hook(client, acct, f"{receiver_url}/hook/{ok}", webhook_events_filter=["output"])
+    r = await client.post("/chat-completion", headers=acct.headers, json={
+        "model": "reject-400", "prompt": "x", "webhook": f"{receiver_url}/hook/{bad}",
+        "webhook_events_filter": ["output", "start"]})
+    assert r.status_code == 400
+    await received(ok)
+    (d,) = (await settled(client, acct, p["id"]))["deliveries"]
+    assert d["event"] == "output"
+    await asyncio.sleep(0.5)
+    assert receiver.calls(bad) == []  # a failed chat task has neither output nor a start of its own
