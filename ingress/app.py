@@ -11,22 +11,10 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from ingress import (
-    accounts,
-    billing,
-    cancel,
-    chat,
-    files,
-    health,
-    hooks,
-    media,
-    moderation,
-    storage_config,
-    tasks,
-    webhooks,
-)
+from ingress import accounts, billing, cancel, chat, files, health, media, moderation, storage_config, tasks, webhooks
 from ingress.auth import Authenticator
 from ingress.errors import HANDLERS
+from ingress.hooks import get_secret, list_deliveries, rotate_secret
 from ingress.metrics import RequestMetrics, metrics
 from ingress.openapi import openapi
 from ingress.state import AppState
@@ -71,9 +59,9 @@ ROUTES = [
     Route("/storage", storage_config.post_storage, methods=["POST"]),
     Route("/files/{path:path}", files.serve, methods=["GET"]),
     Route("/webhooks/replicate", webhooks.replicate, methods=["POST"]),
-    Route("/webhook-secret", hooks.get_secret, methods=["GET"]),
-    Route("/webhook-secret/rotate", hooks.rotate_secret, methods=["POST"]),
-    Route("/tasks/{id}/deliveries", hooks.list_deliveries, methods=["GET"]),
+    Route("/webhook-secret", get_secret, methods=["GET"]),
+    Route("/webhook-secret/rotate", rotate_secret, methods=["POST"]),
+    Route("/tasks/{id}/deliveries", list_deliveries, methods=["GET"]),
 ]
 
 

@@ -9,17 +9,8 @@ from typing import Any
 from arq import cron, func
 from arq.connections import RedisSettings
 
-from jobs import keys
-from jobs.names import (
-    CHAT_OPENAI,
-    CHAT_OPENROUTER,
-    MEDIA_CANCEL,
-    MEDIA_CREATE,
-    MEDIA_POLL,
-    SWEEP,
-    WEBHOOK_DELIVER,
-    WEBHOOK_DISPATCH,
-)
+from jobs import keys, names
+from jobs.names import CHAT_OPENAI, CHAT_OPENROUTER, MEDIA_CANCEL, MEDIA_CREATE, MEDIA_POLL, SWEEP
 from jobs.serialize import dumps, loads
 from jobs.settings import get_settings
 from workers.chat import chat_openai, chat_openrouter
@@ -86,9 +77,9 @@ BillingWorker = _settings("BillingWorker", "billing", 10, [])
 _every = max(1, _s.sweep_interval_seconds)
 WebhooksWorker = _settings(
     "WebhooksWorker", "webhooks", _s.webhook_concurrency, [
-        func(deliver, name=WEBHOOK_DELIVER, timeout=_s.webhook_timeout_seconds + 30),
+        func(deliver, name=names.WEBHOOK_DELIVER, timeout=_s.webhook_timeout_seconds + 30),
     ],
-    cron_jobs=[cron(dispatch, name=WEBHOOK_DISPATCH, second=set(range(0, 60, _every)), unique=True,
+    cron_jobs=[cron(dispatch, name=names.WEBHOOK_DISPATCH, second=set(range(0, 60, _every)), unique=True,
                     run_at_startup=True, timeout=60)],
     **with_listener(on_startup_for("webhooks", _s.webhook_concurrency), on_shutdown))
 
