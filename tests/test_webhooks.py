@@ -17,7 +17,7 @@ from tests.fakes import webhook_receiver as receiver
 from tests.fixtures.accounts import Account, MakeAccount
 from tests.fixtures.media import Sim
 from tests.fixtures.servers import ServerThread
-from tests.fixtures.workers import WorkerProcess, stop_inprocess_worker
+from tests.fixtures.workers import WorkerProcess, start_inprocess_worker, stop_inprocess_worker
 
 CHAT_KEYS = {"openrouter_key": "sk-or-v1-test-key-0001"}
 
@@ -308,3 +308,33 @@ async def test_output_filter_is_sent_on_success_only(
     assert d["event"] == "output"
     await asyncio.sleep(0.5)
     assert receiver.calls(bad) == []  # a failed chat task has neither output nor a start of its own
+
+
+async def test_the_worker_guards_the_connection_too(
+        client: httpx.AsyncClient, make_account: MakeAccount, hook_settings: Any, receiver_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A target that passed at submit but is not public when delivered (DNS changed, the operator
+    narrowed the allow-list) is never connected to: the guard sits under the worker's client."""
+    acct = await make_account(keys=CHAT_KEYS)
+    name = hook_name()
+    r = await client.post("/chat-completion", headers={**acct.headers, "Prefer": "respond-async"},
+                          json={"model": "m", "prompt": "x", "webhook": f"{receiver_url}/hook/{name}"})
+    assert r.status_code == 202, r.text
+    monkeypatch.setattr(hook_settings, "fetch_allow", "")
+    chat = await start_inprocess_worker("chat")
+    hooks = await start_webhooks_worker()
+    try:
+        (task,) = (await client.get("/tasks", headers=acct.headers)).json()["tasks"]
+        attempts: list[dict[str, Any]] = []
+        for _ in range(200):
+            found = (await deliveries(client, acct, task["id"]))["deliveries"]
+            attempts = found[0]["attempts"] if found else []
+            if len(attempts) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert [a["outcome"] for a in attempts[:2]] == ["retry", "retry"]
+        assert "loopback" in attempts[0]["error"]
+        assert receiver.calls(name) == []
+    finally:
+        await stop_inprocess_worker(*hooks)
+        await stop_inprocess_worker(*chat)
