@@ -321,12 +321,12 @@ async def test_the_worker_guards_the_connection_too(
                           json={"model": "m", "prompt": "x", "webhook": f"{receiver_url}/hook/{name}"})
     assert r.status_code == 202, r.text
     monkeypatch.setattr(hook_settings, "fetch_allow", "")
-    chat = await start_inprocess_worker("chat")
     hooks = await start_webhooks_worker()
+    chat = await start_inprocess_worker("chat")
     try:
         (task,) = (await client.get("/tasks", headers=acct.headers)).json()["tasks"]
         attempts: list[dict[str, Any]] = []
-        for _ in range(200):
+        for _ in range(600):
             found = (await deliveries(client, acct, task["id"]))["deliveries"]
             attempts = found[0]["attempts"] if found else []
             if len(attempts) >= 2:
@@ -338,3 +338,22 @@ async def test_the_worker_guards_the_connection_too(
     finally:
         await stop_inprocess_worker(*hooks)
         await stop_inprocess_worker(*chat)
+
+
+async def test_an_event_nobody_heard_is_delivered_by_the_dispatcher(
+        client: httpx.AsyncClient, make_account: MakeAccount, chat_worker: Any, hook_settings: Any,
+        receiver_url: str) -> None:
+    """No webhooks worker listens when the task ends (all down, or the NOTIFY was lost): the event
+    waits in Postgres and the dispatcher enqueues it once it is overdue."""
+    acct = await make_account(keys=CHAT_KEYS)
+    key = await secret(client, acct)
+    name = hook_name()
+    await chat_with_hook(client, acct, f"{receiver_url}/hook/{name}")
+    await asyncio.sleep(0.5)
+    assert receiver.calls(name) == []
+    w, task = await start_webhooks_worker()
+    try:
+        (call,) = await received(name, timeout=30)
+        assert Webhook(key).verify(call["body"], call["headers"])["replicate_status"] == "completed"
+    finally:
+        await stop_inprocess_worker(w, task)
