@@ -16,6 +16,7 @@ from billing.context import Billing
 from ingress import accounts, billing, cancel, chat, files, health, media, moderation, storage_config, tasks, webhooks
 from ingress.auth import Authenticator
 from ingress.errors import HANDLERS
+from ingress.hooks import get_secret, list_deliveries, rotate_secret
 from ingress.metrics import RequestMetrics, metrics
 from ingress.openapi import openapi
 from ingress.state import AppState
@@ -66,6 +67,9 @@ ROUTES = [
     Route("/card", billing.post_card, methods=["POST"]),
     Route("/card", billing.delete_card, methods=["DELETE"]),
     Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+    Route("/webhook-secret", get_secret, methods=["GET"]),
+    Route("/webhook-secret/rotate", rotate_secret, methods=["POST"]),
+    Route("/tasks/{id}/deliveries", list_deliveries, methods=["GET"]),
 ]
 
 

@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from ingress.body import read_json
 from ingress.chat import accepted
+from ingress.hooks import pop_webhook_fields, webhook_target
 from ingress.image_input import DecodeLimits, ImageBytes, check_decodes, decode_limits, probe
 from ingress.state import state
 from ingress.submit import body_hash, ensure_can_pay, paid_work, replay, submit
@@ -99,12 +100,15 @@ async def generate(request: Request) -> Response:
     early = await st.auth.early(request, public=True)
     if early is not None:  # a 15 MiB body is read only for an account that can pay for the call
         await ensure_can_pay(st, early, GENERATE, request.headers.get("idempotency-key"))
-    req = GenerateRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
+    body = await read_json(request, st.settings.max_media_body_bytes)
+    hook_fields = pop_webhook_fields(body)
+    req = GenerateRequest.model_validate(body)
     who = await st.auth.confirm(request, early, req.uid, public=True)
+    hook = await webhook_target(st.settings, *hook_fields)
     prompt = req.input.get("prompt")
     sub = await submit(st, who, GENERATE, model=req.model, prompt=str(prompt)[:500] if prompt else None,
                        request={"model": req.model, "input": req.input},
-                       idempotency_key=request.headers.get("idempotency-key"), wait=False)
+                       idempotency_key=request.headers.get("idempotency-key"), wait=False, webhook=hook)
     return accepted(st, sub.job_id)
 
 
@@ -113,11 +117,14 @@ async def face_swap(request: Request) -> Response:
     early = await st.auth.early(request, public=True)
     idempotency_key = request.headers.get("idempotency-key")
     calls = await ensure_can_pay(st, early, FACE_SWAP, idempotency_key) if early else 0
-    req = FaceSwapRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
+    body = await read_json(request, st.settings.max_media_body_bytes)
+    hook_fields = pop_webhook_fields(body)
+    req = FaceSwapRequest.model_validate(body)
     who = await st.auth.confirm(request, early, req.uid, public=True)
+    hook = await webhook_target(st.settings, *hook_fields)
     if early is None:  # uid-only mode: the body named the account
         calls = await ensure_can_pay(st, who, FACE_SWAP, idempotency_key)
-    request_hash = body_hash(FACE_SWAP, req.model_dump(mode="json"))
+    request_hash = body_hash(FACE_SWAP, req.model_dump(mode="json"), hook)
     sub = await replay(st, who, idempotency_key, request_hash, wait=False)
     if sub is not None:
         return accepted(st, sub.job_id)
@@ -135,5 +142,6 @@ async def face_swap(request: Request) -> Response:
     model = st.settings.face_swap_model
     sub = await submit(st, who, FACE_SWAP, model=model, prompt="face swap",
                        request={"model": model, "input": {names.get(k, k): v for k, v in ours.items()}},
-                       idempotency_key=idempotency_key, wait=False, request_hash=request_hash)
+                       idempotency_key=idempotency_key, wait=False, request_hash=request_hash,
+                       webhook=hook)
     return accepted(st, sub.job_id)

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from ingress.auth import Principal
 from ingress.body import read_json
 from ingress.chat import accepted, wants_async
+from ingress.hooks import WebhookTarget, pop_webhook_fields, webhook_target
 from ingress.image_input import ImageBytes, check_decodes, decode_base64, decode_limits, from_fetched, normalize_mime
 from ingress.responses import JSON
 from ingress.state import AppState, state
@@ -86,20 +87,23 @@ async def moderate(request: Request) -> Response:
     early = await st.auth.early(request, public=True)
     idempotency_key = request.headers.get("idempotency-key")
     calls = await ensure_can_pay(st, early, MODERATION, idempotency_key) if early else 0
-    req = ModerationRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
+    body = await read_json(request, st.settings.max_media_body_bytes)
+    hook_fields = pop_webhook_fields(body)
+    req = ModerationRequest.model_validate(body)
     who = await st.auth.confirm(request, early, req.uid, public=True)
+    hook = await webhook_target(st.settings, *hook_fields)
     if early is None:  # uid-only mode: the body named the account
         calls = await ensure_can_pay(st, who, MODERATION, idempotency_key)
     wait = not wants_async(request)
-    request_hash = body_hash(MODERATION, req.model_dump(mode="json"))
+    request_hash = body_hash(MODERATION, req.model_dump(mode="json"), hook)
     sub = await replay(st, who, idempotency_key, request_hash, wait)
     if sub is None:
-        sub = await _run(st, request, who, req, calls, idempotency_key, request_hash, wait)
+        sub = await _run(st, who, req, calls, idempotency_key, (request_hash, hook), wait)
     return _answer(st, sub, wait)
 
 
-async def _run(st: AppState, request: Request, who: Principal, req: ModerationRequest, calls: int,
-               idempotency_key: str | None, request_hash: bytes, wait: bool) -> Submitted:
+async def _run(st: AppState, who: Principal, req: ModerationRequest, calls: int, idempotency_key: str | None,
+               ident: tuple[bytes, WebhookTarget | None], wait: bool) -> Submitted:
     # Fetching, decoding and storing an image are work: only for a caller who can pay for it,
     # and for no more of their requests at once than their balance pays for.
     async with paid_work(st, who, calls):
@@ -115,7 +119,7 @@ async def _run(st: AppState, request: Request, who: Principal, req: ModerationRe
     prompt = (req.text or "")[:500] or (req.imageUrl or "[image]")[:500]
     return await submit(st, who, MODERATION, model=model, prompt=prompt,
                         request=task_request(req, img, digest), idempotency_key=idempotency_key, wait=wait,
-                        prepare=store_blob if img is not None else None, request_hash=request_hash)
+                        prepare=store_blob if img is not None else None, request_hash=ident[0], webhook=ident[1])
 
 
 def _answer(st: AppState, sub: Submitted, wait: bool) -> Response:

@@ -56,6 +56,10 @@ ENDPOINTS: list[tuple[str, str, str, type[BaseModel] | None, bool]] = [
     ("get", "/healthz", "Liveness", None, True),
     ("get", "/readyz", "Readiness: Postgres and Redis reachable", None, True),
     ("get", "/metrics", "Prometheus metrics", None, True),
+    ("get", "/webhook-secret", "The account's Standard Webhooks signing secret (whsec_…; created on first use)",
+     None, False),
+    ("post", "/webhook-secret/rotate", "New signing secret; the previous one also signs for 24 h", None, False),
+    ("get", "/tasks/{id}/deliveries", "Completion webhook deliveries of a task, every attempt", None, False),
 ]
 
 

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from billing.recharge import recharge_job
 from ingress.auth import Principal
+from ingress.hooks import WebhookTarget
 from ingress.slots import slot
 from ingress.state import AppState
 from jobs import keys
@@ -112,9 +113,10 @@ async def paid_work(st: AppState, who: Principal, calls: int) -> AsyncIterator[N
         yield
 
 
-def body_hash(kind: TaskKind, body: dict[str, Any]) -> bytes:
+def body_hash(kind: TaskKind, body: dict[str, Any], webhook: WebhookTarget | None = None) -> bytes:
     """The Idempotency-Key fingerprint of a request as sent (before any fetch or decode)."""
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS) + kind.name.encode()).digest()
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS) + kind.name.encode()
+                          + (orjson.dumps(webhook) if webhook else b"")).digest()
 
 
 async def replay(st: AppState, who: Principal, idempotency_key: str | None, request_hash: bytes,
@@ -132,14 +134,16 @@ Prepare = Callable[[], Awaitable[None]]
 
 async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | None, prompt: str | None,
                  request: dict[str, Any], idempotency_key: str | None, wait: bool,
-                 prepare: Prepare | None = None, request_hash: bytes | None = None) -> Submitted:
+                 prepare: Prepare | None = None, request_hash: bytes | None = None,
+                 webhook: WebhookTarget | None = None) -> Submitted:
     """Charge, then ``prepare`` (what the job needs that must not exist unpaid, e.g. an image
-    blob in Redis), then enqueue."""
+    blob in Redis), then enqueue. ``webhook``: a target ``ingress.hooks.webhook_target``
+    validated, or None."""
     repo = TaskRepository(st.db)
     if idempotency_key is None:
         request_hash = None
     else:
-        request_hash = request_hash or body_hash(kind, request)
+        request_hash = request_hash or body_hash(kind, request, webhook)
         prior = await repo.by_idempotency_key(who.uid, idempotency_key)
         if prior is not None:
             return await _replay(st, prior, request_hash, wait)
@@ -147,9 +151,10 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
     price = kind.price_micros(st.settings)
     new = NewTask(job_id=str(uuid.uuid4()), uid=who.uid, kind=kind.name, pool=kind.pool, model=model,
                   prompt=prompt, request=request, cost_micros=price, key_name=kind.key_name,
-                  idempotency_key=idempotency_key, request_hash=request_hash)
+                  idempotency_key=idempotency_key, request_hash=request_hash,
+                  webhook=webhook[0] if webhook else None, webhook_events=webhook[1] if webhook else None)
     try:
-        if idempotency_key is None:
+        if idempotency_key is None and webhook is None:
             # Same account and same price per batch: the running sum then takes exactly the
             # requests that one-by-one charging would have taken.
             outcome = await st.charges.submit((who.uid, price), new)

@@ -15,7 +15,7 @@ __all__ = [
 ]
 
 # One arq queue (and one worker pool) per kind of provider work.
-POOLS = ("chat", "media", "poll", "moderation", "billing")
+POOLS = ("chat", "media", "poll", "moderation", "billing", "webhooks")
 
 
 def queue(pool: str) -> str:
@@ -83,4 +83,9 @@ def prework(uid: str) -> str:
     return f"syncnode:prework:{uid}"
 
 
-__all__ += ["blob", "replay_waiters", "rehost_runs", "prework"]
+def webhook_slots(uid: str) -> str:
+    """ZSET of an account's webhook attempts in flight, scored by when each hold ends."""
+    return f"syncnode:webhook-slots:{uid}"
+
+
+__all__ += ["blob", "replay_waiters", "rehost_runs", "prework", "webhook_slots"]

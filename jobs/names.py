@@ -16,6 +16,9 @@ MODERATE = "moderation.run"
 MEDIA_CREATE = "media.create"
 MEDIA_POLL = "media.poll"
 MEDIA_CANCEL = "media.cancel"
+# Completion webhooks (workers/webhooks.py): one job per delivery attempt, and the dispatcher.
+WEBHOOK_DELIVER = "webhook.deliver"
+WEBHOOK_DISPATCH = "webhook.dispatch"
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,6 +163,20 @@ class Settings(BaseSettings):
     reconcile_after_seconds: float = 120.0
     reconcile_interval_seconds: int = 30
 
+    # Completion webhooks (README "Webhooks"; workers/webhooks.py).
+    webhook_concurrency: int = 100
+    # One attempt (connect, send, read the answer) never holds a worker longer than this.
+    webhook_timeout_seconds: float = 10.0
+    # Retries: first after this long, doubling up to the cap, given up this long after the event.
+    webhook_backoff_first_seconds: float = 5.0
+    webhook_backoff_cap_seconds: float = 3600.0
+    webhook_retry_window_seconds: float = 86_400.0
+    # Attempts of one account in flight at once; the rest wait, so one account's dead endpoint
+    # takes at most this many of the pool's slots.
+    webhook_account_concurrency: int = 10
+    # How long a rotated-out signing secret keeps signing (POST /webhook-secret/rotate).
+    webhook_secret_overlap_seconds: int = 86_400
+
     @field_validator("public_url_")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:

@@ -31,6 +31,9 @@ class NewTask:
     key_name: str | None
     idempotency_key: str | None = None
     request_hash: bytes | None = None
+    # Completion webhook (ingress/hooks.py); such tasks are charged one by one (charge_and_create).
+    webhook: str | None = None
+    webhook_events: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +74,8 @@ class TaskRepository:
                 RETURNING uid, recharge_armed AND balance_micros < recharge_below_micros AS low
             ), t AS (
                 INSERT INTO tasks (job_id, uid, kind, pool, model, prompt, request, cost_micros,
-                                   idempotency_key, request_hash)
-                SELECT $2, uid, $4, $5, $6, $7, $8, $3, $10, $11 FROM a
+                                   idempotency_key, request_hash, webhook, webhook_events)
+                SELECT $2, uid, $4, $5, $6, $7, $8, $3, $10, $11, $12, $13 FROM a
                 RETURNING id
             ), l AS (
                 INSERT INTO ledger (uid, amount_micros, kind, task_id)
@@ -84,7 +87,8 @@ class TaskRepository:
                    coalesce((SELECT low FROM a), false) AS low
             """,
             t.uid, t.job_id, t.cost_micros, t.kind, t.pool, t.model, t.prompt, t.request,
-            t.key_name, t.idempotency_key, t.request_hash,
+            t.key_name, t.idempotency_key, t.request_hash, t.webhook,
+            list(t.webhook_events) if t.webhook_events is not None else None,
         )
         assert row is not None
         return ChargeOutcome(row["task_id"], row["account_exists"], row["has_key"], row["low"])

@@ -9,7 +9,7 @@ from typing import Any
 from arq import cron, func
 from arq.connections import RedisSettings
 
-from jobs import keys
+from jobs import keys, names
 from jobs.names import (
     BILLING_RECHARGE,
     BILLING_RECONCILE,
@@ -30,6 +30,7 @@ from workers.media import create_budget_seconds, media_create
 from workers.moderation.job import moderation_functions, with_models
 from workers.poll import media_cancel, media_poll
 from workers.sweeper import sweep
+from workers.webhooks import deliver, dispatch, with_listener
 
 _s = get_settings()
 
@@ -92,8 +93,17 @@ BillingWorker = _settings("BillingWorker", "billing", 10, [
          second=set(range(0, 60, max(1, min(59, _s.reconcile_interval_seconds)))),
          unique=True, run_at_startup=True, timeout=_stripe_timeout * 2),
 ], **with_stripe(on_startup_for("billing", 10), on_shutdown))
+# Completion webhooks: one short job per attempt; no tasks of its own to sweep, a dispatcher instead.
+_every = max(1, _s.sweep_interval_seconds)
+WebhooksWorker = _settings(
+    "WebhooksWorker", "webhooks", _s.webhook_concurrency, [
+        func(deliver, name=names.WEBHOOK_DELIVER, timeout=_s.webhook_timeout_seconds + 30),
+    ],
+    cron_jobs=[cron(dispatch, name=names.WEBHOOK_DISPATCH, second=set(range(0, 60, _every)), unique=True,
+                    run_at_startup=True, timeout=60)],
+    **with_listener(on_startup_for("webhooks", _s.webhook_concurrency), on_shutdown))
 
 POOL_SETTINGS: dict[str, type] = {
     "chat": ChatWorker, "media": MediaWorker, "poll": PollWorker,
-    "moderation": ModerationWorker, "billing": BillingWorker,
+    "moderation": ModerationWorker, "billing": BillingWorker, "webhooks": WebhooksWorker,
 }
