@@ -116,6 +116,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         for svc in reversed(stack):
             svc.stop()
         inst.release()
+        guard.say("SyncNode stopped.\n")
 
 
 def _up(args: argparse.Namespace, s: Settings, stack: list[EmbeddedPostgres | EmbeddedRedis], sup: Supervisor) -> int:
