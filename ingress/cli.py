@@ -150,12 +150,23 @@ def _up(args: argparse.Namespace, s: Settings, stack: list[EmbeddedPostgres | Em
 
 def cmd_down(args: argparse.Namespace) -> int:
     """Stop the ``syncnode up`` of this data directory, and whatever a dead one left running."""
-    from ingress.instance import Instance, clean_stale, shown, stop_running
+    from ingress.instance import AlreadyRunning, Instance, clean_stale, shown, stop_running
 
     s = get_settings()
+    if not s.data_dir.is_dir():
+        print(f"SyncNode is not running from {shown(s.data_dir)}")
+        return 0
     inst = Instance(s.data_dir)
     pid = stop_running(inst)
-    left = clean_stale(s.data_dir) if inst.running_pid() is None else []
+    try:
+        inst.acquire()  # held while cleaning, so an `up` starting meanwhile keeps its servers
+    except AlreadyRunning as e:
+        print(e, file=sys.stderr)
+        return 1
+    try:
+        left = clean_stale(s.data_dir)
+    finally:
+        inst.release()
     if pid is None and not left:
         print(f"SyncNode is not running from {shown(s.data_dir)}")
     elif pid is None:
