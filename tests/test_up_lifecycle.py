@@ -38,12 +38,14 @@ def _env(data_dir: Path) -> dict[str, str]:
 class Up:
     """One ``syncnode up``; its stdout is a pipe this test reads (and may close)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, bare: bool = False) -> None:
         self.port = free_port()
         self.data_dir = data_dir
         self.read_fd, write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
-        self.proc = subprocess.Popen([sys.executable, "-m", "ingress.cli", "up", "--port", str(self.port)],
+        # unshare execs the script, which execs Python: the pid is still that of `up` itself.
+        prefix = ["unshare", "-m", str(ROOT / ".ci" / "without-system-servers")] if bare else []
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "ingress.cli", "up", "--port", str(self.port)],
                                      env=_env(data_dir), cwd=ROOT, stdout=write_fd, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         os.close(write_fd)
@@ -134,13 +136,34 @@ def up(tmp_path: Path, template: Path) -> Iterator[Up]:
         u.kill_leftovers()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+# SIGTERM: test_bare_machine_runs_on_wheels_and_stops, and `syncnode down` below.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 def test_signal_stops_everything(up: Up, sig: signal.Signals) -> None:
     up.wait_healthy()
     up.proc.send_signal(sig)
     assert up.wait_exit() == 0, up.output.decode()
     up.assert_all_gone()
     assert b"Traceback" not in up.output, up.output.decode()
+
+
+def _can_unshare() -> bool:
+    return os.geteuid() == 0 and subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _can_unshare(), reason="needs root and unshare -m")
+def test_bare_machine_runs_on_wheels_and_stops(tmp_path: Path) -> None:
+    """System Postgres and Redis hidden (as on a fresh machine): the wheels' servers run, SIGTERM stops all."""
+    up = Up(tmp_path / "data", bare=True)
+    try:
+        up.wait_healthy()
+        cmdlines = [" ".join(p.cmdline()) for p in up.tree]
+        assert any("site-packages" in c and "pginstall/bin/postgres" in c for c in cmdlines), cmdlines
+        assert any("site-packages" in c and "-server" in c for c in cmdlines), cmdlines
+        up.proc.send_signal(signal.SIGTERM)
+        assert up.wait_exit() == 0, up.output.decode()
+        up.assert_all_gone()
+    finally:
+        up.kill_leftovers()
 
 
 def test_closed_stdout_stops_everything(up: Up) -> None:
