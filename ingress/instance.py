@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import sys
 import time
@@ -38,10 +39,13 @@ def shown(data_dir: Path) -> str:
 def down_command() -> str:
     """How the user who ran this would type ``syncnode down`` (``make run`` users have .venv/bin/)."""
     argv0 = sys.argv[0] if sys.argv else ""
-    if os.path.basename(argv0) == "syncnode":
-        rel = os.path.relpath(argv0)
-        return f"{rel if not rel.startswith('..') else argv0} down"
-    return "syncnode down"
+    if os.path.basename(argv0) != "syncnode":
+        return "syncnode down"
+    on_path = shutil.which("syncnode")
+    if on_path and os.path.realpath(on_path) == os.path.realpath(argv0):
+        return "syncnode down"
+    rel = os.path.relpath(argv0)
+    return f"{rel if not rel.startswith('..') else argv0} down"
 
 
 def _try_lock(path: Path) -> IO[str] | None:
