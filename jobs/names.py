@@ -16,6 +16,8 @@ MODERATE = "moderation.run"
 MEDIA_CREATE = "media.create"
 MEDIA_POLL = "media.poll"
 MEDIA_CANCEL = "media.cancel"
+EMBED_OPENROUTER = "embeddings.openrouter"
+EMBED_OPENAI = "embeddings.openai"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,5 +46,11 @@ MEDIA_KINDS = frozenset({GENERATE.name, FACE_SWAP.name})
 
 KINDS: dict[str, TaskKind] = {k.name: k for k in (CHAT, CHATGPT, GENERATE, FACE_SWAP)}
 KINDS[MODERATION.name] = MODERATION
+
+# POST /v1/embeddings: the chat pool runs them (one short provider call, like a chat completion).
+EMBEDDINGS = TaskKind("embeddings", "chat", EMBED_OPENROUTER, "price_embeddings", "openrouter_key", "OpenRouter")
+EMBEDDINGS_OPENAI = TaskKind("embeddings_openai", "chat", EMBED_OPENAI, "price_embeddings", "chatgpt_key",
+                             "OpenAI")
+KINDS.update({k.name: k for k in (EMBEDDINGS, EMBEDDINGS_OPENAI)})
 
 PROVIDER_KEY_NAMES = ("openrouter_key", "chatgpt_key", "replicate_key", "huggingface_key")

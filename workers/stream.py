@@ -1,0 +1,174 @@
+"""A streamed chat completion (``POST /v1/chat/completions`` with ``stream: true``) on the worker.
+
+The worker reads the provider's stream and appends each chunk, as the provider sent it, to the
+task's Redis Stream (``jobs.keys.chat_stream``, MAXLEN-bounded, expiring); the ingress relays it
+(``ingress/v1/relay.py``). After the task is finished in Postgres, one end entry says how it
+ended, so a client that reads it finds the ledger already settled:
+
+    d=<chunk JSON>                                  a chunk
+    end=completed                                   then [DONE]
+    end=failed, error=…, upstream_status=…,         before the first chunk: an OpenAI error
+      retry_after=…, started=0|1, client_error=0|1  answer; after it, an error event
+
+While it reads, a watcher looks every ``v1_cancel_poll_seconds`` for the client's cancel flag
+(``jobs.keys.stream_cancel``); seeing it cancels the read, which closes the provider's connection,
+and the task completes (charged) with what had arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+
+from jobs import keys
+from storage.tasks import TaskRepository
+from workers.assemble import Assembler
+from workers.context import WorkerContext
+from workers.providers import chat as chat_api
+from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable, ProviderStreamBroken
+from workers.providers.http import call
+
+log = logging.getLogger("syncnode.stream")
+
+
+def is_streamed(row: asyncpg.Record) -> bool:
+    req = row["request"]
+    return isinstance(req, dict) and req.get("stream") is True
+
+
+class StreamRun:
+    """One run of a streamed task: the work (for ``run_task``) and the end entry after it."""
+
+    def __init__(self, w: WorkerContext, job_id: str, provider: str) -> None:
+        self.w = w
+        self.job_id = job_id
+        self.provider = provider
+        self.key = keys.chat_stream(job_id)
+        self.streamed = False
+        self.started = False
+        self.failure: ProviderError | None = None
+
+    async def _xadd(self, fields: dict[str, Any]) -> str:
+        s = self.w.settings
+        async with self.w.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(self.key, fields, maxlen=s.v1_stream_max_entries, approximate=True)
+            if not self.started or "end" in fields:
+                pipe.expire(self.key, s.v1_stream_ttl_seconds)
+            res = await pipe.execute()
+        return str(res[0])
+
+    async def work(self, w: WorkerContext, row: asyncpg.Record, key: str | None) -> Any:
+        self.streamed = True
+        assert key is not None
+        if await w.redis.xlen(self.key) > 0:
+            # An earlier run (on a worker that died) relayed chunks already: running again would
+            # send the client a second answer glued to the first. Ours, not the user's: refunded.
+            self.started = True
+            raise ProviderStreamBroken("SyncNode", "the worker streaming this task stopped mid-stream; "
+                                       "the charge is refunded", refund=True)
+        try:
+            return await self._relay(w, row, key)
+        except ProviderError as e:
+            self.failure = e
+            raise
+
+    async def _relay(self, w: WorkerContext, row: asyncpg.Record, key: str) -> Any:
+        req: dict[str, Any] = row["request"]
+        wants_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        # Usage always asked for (the task's record keeps it); relayed only if the client asked.
+        body = {**req, "stream": True, "stream_options": {**(req.get("stream_options") or {}),
+                                                         "include_usage": True}}
+        client = w.http[self.provider]
+        s = w.settings
+
+        async def first() -> tuple[AsyncGenerator[str, None], str]:
+            events = chat_api.stream(client, self.provider, key, body)
+            try:
+                return events, await anext(events)
+            except StopAsyncIteration:
+                raise ProviderRetryable(self.provider, "the stream ended before its first chunk")
+            except BaseException:
+                await events.aclose()
+                raise
+
+        # Retried like any call, but only until the first chunk: after it the client has text.
+        events, data = await call(self.provider, first, max_retries=s.provider_max_retries,
+                                  retry_after_cap=s.provider_retry_after_cap_seconds, metrics=w.metrics,
+                                  retry_budget=max(10.0, s.chat_job_timeout_seconds - s.provider_read_timeout - 10))
+        asm = Assembler()
+        reader = asyncio.create_task(self._pump(events, data, asm, wants_usage))
+        watcher = asyncio.create_task(self._watch_cancel())
+        try:
+            await asyncio.wait({reader, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not reader.done():
+                reader.cancel()  # the client went away (or we are shutting down)
+            await asyncio.gather(watcher, return_exceptions=True)
+        try:
+            await reader
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled():
+                raise
+            log.info("stream %s: client went away after %d chunks; provider call closed", self.job_id, asm.chunks)
+            return asm.completion(partial=True)
+        except (ProviderError, httpx.TransportError) as e:
+            if not self.started:
+                raise  # nothing reached the client: an error answer, and a refund
+            msg = e.message if isinstance(e, ProviderError) else f"{type(e).__name__}: {e}".rstrip(": ")
+            raise ProviderStreamBroken(self.provider, f"the stream broke off: {msg}", asm.completion(partial=True))
+        return asm.completion()
+
+    async def _pump(self, events: AsyncGenerator[str, None], data: str, asm: Assembler, wants_usage: bool) -> None:
+        try:
+            while True:
+                chunk = orjson.loads(data)
+                if isinstance(chunk, dict):
+                    chat_api.raise_stream_error(self.provider, chunk)
+                    asm.add(chunk)
+                    usage_only = not chunk.get("choices") and chunk.get("usage") is not None
+                    if wants_usage or not usage_only:
+                        await self._xadd({"d": data})
+                        self.started = True
+                try:
+                    data = await anext(events)
+                except StopAsyncIteration:
+                    return
+        finally:
+            await events.aclose()
+
+    async def _watch_cancel(self) -> None:
+        flag = keys.stream_cancel(self.job_id)
+        while not await self.w.redis.exists(flag):
+            await asyncio.sleep(self.w.settings.v1_cancel_poll_seconds)
+
+    async def finish(self) -> None:
+        """The end entry, from the task's final row (run_task has settled the money by now).
+
+        Also for a streamed task that failed before its work ran (its key was removed), and
+        never twice: a duplicate run of a finished task finds the end entry there already.
+        """
+        row = await TaskRepository(self.w.db).by_job_id(self.job_id)
+        if row is None or not is_streamed(row) or row["status"] not in ("completed", "failed", "canceled"):
+            return  # not a stream, or not finished by this run (arq will run it again)
+        last = await self.w.redis.xrevrange(self.key, count=1)
+        if last and b"end" in last[0][1]:
+            return
+        fields: dict[str, Any] = {"end": row["status"]}
+        if row["status"] != "completed":
+            e = self.failure
+            fields.update(error=row["error"] or row["status"], started=int(self.started),
+                          client_error=int(isinstance(e, ProviderRejected)))
+            if e is not None and e.status:
+                fields["upstream_status"] = e.status
+            if isinstance(e, ProviderRetryable) and e.retry_after is not None:
+                fields["retry_after"] = e.retry_after
+        with contextlib.suppress(Exception):
+            await self._xadd(fields)
