@@ -83,7 +83,7 @@ async def chat_completions(request: Request) -> Response:
 
 
 def _v1_behaviour(request: Request, body: dict[str, Any], model: str, prompt: str) -> Response | None:
-    if body.get("stream") is True and model != "fail-500":
+    if body.get("stream") is True and model not in ("fail-500", "reject-400", "or-error-200"):
         return chat_stream.respond(request, body, prompt)
     if model.startswith("limited-"):
         _seen[prompt] += 1
