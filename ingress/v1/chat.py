@@ -62,7 +62,7 @@ async def chat_completions(request: Request) -> Response:
                        idempotency_key=request.headers.get("idempotency-key"),
                        wait=not (req.stream or is_async))
     if is_async:
-        return relay.accepted(st, sub.task_id, sub.job_id)
+        return relay.accepted(st, sub.task_id, sub.job_id, req.stream)
     if req.stream:
         return await relay.open_stream(st, sub.task_id, sub.job_id, cancel_on_disconnect=True)
     if sub.result is None:

@@ -37,12 +37,14 @@ _ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _BLOCK_MS = 1000
 
 
-def accepted(st: AppState, task_id: int, job_id: str) -> Response:
+def accepted(st: AppState, task_id: int, job_id: str, streamed: bool) -> Response:
     """``Prefer: respond-async``: the task's ids and where to read (or stream) it."""
     base = st.settings.public_url
-    return JSON({"id": task_id, "job_id": job_id, "status": "in_progress",
-                 "stream": f"{base}/v1/tasks/{task_id}/stream",
-                 "get": f"{base}/prediction-status?job_id={job_id}"}, status_code=202)
+    body: dict[str, Any] = {"id": task_id, "job_id": job_id, "status": "in_progress",
+                            "get": f"{base}/prediction-status?job_id={job_id}"}
+    if streamed:
+        body["stream"] = f"{base}/v1/tasks/{task_id}/stream"
+    return JSON(body, status_code=202)
 
 
 def _text(v: bytes | None) -> str | None:
