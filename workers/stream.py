@@ -55,14 +55,15 @@ class StreamRun:
         self.started = False
         self.failure: ProviderError | None = None
 
-    async def _xadd(self, fields: dict[str, Any]) -> str:
+    async def _xadd(self, *entries: dict[str, Any]) -> None:
+        """Append entries in one round trip (the chunks of one network read go together)."""
         s = self.w.settings
         async with self.w.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(self.key, fields, maxlen=s.v1_stream_max_entries, approximate=True)
-            if not self.started or "end" in fields:
+            for fields in entries:
+                pipe.xadd(self.key, fields, maxlen=s.v1_stream_max_entries, approximate=True)
+            if not self.started or "end" in entries[-1]:
                 pipe.expire(self.key, s.v1_stream_ttl_seconds)
-            res = await pipe.execute()
-        return str(res[0])
+            await pipe.execute()
 
     async def work(self, w: WorkerContext, row: asyncpg.Record, key: str | None) -> Any:
         self.streamed = True
@@ -88,7 +89,7 @@ class StreamRun:
         client = w.http[self.provider]
         s = w.settings
 
-        async def first() -> tuple[AsyncGenerator[str, None], str]:
+        async def first() -> tuple[AsyncGenerator[list[bytes], None], list[bytes]]:
             events = chat_api.stream(client, self.provider, key, body)
             try:
                 return events, await anext(events)
@@ -99,11 +100,11 @@ class StreamRun:
                 raise
 
         # Retried like any call, but only until the first chunk: after it the client has text.
-        events, data = await call(self.provider, first, max_retries=s.provider_max_retries,
-                                  retry_after_cap=s.provider_retry_after_cap_seconds, metrics=w.metrics,
-                                  retry_budget=max(10.0, s.chat_job_timeout_seconds - s.provider_read_timeout - 10))
+        events, batch = await call(self.provider, first, max_retries=s.provider_max_retries,
+                                   retry_after_cap=s.provider_retry_after_cap_seconds, metrics=w.metrics,
+                                   retry_budget=max(10.0, s.chat_job_timeout_seconds - s.provider_read_timeout - 10))
         asm = Assembler()
-        reader = asyncio.create_task(self._pump(events, data, asm, wants_usage))
+        reader = asyncio.create_task(self._pump(events, batch, asm, wants_usage))
         watcher = asyncio.create_task(self._watch_cancel())
         try:
             await asyncio.wait({reader, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -126,23 +127,35 @@ class StreamRun:
             raise ProviderStreamBroken(self.provider, f"the stream broke off: {msg}", asm.completion(partial=True))
         return asm.completion()
 
-    async def _pump(self, events: AsyncGenerator[str, None], data: str, asm: Assembler, wants_usage: bool) -> None:
+    async def _pump(self, events: AsyncGenerator[list[bytes], None], batch: list[bytes], asm: Assembler,
+                    wants_usage: bool) -> None:
         try:
             while True:
-                chunk = orjson.loads(data)
-                if isinstance(chunk, dict):
-                    chat_api.raise_stream_error(self.provider, chunk)
-                    asm.add(chunk)
-                    usage_only = not chunk.get("choices") and chunk.get("usage") is not None
-                    if wants_usage or not usage_only:
-                        await self._xadd({"d": data})
-                        self.started = True
+                await self._relay_batch(batch, asm, wants_usage)
                 try:
-                    data = await anext(events)
+                    batch = await anext(events)
                 except StopAsyncIteration:
                     return
         finally:
             await events.aclose()
+
+    async def _relay_batch(self, batch: list[bytes], asm: Assembler, wants_usage: bool) -> None:
+        keep: list[dict[str, Any]] = []
+        try:
+            for data in batch:
+                chunk = orjson.loads(data)
+                if not isinstance(chunk, dict):
+                    continue
+                chat_api.raise_stream_error(self.provider, chunk)
+                asm.add(chunk)
+                usage_only = not chunk.get("choices") and chunk.get("usage") is not None
+                if wants_usage or not usage_only:
+                    keep.append({"d": data})
+        finally:
+            # Chunks before an error event in the same read still reach the client.
+            if keep:
+                await self._xadd(*keep)
+                self.started = True
 
     async def _watch_cancel(self) -> None:
         flag = keys.stream_cancel(self.job_id)

@@ -112,18 +112,21 @@ class Relay:
         return bool(await self.st.redis.exists(keys.in_progress_key_prefix + self.job_id))
 
     async def frames(self, entries: list[Entry]) -> AsyncIterator[bytes]:
+        """SSE bytes, one piece per read: entries that arrived together leave together."""
         idle = self.st.settings.v1_stream_idle_seconds
         seen = time.monotonic()
         while True:
+            out: list[bytes] = []
             for entry in entries:
                 f = frame(entry)
                 if f is None:
                     self.ended = True
-                    yield end_frame(entry[1])
+                    yield b"".join(out) + end_frame(entry[1])
                     return
-                yield f
-            if entries:
+                out.append(f)
+            if out:
                 seen = time.monotonic()
+                yield b"".join(out)
             elif time.monotonic() - seen > idle and not await self.worker_alive():
                 # One last look: the end entry may have landed since the read.
                 entries = await self.read(10)

@@ -33,8 +33,9 @@ async def complete(client: httpx.AsyncClient, provider: str, key: str, body: dic
 
 
 async def stream(client: httpx.AsyncClient, provider: str, key: str,
-                 body: dict[str, Any]) -> AsyncGenerator[str, None]:
-    """The ``data:`` payloads of a streamed completion, as sent ([DONE] ends it, not yielded).
+                 body: dict[str, Any]) -> AsyncGenerator[list[bytes], None]:
+    """The ``data:`` payloads of a streamed completion, as sent ([DONE] ends it, not yielded),
+    one list per network read: chunks that arrived together are handled (and relayed) together.
 
     Raises ProviderError for an answer that is not a stream (an HTTP error, OpenRouter's error
     as JSON); an error event inside the stream is the caller's to spot (``raise_stream_error``).
@@ -46,13 +47,21 @@ async def stream(client: httpx.AsyncClient, provider: str, key: str,
             await resp.aread()
             classify(provider, resp)
             await _not_a_stream(provider, resp)
-        async for line in resp.aiter_lines():
-            if not line.startswith("data:"):
-                continue  # blank separators, ": keep-alive" comments, event:/id: fields
-            data = line[5:].strip()
-            if data == "[DONE]":
-                return
-            yield data
+        buf = b""
+        async for raw in resp.aiter_bytes():
+            *lines, buf = (buf + raw).split(b"\n")
+            batch: list[bytes] = []
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue  # blank separators, ": keep-alive" comments, event:/id: fields
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    if batch:
+                        yield batch
+                    return
+                batch.append(data)
+            if batch:
+                yield batch
 
 
 async def _not_a_stream(provider: str, resp: httpx.Response) -> None:
