@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     price_embeddings: Decimal = Decimal("0.02")
     # A streamed task's Redis Stream: at most this many entries, kept this long after its last one.
     v1_stream_max_entries: int = 20_000
-    v1_stream_ttl_seconds: int = 3600
+    v1_stream_ttl_seconds: int = 900
     # How often a streaming worker looks for its client's cancel flag (the issue asks for < 1 s).
     v1_cancel_poll_seconds: float = 0.2
     # The relay's liveness bound: no new chunk for this long and no worker holding the job → an

@@ -1,6 +1,7 @@
 """Benchmark of streamed chat completions (``POST /v1/chat/completions`` with ``stream: true``):
 the time to first byte the gateway adds over the fake provider's own, at concurrency 1 and 50,
-chunks per second through one ingress + one chat worker, and CPU-ms per streamed completion.
+chunks per second through one ingress + one chat worker, and CPU-ms per streamed completion
+(and per whole one, ``stream: false``, for comparison).
 
     .venv/bin/python -m tests.bench.stream [--requests 200] [--seconds 10] [--conc 1,50]
 
@@ -28,13 +29,17 @@ GATEWAY = ("web", "chat", "postgres", "redis")
 BODY = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
-async def one(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[float, float, int]:
-    """(ttfb s, total s, chunks) of one streamed completion."""
+async def one(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+              stream: bool = True) -> tuple[float, float, int]:
+    """(ttfb s, total s, chunks) of one streamed completion (or of a whole one)."""
     t0 = time.perf_counter()
     ttfb = 0.0
     chunks = 0
-    async with session.post(url, json=BODY, headers=headers) as r:
+    async with session.post(url, json={**BODY, "stream": stream}, headers=headers) as r:
         assert r.status == 200, await r.text()
+        if not stream:
+            await r.read()
+            return time.perf_counter() - t0, time.perf_counter() - t0, 0
         async for line in r.content:
             if line.startswith(b"data: "):
                 if not ttfb:
@@ -49,7 +54,8 @@ def pct(xs: list[float], p: float) -> float:
     return round(xs[min(len(xs) - 1, int(len(xs) * p))] * 1000, 2)
 
 
-async def run(url: str, headers: dict[str, str], conc: int, seconds: float, n_max: int) -> dict[str, Any]:
+async def run(url: str, headers: dict[str, str], conc: int, seconds: float, n_max: int,
+              stream: bool = True) -> dict[str, Any]:
     ttfbs: list[float] = []
     totals: list[float] = []
     chunks = 0
@@ -59,7 +65,7 @@ async def run(url: str, headers: dict[str, str], conc: int, seconds: float, n_ma
         async def loop() -> None:
             nonlocal chunks
             while time.monotonic() < deadline and len(ttfbs) < n_max:
-                t, total, c = await one(s, url, headers)
+                t, total, c = await one(s, url, headers, stream)
                 ttfbs.append(t)
                 totals.append(total)
                 chunks += c
@@ -73,10 +79,10 @@ async def run(url: str, headers: dict[str, str], conc: int, seconds: float, n_ma
 
 
 def measure(stack: Stack, name: str, url: str, headers: dict[str, str], conc: int, seconds: float,
-            n_max: int, counted: tuple[str, ...]) -> dict[str, Any]:
+            n_max: int, counted: tuple[str, ...], stream: bool = True) -> dict[str, Any]:
     procs = stack.pids(counted)
     before = cpu_seconds(procs)
-    r = asyncio.run(run(url, headers, conc, seconds, n_max))
+    r = asyncio.run(run(url, headers, conc, seconds, n_max, stream))
     after = cpu_seconds(procs)
     n = max(r["completions"], 1)
     per = {k: round(sum(after.get(p.pid, 0) - before.get(p.pid, 0) for p in stack.pids((k,))) * 1000 / n, 2)
@@ -111,6 +117,9 @@ def main() -> None:
             rows.append(measure(stack, "gateway", gw, auth, c, args.seconds, args.requests, GATEWAY))
             added = round(rows[-1]["ttfb_p50_ms"] - rows[-2]["ttfb_p50_ms"], 2)
             print(json.dumps({"conc": c, "ttfb_added_p50_ms": added}), flush=True)
+            # The same completion answered whole (stream: false), for the CPU a stream adds.
+            rows.append(measure(stack, "gateway_whole", gw, auth, c, args.seconds, args.requests, GATEWAY,
+                                stream=False))
         load = os.getloadavg()
         print(f"# loadavg after: {load[0]:.2f},{load[1]:.2f},{load[2]:.2f}; "
               f"median of totals {statistics.median(r['total_p50_ms'] for r in rows)} ms", flush=True)
