@@ -23,7 +23,7 @@ from ingress.state import state
 from ingress.submit import submit
 from ingress.v1 import relay
 from ingress.v1.answer import failure, timed_out
-from ingress.v1.routing import route, stored_keys
+from ingress.v1.routing import route_for
 from jobs.names import CHAT, CHATGPT
 
 
@@ -52,7 +52,7 @@ async def chat_completions(request: Request) -> Response:
     raw = await read_json(request, st.settings.max_body_bytes)
     req = ChatCompletionRequest.model_validate(raw)
     who = await st.auth.principal(request, None, public=False)
-    r = route(req.model, await stored_keys(st.db, who.uid), CHAT, CHATGPT)
+    r = await route_for(st.db, who.uid, req.model, CHAT, CHATGPT)
     body = {**raw, "model": r.model}
     if not req.stream:
         body.pop("stream", None)

@@ -15,7 +15,7 @@ from ingress.responses import JSON
 from ingress.state import state
 from ingress.submit import submit
 from ingress.v1.answer import failure, timed_out
-from ingress.v1.routing import route, stored_keys
+from ingress.v1.routing import route_for
 from jobs.names import EMBEDDINGS, EMBEDDINGS_OPENAI
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request
@@ -43,7 +43,7 @@ async def embeddings(request: Request) -> Response:
     raw = await read_json(request, st.settings.max_body_bytes)
     req = EmbeddingsRequest.model_validate(raw)
     who = await st.auth.principal(request, None, public=False)
-    r = route(req.model, await stored_keys(st.db, who.uid), EMBEDDINGS, EMBEDDINGS_OPENAI)
+    r = await route_for(st.db, who.uid, req.model, EMBEDDINGS, EMBEDDINGS_OPENAI)
     first = req.input if isinstance(req.input, str) else req.input[0]
     sub = await submit(st, who, r.kind, model=r.model, prompt=first[:500] if isinstance(first, str) else "",
                        request={**raw, "model": r.model},

@@ -28,6 +28,14 @@ async def stored_keys(db: Conn, uid: str) -> set[str]:
     return set(await AccountRepository(db).masked_provider_keys(uid))
 
 
+async def route_for(db: Conn, uid: str, model: str, openrouter: TaskKind, openai: TaskKind) -> Route:
+    """``route`` with the account's keys looked up only when the name leaves a choice: a
+    ``vendor/model`` name always goes to OpenRouter, and the charge itself refuses a missing key."""
+    if "/" in model:
+        return Route(openrouter, model)
+    return route(model, await stored_keys(db, uid), openrouter, openai)
+
+
 def route(model: str, have: set[str], openrouter: TaskKind, openai: TaskKind) -> Route:
     if "/" in model:
         if "openrouter_key" in have:
