@@ -16,7 +16,7 @@ import pytest
 
 from storage.tasks import TaskRepository
 from tests.fakes import chat_stream
-from tests.fixtures.accounts import Account, audit
+from tests.fixtures.accounts import Account, MakeAccount, audit
 from tests.fixtures.v1 import OpenAIClient, worker_settings
 
 WORDS = "".join(chat_stream.text_of(i) for i in range(50))
@@ -175,10 +175,23 @@ async def test_provider_error_after_the_first_chunk_is_an_error_event_and_no_ref
     assert await audit(app, funded.uid) == (4_980_000, 4_980_000)
 
 
-async def test_unknown_task_stream_is_404(gateway: str, funded: Account) -> None:
-    async with httpx.AsyncClient(headers=funded.headers) as c:
-        r = await c.get(f"{gateway}/v1/tasks/999999999/stream")
-    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+async def test_a_stream_is_only_its_owners(gateway: str, funded: Account, make_account: MakeAccount,
+                                           chat_worker: Any) -> None:
+    other = await make_account(keys={"openrouter_key": "sk-or-v1-other"})
+    async with httpx.AsyncClient(timeout=30) as c:
+        r = await c.post(f"{gateway}/v1/chat/completions", headers={**funded.headers, "Prefer": "respond-async"},
+                         json={"model": "chunks-2", "messages": user("mine"), "stream": True})
+        task_id, job_id = r.json()["id"], r.json()["job_id"]
+        whole = await c.post(f"{gateway}/v1/chat/completions", headers={**funded.headers, "Prefer": "respond-async"},
+                             json={"model": "m", "messages": user("not streamed")})
+        assert "stream" not in whole.json()
+        for who, path in [(other, task_id), (other, job_id), (funded, 999999999), (funded, whole.json()["id"]),
+                          (funded, "../../tasks")]:
+            got = await c.get(f"{gateway}/v1/tasks/{path}/stream", headers=who.headers)
+            assert got.status_code == 404, (path, got.text)
+            assert got.json()["error"]["type"] == "not_found_error"
+        unauth = await c.get(f"{gateway}/v1/tasks/{task_id}/stream")
+    assert unauth.status_code == 401
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
+from redis.exceptions import RedisError
 
 from jobs import keys
 from storage.tasks import TaskRepository
@@ -158,8 +159,14 @@ class StreamRun:
                 self.started = True
 
     async def _watch_cancel(self) -> None:
+        """Returns once the client's cancel flag is set; a Redis blip is not a cancel."""
         flag = keys.stream_cancel(self.job_id)
-        while not await self.w.redis.exists(flag):
+        while True:
+            try:
+                if await self.w.redis.exists(flag):
+                    return
+            except RedisError as e:
+                log.warning("stream %s: cancel flag unreadable (%s); still streaming", self.job_id, e)
             await asyncio.sleep(self.w.settings.v1_cancel_poll_seconds)
 
     async def finish(self) -> None:
