@@ -34,7 +34,7 @@ def _job(kind: TaskKind) -> Any:
             return await (run.work if is_streamed(row) else work)(w, row, key)
 
         result = await run_task(w, kind.function, job_id, kind.key_name, either)
-        await run.finish()
+        await run.finish(result["outcome"])
         return result
 
     job.__name__ = job.__qualname__ = kind.function.replace(".", "_")

@@ -169,12 +169,17 @@ class StreamRun:
                 log.warning("stream %s: cancel flag unreadable (%s); still streaming", self.job_id, e)
             await asyncio.sleep(self.w.settings.v1_cancel_poll_seconds)
 
-    async def finish(self) -> None:
+    async def finish(self, outcome: str) -> None:
         """The end entry, from the task's final row (run_task has settled the money by now).
 
         Also for a streamed task that failed before its work ran (its key was removed), and
         never twice: a duplicate run of a finished task finds the end entry there already.
         """
+        if outcome == "completed" and self.streamed:
+            # This run completed it (only one run can): no other end entry exists.
+            with contextlib.suppress(Exception):
+                await self._xadd({"end": "completed"})
+            return
         row = await TaskRepository(self.w.db).by_job_id(self.job_id)
         if row is None or not is_streamed(row) or row["status"] not in ("completed", "failed", "canceled"):
             return  # not a stream, or not finished by this run (arq will run it again)
