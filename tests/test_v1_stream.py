@@ -176,7 +176,7 @@ async def test_provider_error_after_the_first_chunk_is_an_error_event_and_no_ref
 
 
 async def test_a_stream_is_only_its_owners(gateway: str, funded: Account, make_account: MakeAccount,
-                                           chat_worker: Any) -> None:
+                                           chat_worker: Any, app: Any) -> None:
     other = await make_account(keys={"openrouter_key": "sk-or-v1-other"})
     async with httpx.AsyncClient(timeout=30) as c:
         r = await c.post(f"{gateway}/v1/chat/completions", headers={**funded.headers, "Prefer": "respond-async"},
@@ -192,6 +192,8 @@ async def test_a_stream_is_only_its_owners(gateway: str, funded: Account, make_a
             assert got.json()["error"]["type"] == "not_found_error"
         unauth = await c.get(f"{gateway}/v1/tasks/{task_id}/stream")
     assert unauth.status_code == 401
+    for j in (job_id, whole.json()["job_id"]):
+        await wait_task(app, j)  # not left running for the next test's worker
 
 
 @pytest.mark.slow
