@@ -26,7 +26,6 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
-from redis.exceptions import RedisError
 
 from jobs import keys
 from storage.tasks import TaskRepository
@@ -110,22 +109,24 @@ class StreamRun:
         try:
             await asyncio.wait({reader, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            gone = watcher.done()  # the watcher only ever ends by seeing the cancel flag
             watcher.cancel()
             if not reader.done():
-                reader.cancel()  # the client went away (or we are shutting down)
-            await asyncio.gather(watcher, return_exceptions=True)
-        try:
-            await reader
-        except asyncio.CancelledError:
-            if not watcher.done() or watcher.cancelled():
-                raise
+                reader.cancel()  # the client went away (or this job is being cancelled)
+            await asyncio.gather(watcher, reader, return_exceptions=True)
+        if reader.cancelled():
+            if not gone:
+                raise asyncio.CancelledError
             log.info("stream %s: client went away after %d chunks; provider call closed", self.job_id, asm.chunks)
             return asm.completion(partial=True)
-        except (ProviderError, httpx.TransportError) as e:
+        e = reader.exception()
+        if isinstance(e, ProviderError | httpx.TransportError):
             if not self.started:
-                raise  # nothing reached the client: an error answer, and a refund
+                raise e  # nothing reached the client: an error answer, and a refund
             msg = e.message if isinstance(e, ProviderError) else f"{type(e).__name__}: {e}".rstrip(": ")
             raise ProviderStreamBroken(self.provider, f"the stream broke off: {msg}", asm.completion(partial=True))
+        if e is not None:
+            raise e
         return asm.completion()
 
     async def _pump(self, events: AsyncGenerator[list[bytes], None], batch: list[bytes], asm: Assembler,
@@ -165,7 +166,7 @@ class StreamRun:
             try:
                 if await self.w.redis.exists(flag):
                     return
-            except RedisError as e:
+            except Exception as e:  # a Redis blip is not a cancel
                 log.warning("stream %s: cancel flag unreadable (%s); still streaming", self.job_id, e)
             await asyncio.sleep(self.w.settings.v1_cancel_poll_seconds)
 
