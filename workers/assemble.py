@@ -20,22 +20,28 @@ class Assembler:
                 self.head[k] = chunk[k]
         if chunk.get("usage"):
             self.usage = chunk["usage"]
-        for c in chunk.get("choices") or []:
-            self._choice(c)
+        choices = chunk.get("choices")
+        for c in choices if isinstance(choices, list) else []:
+            if isinstance(c, dict):  # what a provider sends is not ours to trust
+                self._choice(c)
 
     def _choice(self, c: dict[str, Any]) -> None:
-        idx = int(c.get("index", 0))
+        raw_idx = c.get("index")
+        idx = raw_idx if isinstance(raw_idx, int) else 0
         cur = self.choices.setdefault(idx, {"index": idx, "message": {"role": "assistant", "content": None},
                                             "finish_reason": None, "logprobs": None})
-        delta = c.get("delta") or {}
+        raw_delta = c.get("delta")
+        delta: dict[str, Any] = raw_delta if isinstance(raw_delta, dict) else {}
         msg = cur["message"]
         if delta.get("role"):
             msg["role"] = delta["role"]
         for field in ("content", "refusal", "reasoning"):
             if isinstance(delta.get(field), str):
                 msg[field] = (msg.get(field) or "") + delta[field]
-        for tc in delta.get("tool_calls") or []:
-            self._tool_call(msg, tc)
+        calls = delta.get("tool_calls")
+        for tc in calls if isinstance(calls, list) else []:
+            if isinstance(tc, dict):
+                self._tool_call(msg, tc)
         if c.get("finish_reason"):
             cur["finish_reason"] = c["finish_reason"]
         lp = c.get("logprobs")
@@ -46,7 +52,7 @@ class Assembler:
     @staticmethod
     def _tool_call(msg: dict[str, Any], tc: dict[str, Any]) -> None:
         calls: list[dict[str, Any]] = msg.setdefault("tool_calls", [])
-        i = int(tc.get("index", len(calls)))
+        i = tc["index"] if isinstance(tc.get("index"), int) and 0 <= tc["index"] < 128 else len(calls)
         while len(calls) <= i:
             calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
         cur = calls[i]
@@ -54,9 +60,11 @@ class Assembler:
             cur["id"] = tc["id"]
         if tc.get("type"):
             cur["type"] = tc["type"]
-        fn = tc.get("function") or {}
-        cur["function"]["name"] += fn.get("name") or ""
-        cur["function"]["arguments"] += fn.get("arguments") or ""
+        raw_fn = tc.get("function")
+        fn: dict[str, Any] = raw_fn if isinstance(raw_fn, dict) else {}
+        for part in ("name", "arguments"):
+            if isinstance(fn.get(part), str):
+                cur["function"][part] += fn[part]
 
     def completion(self, *, partial: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {**self.head, "object": "chat.completion",
