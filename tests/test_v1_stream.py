@@ -175,6 +175,24 @@ async def test_provider_error_after_the_first_chunk_is_an_error_event_and_no_ref
     assert await audit(app, funded.uid) == (4_980_000, 4_980_000)
 
 
+async def test_a_provider_sending_garbage_fails_the_stream_by_the_same_rules(
+        oai: OpenAIClient, funded: Account, chat_worker: Any, app: Any) -> None:
+    client = oai(funded, max_retries=0)
+    with worker_settings(chat_worker, provider_max_retries=0):
+        with pytest.raises(openai.InternalServerError) as e:  # before the first chunk: refunded
+            await client.chat.completions.create(model="garbage-0", messages=user("g0"), stream=True)
+        assert "not JSON" in e.value.message
+        stream = await client.chat.completions.create(model="garbage-3", messages=user("g3"), stream=True)
+        got = []
+        with pytest.raises(openai.APIError):
+            async for chunk in stream:
+                got.append(chunk)
+    assert len(got) == 3
+    row = await wait_task(app, stream.response.headers["x-syncnode-job-id"])
+    assert row["status"] == "failed" and not row["refunded"]
+    assert await audit(app, funded.uid) == (4_980_000, 4_980_000)
+
+
 async def test_a_stream_is_only_its_owners(gateway: str, funded: Account, make_account: MakeAccount,
                                            chat_worker: Any, app: Any) -> None:
     other = await make_account(keys={"openrouter_key": "sk-or-v1-other"})

@@ -145,7 +145,10 @@ class StreamRun:
         keep: list[dict[str, Any]] = []
         try:
             for data in batch:
-                chunk = orjson.loads(data)
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise ProviderRetryable(self.provider, f"sent a chunk that is not JSON: {data[:100]!r}")
                 if not isinstance(chunk, dict):
                     continue
                 chat_api.raise_stream_error(self.provider, chunk)

@@ -3,7 +3,8 @@
 A streamed completion is ``FAKE_STREAM_CHUNKS`` (50) content chunks, ``FAKE_STREAM_DELAY_MS``
 (0) apart; a model name overrides either with ``chunks-<n>`` / ``delay-<ms>`` in it. Then a usage
 chunk if ``stream_options.include_usage``, then ``[DONE]``. ``midfail-<k>`` sends k chunks, then
-OpenRouter's mid-stream error event and no [DONE].
+OpenRouter's mid-stream error event and no [DONE]; ``garbage-<k>`` puts a line that is not JSON
+after k chunks.
 
 Every stream is recorded in ``STREAMS`` (``GET /_streams``): when it started, how many chunks it
 sent, and when it finished or when the client went away (``disconnected_at``).
@@ -52,6 +53,7 @@ async def _events(body: dict[str, Any], rec: dict[str, Any]) -> AsyncIterator[by
     n = int(_param(model, "chunks", CHUNKS))
     delay = _param(model, "delay", DELAY_MS) / 1000
     fail_at = int(_param(model, "midfail", -1))
+    garbage_at = int(_param(model, "garbage", -1))
     created = int(time.time())
     try:
         yield b": keep-alive\n\n"  # OpenRouter sends comments like this one; clients skip them
@@ -62,6 +64,8 @@ async def _events(body: dict[str, Any], rec: dict[str, Any]) -> AsyncIterator[by
                 yield b"data: " + orjson.dumps(err) + b"\n\n"
                 rec["finished_at"] = time.time()
                 return
+            if i == garbage_at:
+                yield b"data: {not json\n\n"
             if i and delay:
                 await asyncio.sleep(delay)
             delta = {"role": "assistant", "content": text_of(i)} if i == 0 else {"content": text_of(i)}
