@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from storage.status import PUBLIC_STATUS
 from storage.tasks import TERMINAL, TaskRepository
 from workers.context import WorkerContext
+from workers.output import OutputRefused, normalize_output
 from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable, ProviderStreamBroken
 
 log = logging.getLogger("syncnode.worker")
@@ -27,16 +28,6 @@ log = logging.getLogger("syncnode.worker")
 _INFRASTRUCTURE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
                    RedisConnectionError, ConnectionError)
 
-
-def storable(value: Any) -> Any:
-    """Provider output as Postgres can keep it: U+0000 (refused by text and jsonb) becomes U+FFFD."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
-    if isinstance(value, dict):
-        return {storable(k): storable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [storable(v) for v in value]
-    return value
 
 Work = Callable[[WorkerContext, asyncpg.Record, str | None], Awaitable[Any]]
 
@@ -63,7 +54,7 @@ async def provider_failed(w: WorkerContext, job_id: str, e: ProviderError) -> st
     else reached here after every retry (502). Either way the charge is refunded."""
     # What /v1 needs to answer as OpenAI would (a provider's 429 → 429 with its Retry-After).
     upstream: dict[str, Any] = {"upstream_status": e.status,
-                "retry_after": e.retry_after if isinstance(e, ProviderRetryable) else None}
+                                "retry_after": e.retry_after if isinstance(e, ProviderRetryable) else None}
     if isinstance(e, ProviderStreamBroken):
         await _stream_broken(w, job_id, e)
     elif isinstance(e, ProviderRejected):
@@ -77,7 +68,10 @@ async def _stream_broken(w: WorkerContext, job_id: str, e: ProviderStreamBroken)
     if e.refund:
         await finish_failed(w, job_id, str(e))
         return
-    output = storable(e.output)
+    try:
+        output = normalize_output(e.output, w.settings.output_max_depth)
+    except OutputRefused:
+        output = None
     row = await TaskRepository(w.db).fail_charged(job_id, str(e), output)
     if row is not None:
         await w.status.publish(job_id, _result(row, "failed", output, str(e), row["cost_micros"]))
@@ -141,7 +135,11 @@ async def _run(w: WorkerContext, job_id: str, key_name: str | None, work: Work) 
         log.exception("job %s crashed", job_id)
         await finish_failed(w, job_id, "Internal error while running the task")
         return "failed"
-    output = storable(output)
+    try:  # before the batched completion: one unencodable output must not fail its neighbours
+        output = normalize_output(output, w.settings.output_max_depth)
+    except OutputRefused as e:
+        await finish_failed(w, job_id, str(e))
+        return "failed"
     done = await w.completions.submit("", (job_id, output))
     if done is None:
         await announce(w, job_id)  # another run finished it first
