@@ -88,3 +88,15 @@ async def test_moderation_multimodal_input(gateway: str, funded: Account, modera
     res = r.json()["results"]
     assert len(res) == 1 and set(res[0]["coverage"]) == {"text", "image"}
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_moderation_refuses_a_caller_who_cannot_pay_before_any_image_work(
+        gateway: str, make_account: MakeAccount, app: Any) -> None:
+    broke = await make_account(balance="0.01")  # one input's price, not two
+    async with httpx.AsyncClient(timeout=30, headers=broke.headers) as c:
+        r = await c.post(f"{gateway}/v1/moderations", json={"input": ["a", "b"]})
+        unauth = await c.post(f"{gateway}/v1/moderations", headers={"Authorization": "Bearer sn_nope"},
+                              content=b"x" * 1000)
+    assert r.status_code == 402 and r.json()["error"]["code"] == "insufficient_quota"
+    assert unauth.status_code == 401  # refused from the headers, the body unread
+    assert await audit(app, broke.uid) == (10_000, 10_000)

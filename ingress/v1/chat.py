@@ -48,10 +48,10 @@ def prompt_text(req: ChatCompletionRequest) -> str:
 
 async def chat_completions(request: Request) -> Response:
     st = state(request)
-    st.auth.require_credential(request, public=False)
+    # The credential first, from the headers: a caller without one costs no body read.
+    who = await st.auth.principal(request, None, public=False)
     raw = await read_json(request, st.settings.max_body_bytes)
     req = ChatCompletionRequest.model_validate(raw)
-    who = await st.auth.principal(request, None, public=False)
     r = await route_for(st.db, who.uid, req.model, CHAT, CHATGPT)
     body = {**raw, "model": r.model}
     if not req.stream:

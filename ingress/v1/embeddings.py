@@ -39,10 +39,10 @@ class EmbeddingsRequest(BaseModel):
 
 async def embeddings(request: Request) -> Response:
     st = state(request)
-    st.auth.require_credential(request, public=False)
+    # The credential first, from the headers: a caller without one costs no body read.
+    who = await st.auth.principal(request, None, public=False)
     raw = await read_json(request, st.settings.max_body_bytes)
     req = EmbeddingsRequest.model_validate(raw)
-    who = await st.auth.principal(request, None, public=False)
     r = await route_for(st.db, who.uid, req.model, EMBEDDINGS, EMBEDDINGS_OPENAI)
     first = req.input if isinstance(req.input, str) else req.input[0]
     sub = await submit(st, who, r.kind, model=r.model, prompt=first[:500] if isinstance(first, str) else "",

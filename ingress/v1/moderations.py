@@ -16,15 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.auth import Principal
 from ingress.body import read_json
 from ingress.moderation import ModerationRequest, load_image, task_request
 from ingress.responses import JSON
 from ingress.state import AppState, state
-from ingress.submit import submit
+from ingress.submit import refusal, submit
 from ingress.v1.answer import failure, timed_out
 from jobs import keys
 from jobs.errors import BadRequest
 from jobs.names import MODERATION
+from storage.tasks import TaskRepository
 
 MAX_INPUTS = 32
 # OpenAI's omni-moderation categories: every result names all of them, as OpenAI's does.
@@ -87,15 +89,19 @@ def result(output: dict[str, Any], th: float, underage: float) -> dict[str, Any]
             "category_applied_input_types": applied, "coverage": coverage}
 
 
-async def _one(st: AppState, request: Request, who: Any, m: ModerationRequest) -> dict[str, Any]:
+async def _one(st: AppState, who: Principal, m: ModerationRequest) -> dict[str, Any]:
     img = await load_image(st, m)
-    digest = None
-    if img is not None:
-        digest = hashlib.sha256(img.data).hexdigest()
+    digest = hashlib.sha256(img.data).hexdigest() if img is not None else None
+
+    async def store_blob() -> None:
+        # After the charge, as POST /moderate does: an account that cannot pay pins nothing.
+        assert img is not None and digest is not None
         await st.redis.set(keys.blob(digest), img.data, ex=st.settings.moderation_blob_ttl_seconds)
+
     model = st.settings.moderation_openai_model if st.settings.moderation_openai_key else "local"
     sub = await submit(st, who, MODERATION, model=model, prompt=(m.text or m.imageUrl or "[image]")[:500],
-                       request=task_request(m, img, digest), idempotency_key=None, wait=True)
+                       request=task_request(m, img, digest), idempotency_key=None, wait=True,
+                       prepare=store_blob if img is not None else None)
     if sub.result is None:
         raise timed_out(sub.job_id, sub.task_id)
     if sub.result["status"] != "completed":
@@ -107,10 +113,15 @@ async def _one(st: AppState, request: Request, who: Any, m: ModerationRequest) -
 
 async def moderations(request: Request) -> Response:
     st = state(request)
-    st.auth.require_credential(request, public=False)
-    req = ModerationsRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
+    # The credential first, from the headers: a caller without one costs no body read.
     who = await st.auth.principal(request, None, public=False)
+    req = ModerationsRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
     items = inputs(req)
-    done = await asyncio.gather(*(_one(st, request, who, m) for m in items))
+    # Fetching and decoding images is work: only for a caller who can pay for every input.
+    price = MODERATION.price_micros(st.settings)
+    can = await TaskRepository(st.db).can_pay(who.uid, price * len(items), None)
+    if not (can.account_exists and can.covers):
+        raise refusal(MODERATION, price * len(items), account_exists=can.account_exists, has_key=True)
+    done = await asyncio.gather(*(_one(st, who, m) for m in items))
     return JSON({"id": f"modr-{done[0]['job_id']}", "model": done[0]["model"],
                  "results": [{k: v for k, v in d.items() if k not in ("job_id", "model")} for d in done]})
