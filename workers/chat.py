@@ -28,7 +28,7 @@ def _job(kind: TaskKind) -> Any:
 
     async def job(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
         w = wctx(ctx)
-        run = StreamRun(w, job_id, kind.provider)
+        run = StreamRun(w, job_id, kind.provider, int(ctx.get("job_try") or 2))
 
         async def either(w: WorkerContext, row: asyncpg.Record, key: str | None) -> Any:
             return await (run.work if is_streamed(row) else work)(w, row, key)

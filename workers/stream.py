@@ -46,8 +46,10 @@ def is_streamed(row: asyncpg.Record) -> bool:
 class StreamRun:
     """One run of a streamed task: the work (for ``run_task``) and the end entry after it."""
 
-    def __init__(self, w: WorkerContext, job_id: str, provider: str) -> None:
+    def __init__(self, w: WorkerContext, job_id: str, provider: str, job_try: int = 2) -> None:
         self.w = w
+        # arq's count of runs of this job: the first run cannot find chunks of an earlier one.
+        self.job_try = job_try
         self.job_id = job_id
         self.provider = provider
         self.key = keys.chat_stream(job_id)
@@ -68,7 +70,7 @@ class StreamRun:
     async def work(self, w: WorkerContext, row: asyncpg.Record, key: str | None) -> Any:
         self.streamed = True
         assert key is not None
-        if await w.redis.xlen(self.key) > 0:
+        if self.job_try > 1 and await w.redis.xlen(self.key) > 0:
             # An earlier run (on a worker that died) relayed chunks already: running again would
             # send the client a second answer glued to the first. Ours, not the user's: refunded.
             self.started = True
