@@ -132,3 +132,28 @@ async def test_bad_requests_and_unknown_routes_answer_in_openai_shape(oai: OpenA
     async with httpx.AsyncClient() as c:
         r = await c.post(f"{gateway}/v1/chat/completions", headers=funded.headers, content=b"{not json")
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_idempotency_key_replays_and_conflicts_as_the_sdk_expects(
+        oai: OpenAIClient, funded: Account, chat_worker: Any, app: Any) -> None:
+    client = oai(funded, max_retries=0)
+    key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    prompt = f"once {uuid.uuid4()}"
+    a = await client.chat.completions.create(model="m", messages=user(prompt), extra_headers=key)
+    b = await client.chat.completions.create(model="m", messages=user(prompt), extra_headers=key)
+    assert a.choices[0].message.content == b.choices[0].message.content == f"echo: {prompt}"
+    with pytest.raises(openai.ConflictError) as e:
+        await client.chat.completions.create(model="m", messages=user("another body"), extra_headers=key)
+    assert e.value.status_code == 409
+    # A streamed request replayed with its key: the same task's stream again, paid once.
+    skey = {"Idempotency-Key": f"s-{uuid.uuid4()}"}
+    first = await client.chat.completions.create(model="chunks-3", messages=user(prompt), stream=True,
+                                                 extra_headers=skey)
+    one = [c.choices[0].delta.content async for c in first]
+    again = await client.chat.completions.create(model="chunks-3", messages=user(prompt), stream=True,
+                                                 extra_headers=skey)
+    two = [c.choices[0].delta.content async for c in again]
+    assert one == two == ["w0 ", "w1 ", "w2 "]
+    assert first.response.headers["x-syncnode-job-id"] == again.response.headers["x-syncnode-job-id"]
+    assert len(sent(prompt)) == 2  # one whole completion, one stream
+    assert await audit(app, funded.uid) == (4_960_000, 4_960_000)
