@@ -10,9 +10,10 @@ ended, so a client that reads it finds the ledger already settled:
     end=failed, error=…, upstream_status=…,         before the first chunk: an OpenAI error
       retry_after=…, started=0|1, client_error=0|1  answer; after it, an error event
 
-While it reads, a watcher looks every ``v1_cancel_poll_seconds`` for the client's cancel flag
-(``jobs.keys.stream_cancel``); seeing it cancels the read, which closes the provider's connection,
-and the task completes (charged) with what had arrived.
+While it reads, the worker's one watcher (``workers/cancels.py``) looks every
+``v1_cancel_poll_seconds`` for the client's cancel flag (``jobs.keys.stream_cancel``); seeing it
+cancels the read, which closes the provider's connection, and the task completes (charged) with
+what had arrived.
 """
 
 from __future__ import annotations
@@ -107,15 +108,15 @@ class StreamRun:
                                    retry_budget=max(10.0, s.chat_job_timeout_seconds - s.provider_read_timeout - 10))
         asm = Assembler()
         reader = asyncio.create_task(self._pump(events, batch, asm, wants_usage))
-        watcher = asyncio.create_task(self._watch_cancel())
+        watcher = w.stream_cancels.watch(self.job_id)
         try:
             await asyncio.wait({reader, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            gone = watcher.done()  # the watcher only ever ends by seeing the cancel flag
-            watcher.cancel()
+            gone = watcher.done() and not watcher.cancelled()  # it completes only on the cancel flag
+            w.stream_cancels.forget(self.job_id)
             if not reader.done():
                 reader.cancel()  # the client went away (or this job is being cancelled)
-            await asyncio.gather(watcher, reader, return_exceptions=True)
+            await asyncio.gather(reader, return_exceptions=True)
         if reader.cancelled():
             if not gone:
                 raise asyncio.CancelledError
@@ -163,17 +164,6 @@ class StreamRun:
             if keep:
                 await self._xadd(*keep)
                 self.started = True
-
-    async def _watch_cancel(self) -> None:
-        """Returns once the client's cancel flag is set; a Redis blip is not a cancel."""
-        flag = keys.stream_cancel(self.job_id)
-        while True:
-            try:
-                if await self.w.redis.exists(flag):
-                    return
-            except Exception as e:  # a Redis blip is not a cancel
-                log.warning("stream %s: cancel flag unreadable (%s); still streaming", self.job_id, e)
-            await asyncio.sleep(self.w.settings.v1_cancel_poll_seconds)
 
     async def finish(self, outcome: str) -> None:
         """The end entry, from the task's final row (run_task has settled the money by now).
