@@ -154,6 +154,10 @@ async def test_provider_error_before_the_first_chunk_is_an_error_answer_and_a_re
             await client.chat.completions.create(model="fail-500", messages=user("x"), stream=True)
         with pytest.raises(openai.BadRequestError):
             await client.chat.completions.create(model="reject-400", messages=user("y"), stream=True)
+        with pytest.raises(openai.RateLimitError) as rl:
+            await client.chat.completions.create(model="limited-7", messages=user(f"rl {uuid.uuid4()}"),
+                                                 stream=True)
+        assert rl.value.response.headers["retry-after"] == "7"
         # OpenRouter's error as JSON where a stream was asked for.
         with pytest.raises(openai.InternalServerError) as e:
             await client.chat.completions.create(model="or-error-200", messages=user("z"), stream=True)

@@ -101,13 +101,13 @@ def _hostile(model: str) -> Response:
 
 
 def _v1_behaviour(request: Request, body: dict[str, Any], model: str, prompt: str) -> Response | None:
-    if body.get("stream") is True and model not in ("fail-500", "reject-400", "or-error-200"):
-        return chat_stream.respond(request, body, prompt)
     if model.startswith("limited-"):
         _seen[prompt] += 1
         if _seen[prompt] == 1:
             return _error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded",
                           headers={"Retry-After": model.removeprefix("limited-")})
+    if body.get("stream") is True and model not in ("fail-500", "reject-400", "or-error-200"):
+        return chat_stream.respond(request, body, prompt)
     if model == "tool-call" and body.get("tools"):
         return JSONResponse(tool_completion(model, body["tools"][0]["function"]["name"]))
     return None
