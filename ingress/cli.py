@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--email")
     create.set_defaults(fn=cmd_accounts_create)
     w = sub.add_parser("worker", help="run one worker of a pool")
-    w.add_argument("pool", choices=["chat", "media", "poll", "moderation", "billing"])
+    w.add_argument("pool", choices=["chat", "media", "poll", "moderation", "billing", "webhooks"])
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     w.set_defaults(fn=cmd_worker)
     args = p.parse_args(argv)

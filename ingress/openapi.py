@@ -35,21 +35,31 @@ ENDPOINTS: list[tuple[str, str, str, type[BaseModel] | None, bool]] = [
     ("get", "/tasks", "Task history (query: page, size)", None, False),
     ("get", "/tasks/{id}", "One task", None, False),
     ("delete", "/tasks/{id}", "Delete a finished task from the history", None, False),
-    ("get", "/billing-history", "Ledger entries (query: page, size)", None, False),
-    ("get", "/billing-threshold", "Auto-recharge amount", None, False),
-    ("post", "/billing-threshold", "Set the auto-recharge amount ({\"threshold\": dollars})", None, False),
+    ("get", "/billing-history", "Ledger entries with the balance after each, newest first "
+     "(query: before=<id>, limit)", None, False),
+    ("get", "/billing-threshold", "Auto-recharge settings and state", None, False),
+    ("post", "/billing-threshold", "Set auto-recharge ({\"threshold\", \"recharge_below\": dollars, "
+     "\"enabled\": bool})", None, False),
     ("get", "/card", "Saved payment card (needs Stripe)", None, False),
-    ("post", "/topup_card", "Top up from the saved card (needs Stripe)", None, False),
+    ("post", "/topup_card", "Top up from the saved card ({\"amount\": dollars}; Idempotency-Key)", None, False),
     ("post", "/accounts", "Create an account (admin token, or open sign-up)", AccountCreate, False),
     ("post", "/admin/credit", "Add or remove credit (admin token)", AdminCredit, False),
     ("post", "/tasks/{id}/cancel", "Cancel a queued or running task; refunded", None, False),
     ("get", "/storage", "Where generated files are hosted (secrets masked)", None, False),
     ("post", "/storage", "Host generated files on S3, Bunny or the default storage (checked with a "
      "test write)", None, False),
+    ("post", "/card/setup", "Start saving a card: a SetupIntent's client_secret for Stripe.js", None, False),
+    ("post", "/card", "Save a confirmed card ({\"payment_method\": \"pm_…\"}) as the default", None, False),
+    ("delete", "/card", "Remove the saved card", None, False),
+    ("post", "/webhooks/stripe", "Stripe events (Stripe-Signature, STRIPE_WEBHOOK_SECRET)", None, True),
     ("post", "/webhooks/replicate", "Replicate prediction webhooks (Standard Webhooks signature)", None, True),
     ("get", "/healthz", "Liveness", None, True),
     ("get", "/readyz", "Readiness: Postgres and Redis reachable", None, True),
     ("get", "/metrics", "Prometheus metrics", None, True),
+    ("get", "/webhook-secret", "The account's Standard Webhooks signing secret (whsec_…; created on first use)",
+     None, False),
+    ("post", "/webhook-secret/rotate", "New signing secret; the previous one also signs for 24 h", None, False),
+    ("get", "/tasks/{id}/deliveries", "Completion webhook deliveries of a task, every attempt", None, False),
 ]
 
 

@@ -16,6 +16,9 @@ MODERATE = "moderation.run"
 MEDIA_CREATE = "media.create"
 MEDIA_POLL = "media.poll"
 MEDIA_CANCEL = "media.cancel"
+# Completion webhooks (workers/webhooks.py): one job per delivery attempt, and the dispatcher.
+WEBHOOK_DELIVER = "webhook.deliver"
+WEBHOOK_DISPATCH = "webhook.dispatch"
 EMBED_OPENROUTER = "embeddings.openrouter"
 EMBED_OPENAI = "embeddings.openai"
 
@@ -54,3 +57,7 @@ EMBEDDINGS_OPENAI = TaskKind("embeddings_openai", "chat", EMBED_OPENAI, "price_e
 KINDS.update({k.name: k for k in (EMBEDDINGS, EMBEDDINGS_OPENAI)})
 
 PROVIDER_KEY_NAMES = ("openrouter_key", "chatgpt_key", "replicate_key", "huggingface_key")
+
+# The billing pool (issue 8): auto-recharge one account; settle payments a crash left open.
+BILLING_RECHARGE = "billing.recharge"
+BILLING_RECONCILE = "billing.reconcile"

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from ingress.body import read_json
 from ingress.chat import wants_async
+from ingress.hooks import pop_webhook_fields, webhook_target
 from ingress.responses import JSON
 from ingress.schemas import Message
 from ingress.state import state
@@ -51,15 +52,17 @@ async def chat_completions(request: Request) -> Response:
     # The credential first, from the headers: a caller without one costs no body read.
     who = await st.auth.principal(request, None, public=False)
     raw = await read_json(request, st.settings.max_body_bytes)
+    hook_fields = pop_webhook_fields(raw)  # ours (completion webhooks), not the provider's
     req = ChatCompletionRequest.model_validate(raw)
     r = await route_for(st.db, who.uid, req.model, CHAT, CHATGPT)
+    hook = await webhook_target(st.settings, *hook_fields)
     body = {**raw, "model": r.model}
     if not req.stream:
         body.pop("stream", None)
         body.pop("stream_options", None)
     is_async = wants_async(request)
     sub = await submit(st, who, r.kind, model=r.model, prompt=prompt_text(req), request=body,
-                       idempotency_key=request.headers.get("idempotency-key"),
+                       idempotency_key=request.headers.get("idempotency-key"), webhook=hook,
                        wait=not (req.stream or is_async))
     if is_async:
         return relay.accepted(st, sub.task_id, sub.job_id, req.stream)

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.body import read_json
+from ingress.hooks import pop_webhook_fields, webhook_target
 from ingress.responses import JSON
 from ingress.state import state
 from ingress.submit import submit
@@ -42,12 +43,14 @@ async def embeddings(request: Request) -> Response:
     # The credential first, from the headers: a caller without one costs no body read.
     who = await st.auth.principal(request, None, public=False)
     raw = await read_json(request, st.settings.max_body_bytes)
+    hook_fields = pop_webhook_fields(raw)  # ours (completion webhooks), not the provider's
     req = EmbeddingsRequest.model_validate(raw)
     r = await route_for(st.db, who.uid, req.model, EMBEDDINGS, EMBEDDINGS_OPENAI)
+    hook = await webhook_target(st.settings, *hook_fields)
     first = req.input if isinstance(req.input, str) else req.input[0]
     sub = await submit(st, who, r.kind, model=r.model, prompt=first[:500] if isinstance(first, str) else "",
                        request={**raw, "model": r.model},
-                       idempotency_key=request.headers.get("idempotency-key"), wait=True)
+                       idempotency_key=request.headers.get("idempotency-key"), webhook=hook, wait=True)
     if sub.result is None:
         raise timed_out(sub.job_id, sub.task_id)
     if sub.result["status"] == "completed":

@@ -18,15 +18,15 @@ from starlette.responses import Response
 
 from ingress.auth import Principal
 from ingress.body import read_json
+from ingress.hooks import WebhookTarget, pop_webhook_fields, webhook_target
 from ingress.moderation import ModerationRequest, load_image, task_request
 from ingress.responses import JSON
 from ingress.state import AppState, state
-from ingress.submit import refusal, submit
+from ingress.submit import ensure_can_pay, paid_work, refusal, submit
 from ingress.v1.answer import failure, timed_out
 from jobs import keys
 from jobs.errors import BadRequest
 from jobs.names import MODERATION
-from storage.tasks import TaskRepository
 
 MAX_INPUTS = 32
 # OpenAI's omni-moderation categories: every result names all of them, as OpenAI's does.
@@ -89,8 +89,13 @@ def result(output: dict[str, Any], th: float, underage: float) -> dict[str, Any]
             "category_applied_input_types": applied, "coverage": coverage}
 
 
-async def _one(st: AppState, who: Principal, m: ModerationRequest) -> dict[str, Any]:
-    img = await load_image(st, m)
+async def _one(st: AppState, who: Principal, m: ModerationRequest, calls: int,
+               hook: WebhookTarget | None) -> dict[str, Any]:
+    img = None
+    if m.imageUrl or m.imageBase64:
+        # Image work before the charge: for no more of the account's requests than it can pay for.
+        async with paid_work(st, who, calls):
+            img = await load_image(st, m)
     digest = hashlib.sha256(img.data).hexdigest() if img is not None else None
 
     async def store_blob() -> None:
@@ -101,7 +106,7 @@ async def _one(st: AppState, who: Principal, m: ModerationRequest) -> dict[str, 
     model = st.settings.moderation_openai_model if st.settings.moderation_openai_key else "local"
     sub = await submit(st, who, MODERATION, model=model, prompt=(m.text or m.imageUrl or "[image]")[:500],
                        request=task_request(m, img, digest), idempotency_key=None, wait=True,
-                       prepare=store_blob if img is not None else None)
+                       prepare=store_blob if img is not None else None, webhook=hook)
     if sub.result is None:
         raise timed_out(sub.job_id, sub.task_id)
     if sub.result["status"] != "completed":
@@ -113,15 +118,17 @@ async def _one(st: AppState, who: Principal, m: ModerationRequest) -> dict[str, 
 
 async def moderations(request: Request) -> Response:
     st = state(request)
-    # The credential first, from the headers: a caller without one costs no body read.
+    # The credential, then whether the account can pay, from the headers: nothing read before.
     who = await st.auth.principal(request, None, public=False)
-    req = ModerationsRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
+    calls = await ensure_can_pay(st, who, MODERATION, None)
+    body = await read_json(request, st.settings.max_media_body_bytes)
+    hook_fields = pop_webhook_fields(body)
+    req = ModerationsRequest.model_validate(body)
+    hook = await webhook_target(st.settings, *hook_fields)
     items = inputs(req)
-    # Fetching and decoding images is work: only for a caller who can pay for every input.
-    price = MODERATION.price_micros(st.settings)
-    can = await TaskRepository(st.db).can_pay(who.uid, price * len(items), None)
-    if not (can.account_exists and can.covers):
-        raise refusal(MODERATION, price * len(items), account_exists=can.account_exists, has_key=True)
-    done = await asyncio.gather(*(_one(st, who, m) for m in items))
+    if len(items) > calls:  # one charge per input: all of them must be covered
+        price = MODERATION.price_micros(st.settings)
+        raise refusal(MODERATION, price * len(items), account_exists=True, has_key=True)
+    done = await asyncio.gather(*(_one(st, who, m, calls, hook) for m in items))
     return JSON({"id": f"modr-{done[0]['job_id']}", "model": done[0]["model"],
                  "results": [{k: v for k, v in d.items() if k not in ("job_id", "model")} for d in done]})
