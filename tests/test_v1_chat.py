@@ -157,3 +157,14 @@ async def test_idempotency_key_replays_and_conflicts_as_the_sdk_expects(
     assert first.response.headers["x-syncnode-job-id"] == again.response.headers["x-syncnode-job-id"]
     assert len(sent(prompt)) == 2  # one whole completion, one stream
     assert await audit(app, funded.uid) == (4_960_000, 4_960_000)
+
+
+async def test_a_loopback_webhook_is_refused_before_the_charge(oai: OpenAIClient, funded: Account,
+                                                               app: Any) -> None:
+    prompt = f"hooked {uuid.uuid4()}"
+    with pytest.raises(openai.BadRequestError) as e:
+        await oai(funded).chat.completions.create(model="m", messages=user(prompt),
+                                                  extra_body={"webhook": "http://127.0.0.1:9/hook"})
+    assert "webhook" in e.value.message.lower()
+    assert sent(prompt) == []
+    assert await audit(app, funded.uid) == (5_000_000, 5_000_000)
