@@ -208,7 +208,7 @@ async def test_a_stream_is_only_its_owners(gateway: str, funded: Account, make_a
                              json={"model": "m", "messages": user("not streamed")})
         assert "stream" not in whole.json()
         for who, path in [(other, task_id), (other, job_id), (funded, 999999999), (funded, whole.json()["id"]),
-                          (funded, "not-a-job-id")]:
+                          (funded, "not-a-job-id"), (funded, "%C2%B2"), (funded, "9" * 30), (funded, "%00")]:
             got = await c.get(f"{gateway}/v1/tasks/{path}/stream", headers=who.headers)
             assert got.status_code == 404, (path, got.text)
             assert got.json()["error"]["type"] == "not_found_error"

@@ -33,7 +33,9 @@ from jobs.errors import BadRequest, GatewayTimeout, NotFound
 from storage.tasks import TERMINAL, TaskRepository
 
 Entry = tuple[str, dict[bytes, bytes]]
-_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}", re.ASCII)
+_TASK_ID = re.compile(r"\d{1,18}", re.ASCII)
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _BLOCK_MS = 1000
 
 
@@ -201,13 +203,18 @@ async def task_stream(request: Request) -> Response:
     who = await st.auth.principal(request, None, public=False)
     raw = request.path_params["id"]
     repo = TaskRepository(st.db)
-    row = await (repo.get(who.uid, int(raw)) if raw.isdigit() else repo.by_job_id(raw))
+    if _TASK_ID.fullmatch(raw):
+        row = await repo.get(who.uid, int(raw))
+    elif _JOB_ID.fullmatch(raw):
+        row = await repo.by_job_id(raw)
+    else:
+        row = None  # neither a task id nor a job id: nothing to look up
     if row is None or row["uid"] != who.uid or row["deleted_at"] is not None:
         raise NotFound("Task not found")
     if not (isinstance(row["request"], dict) and row["request"].get("stream") is True):
         raise NotFound("This task was not streamed: GET /tasks/{id} holds its answer")
     last = request.headers.get("last-event-id", "").strip() or "0"
-    if not _ENTRY_ID.match(last) and last != "0":
+    if not _ENTRY_ID.fullmatch(last) and last != "0":
         raise BadRequest("Last-Event-ID must be an event id this stream sent (like 1732550000000-0)")
     if row["status"] in TERMINAL and not await st.redis.exists(keys.chat_stream(row["job_id"])):
         raise NotFound(f"The stream of task {row['id']} has expired: GET /tasks/{row['id']} holds its answer")
