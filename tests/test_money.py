@@ -119,3 +119,13 @@ async def test_admin_credit_moves_money_through_the_ledger(client: httpx.AsyncCl
     assert r.status_code == 403
     assert await audit(app, funded.uid) == (6_500_000, 6_500_000)
     assert (await client.get("/balance", headers=funded.headers)).json() == {"balance": 6.5}
+
+
+async def test_admin_credit_above_int32_micros(client: httpx.AsyncClient, funded: Account, app: Any) -> None:
+    # $2,147.48 is 2^31 micro-dollars: the amount parameter was inferred as int4 and such a credit was a 500.
+    admin = {"Authorization": "Bearer test-admin-token"}
+    r = await client.post("/admin/credit", headers=admin, json={"uid": funded.uid, "amount": 900_000})
+    assert r.status_code == 200, r.text
+    r = await client.post("/admin/credit", headers=admin, json={"uid": funded.uid, "amount": -899_000})
+    assert r.json() == {"balance": 1005.0}
+    assert await audit(app, funded.uid) == (1_005_000_000, 1_005_000_000)
