@@ -90,6 +90,12 @@ async def decoded_data_url(field: str, img: ImageBytes, limits: DecodeLimits) ->
     return f"data:{img.mime};base64,{base64.b64encode(img.data).decode()}"
 
 
+def _larger_than(request: Request, limit: int) -> bool:
+    """Whether the body may exceed ``limit`` bytes (a chunked body, without a length, may)."""
+    length = request.headers.get("content-length")
+    return length is None or not length.isdigit() or int(length) > limit
+
+
 def _input_map(raw: str) -> dict[str, str]:
     pairs = (p.split("=", 1) for p in raw.split(",") if "=" in p)
     return {a.strip(): b.strip() for a, b in pairs}
@@ -98,7 +104,10 @@ def _input_map(raw: str) -> dict[str, str]:
 async def generate(request: Request) -> Response:
     st = state(request)
     early = await st.auth.early(request, public=True)
-    if early is not None:  # a 15 MiB body is read only for an account that can pay for the call
+    if early is not None and _larger_than(request, st.settings.max_body_bytes):
+        # A 15 MiB body is read only for an account that can pay for the call. A body no larger
+        # than a chat call's costs less to read than the look-up that would refuse it first, and
+        # the charge refuses a caller who cannot pay all the same.
         await ensure_can_pay(st, early, GENERATE, request.headers.get("idempotency-key"))
     body = await read_json(request, st.settings.max_media_body_bytes)
     hook_fields = pop_webhook_fields(body)

@@ -11,6 +11,9 @@
 * One round trip to take jobs: arq reads the queue, then claims each job with WATCH / EXISTS /
   ZSCORE / MULTI-PSETEX-EXEC (three round trips and a watched connection per job); a Lua script
   does the read and every claim atomically.
+* The claim also reads the job: arq's run_job opens each job with a MULTI/EXEC (GET the job,
+  INCR its try counter, ZREM it from the abort set); the claim script does those commands for
+  every job it takes and hands their replies to ``jobs/runjob.py``, arq's run_job from there on.
 * Finishing in batches: arq ends every job with its own MULTI/EXEC; here the jobs that finish
   while one such transaction is in flight share the next one (``jobs/batch.py``).
 * A lease with a heartbeat: arq holds ``arq:in-progress:<id>`` for the largest job timeout
@@ -38,6 +41,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from jobs import keys
 from jobs.batch import Combiner
+from jobs.runjob import parse_claimed, run_claimed
 
 log = logging.getLogger("syncnode.worker")
 
@@ -50,8 +54,12 @@ _MIN_SLEEP_S = 0.02
 # it may sleep without another look. Taking k jobs also takes k - 1 wake tokens (the BLPOP
 # took one): tokens left over are for jobs still waiting, and wake another worker.
 # "Now" is Redis's clock: the script may run a second after it was sent (pipelined behind a BLPOP).
+# For every job it takes it also runs what arq's run_job would open the job with (GET the job,
+# INCR + EXPIRE its try counter, ZREM it from the abort set when aborts are on) and returns the
+# id, score, payload, try and abort flag, in groups of five.
 # KEYS: queue, wake list; ARGV: (unused), how many to look at, how many to take, lease ms, lock
-# prefix, this worker's token (the lock's value: arq only checks that the lock exists).
+# prefix, this worker's token (the lock's value: arq only checks that the lock exists), job key
+# prefix, try counter prefix, abort set ('' when aborts are off).
 _CLAIM_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -59,16 +67,23 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIM
 local out = {}
 local want = tonumber(ARGV[3])
 for i = 1, #due, 2 do
-  if #out >= 2 * want then break end
+  if #out >= 5 * want then break end
   local lock = ARGV[5] .. due[i]
   if redis.call('EXISTS', lock) == 0 then
     redis.call('PSETEX', lock, ARGV[4], ARGV[6])
+    local tries = redis.call('INCR', ARGV[8] .. due[i])
+    redis.call('EXPIRE', ARGV[8] .. due[i], 88400)
+    local aborted = 0
+    if ARGV[9] ~= '' then aborted = redis.call('ZREM', ARGV[9], due[i]) end
     out[#out + 1] = due[i]
     out[#out + 1] = due[i + 1]
+    out[#out + 1] = redis.call('GET', ARGV[7] .. due[i])
+    out[#out + 1] = tries
+    out[#out + 1] = aborted
   end
 end
-if #out > 2 then
-  redis.call('LTRIM', KEYS[2], 0, -(#out / 2))
+if #out > 5 then
+  redis.call('LTRIM', KEYS[2], 0, -(#out / 5))
 end
 local nxt = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 out[#out + 1] = nxt[2] or '-1'
@@ -112,15 +127,14 @@ class SyncNodeWorker(Worker):
         if self.burst and self.max_burst_jobs >= 0:
             free = min(free, self.max_burst_jobs - self._jobs_started())
         if self.allow_pick_jobs and free > 0:
-            *claimed, next_due = await self._claim_jobs(free, block)
+            *raw, next_due = await self._claim_jobs(free, block)
             self._next_due_ms = float(next_due)
-            for i in range(0, len(claimed), 2):
+            for job in parse_claimed(raw, self.allow_abort_jobs):
                 await self.sem.acquire()
                 self.job_counter += 1
-                job_id = claimed[i].decode()
-                t = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+                t = self.loop.create_task(run_claimed(self, job))
                 t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-                self.tasks[job_id] = t
+                self.tasks[job.job_id] = t
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
         for job_id, t in list(self.tasks.items()):
@@ -132,7 +146,7 @@ class SyncNodeWorker(Worker):
     async def _claim_jobs(self, free: int, block: float) -> list[Any]:
         ks = [self.queue_name, keys.wake(self.pool_name)]
         args = [0, self.queue_read_limit, free, int(self.lease_seconds * 1000), keys.in_progress_key_prefix,
-                self.token]
+                self.token, keys.job_key_prefix, keys.retry_key_prefix, abort_jobs_ss if self.allow_abort_jobs else ""]
         if self._claim is None:
             self._claim = await self.pool.script_load(_CLAIM_LUA)
         if block > 0:

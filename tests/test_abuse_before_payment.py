@@ -306,3 +306,16 @@ async def test_an_empty_metrics_token_is_unset(client: httpx.AsyncClient, app: A
 
     monkeypatch.setattr(app.state.sn.settings, "metrics_token", SecretStr(""))
     assert (await client.get("/metrics")).status_code == 200
+
+
+async def test_zero_balance_small_generate_is_refused_by_the_charge(
+        client: httpx.AsyncClient, make_account: MakeAccount, app: Any) -> None:
+    # A body no larger than a chat call's skips the early look-up; the charge still refuses it.
+    acct = await make_account(balance="0", keys={"replicate_key": "r8_zero"})
+    r = await client.post("/generate", headers=acct.headers, json={"model": "a/b", "input": {"prompt": "x"}})
+    assert r.status_code == 402, r.text
+    assert "Insufficient balance" in r.json()["error"]
+    assert await audit(app, acct.uid) == (0, 0)
+    bare = await make_account(keys={})
+    r = await client.post("/generate", headers=bare.headers, json={"model": "a/b", "input": {"prompt": "x"}})
+    assert r.status_code == 400 and "replicate" in r.json()["error"].lower(), r.text

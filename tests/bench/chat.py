@@ -16,19 +16,21 @@ import platform
 import signal
 import time
 
-from tests.bench.stack import Stack, cpu_seconds, wrk
+from tests.bench.stack import Stack, cpu_seconds, wrk, wrk_rotating
 
 GATEWAY = ("web", "chat", "postgres", "redis")
 BODY = json.dumps({"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50})
+GENERATE = json.dumps({"model": "bench/model", "input": {"prompt": "a cat"}})
 
 
 def measure(stack: Stack, name: str, url: str, conc: int, seconds: int, headers: dict[str, str],
-            counted: tuple[str, ...]) -> dict[str, object]:
+            counted: tuple[str, ...], keys: list[str] | None = None) -> dict[str, object]:
     procs = stack.pids(counted)
     before = cpu_seconds(procs)
-    r = wrk(url, conc, seconds, BODY, headers)
-    after = cpu_seconds(procs)
-    cpu = sum(after.get(pid, 0) - t for pid, t in before.items())
+    r = wrk_rotating(url, conc, seconds, GENERATE, keys) if keys else wrk(url, conc, seconds, BODY, headers)
+    # Listed again: Postgres backends opened during the run (a pool growing) count from zero.
+    after = cpu_seconds(stack.pids(counted))
+    cpu = sum(t - before.get(pid, 0) for pid, t in after.items())
     per = {n: sum(after.get(p.pid, 0) - before.get(p.pid, 0) for p in stack.pids((n,))) for n in counted}
     row = {"scenario": name, "conc": conc, **r, "cpu_ms_per_req": round(cpu * 1000 / max(r["requests"], 1), 3),
            "cpu_split_ms": {n: round(v * 1000 / max(r["requests"], 1), 3) for n, v in per.items()}}
@@ -40,6 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--conc", default="1,10,50")
+    ap.add_argument("--only", default="direct,sync_chat,fire_and_poll,generate")
     args = ap.parse_args()
     concs = [int(c) for c in args.conc.split(",")]
     print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} {platform.machine()} cores={os.cpu_count()} "
@@ -52,16 +55,26 @@ def main() -> None:
         gw = f"http://127.0.0.1:{stack.port}/chat-completion"
         direct = f"http://127.0.0.1:{stack.fake_port}/chat/completions"
         wrk(gw, 10, 2, BODY, auth)  # warm up pools, JIT-less caches, connections
+        only = args.only.split(",")
         rows = []
         for c in concs:
-            rows.append(measure(stack, "direct", direct, c, args.seconds, {"Authorization": "Bearer x"},
-                                ("fake",)))
-            rows.append(measure(stack, "sync_chat", gw, c, args.seconds, auth, GATEWAY))
+            if "direct" in only:
+                rows.append(measure(stack, "direct", direct, c, args.seconds, {"Authorization": "Bearer x"},
+                                    ("fake",)))
+            if "sync_chat" in only:
+                rows.append(measure(stack, "sync_chat", gw, c, args.seconds, auth, GATEWAY))
+        if "generate" in only:
+            # POST /generate over 50 accounts (as tests/bench/poll.py does); no media worker runs,
+            # so what is counted is the same charge + enqueue + answer as fire-and-poll chat.
+            media = [stack.account({"replicate_key": "r8_bench"}) for _ in range(50)]
+            for c in concs:
+                rows.append(measure(stack, "generate", f"http://127.0.0.1:{stack.port}/generate", c,
+                                    args.seconds, {}, ("web", "postgres", "redis"), keys=media))
         # Fire-and-poll: the worker is paused, so what is counted is charge + enqueue + answer.
         chat = stack.procs["chat"]
         chat.send_signal(signal.SIGSTOP)
         try:
-            for c in concs:
+            for c in concs if "fire_and_poll" in only else []:
                 rows.append(measure(stack, "fire_and_poll", gw, c, args.seconds,
                                     {**auth, "Prefer": "respond-async"}, ("web", "postgres", "redis")))
         finally:

@@ -125,10 +125,23 @@ def cpu_seconds(procs: list[psutil.Process]) -> dict[int, float]:
 
 def wrk(url: str, conc: int, seconds: int, body: str, headers: dict[str, str]) -> dict[str, Any]:
     """Run wrk with a POST body; returns requests, req/s, p50/p99 in ms, non-2xx count."""
-    lua = Path(tempfile.mkstemp(suffix=".lua")[1])
     hdrs = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
-    lua.write_text(f'wrk.method = "POST"\nwrk.body = [[{body}]]\nwrk.headers["Content-Type"] = '
-                   f'"application/json"\n{hdrs}')
+    return _wrk(url, conc, seconds, f'wrk.method = "POST"\nwrk.body = [[{body}]]\nwrk.headers["Content-Type"] = '
+                f'"application/json"\n{hdrs}')
+
+
+def wrk_rotating(url: str, conc: int, seconds: int, body: str, api_keys: list[str]) -> dict[str, Any]:
+    """``wrk`` with each request sent as the next of ``api_keys`` (a charge per account each)."""
+    path = "/" + url.split("/", 3)[3]
+    return _wrk(url, conc, seconds, "keys = {" + ",".join(f'"{k}"' for k in api_keys) + "}\ni = 0\n"
+                "request = function()\n  i = i + 1\n  return wrk.format('POST', '" + path + "', "
+                "{['Authorization'] = 'Bearer ' .. keys[i % #keys + 1], ['Content-Type'] = "
+                f"'application/json'}}, [[{body}]])\nend\n")
+
+
+def _wrk(url: str, conc: int, seconds: int, script: str) -> dict[str, Any]:
+    lua = Path(tempfile.mkstemp(suffix=".lua")[1])
+    lua.write_text(script)
     out = subprocess.run(["wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
                          capture_output=True, text=True, check=True).stdout
     lua.unlink()
