@@ -31,7 +31,10 @@ def _job(kind: TaskKind) -> Any:
         run = StreamRun(w, job_id, kind.provider, int(ctx.get("job_try") or 2))
 
         async def either(w: WorkerContext, row: asyncpg.Record, key: str | None) -> Any:
-            return await (run.work if is_streamed(row) else work)(w, row, key)
+            if is_streamed(row):
+                return await run.work(w, row, key)
+            run.plain = True
+            return await work(w, row, key)
 
         result = await run_task(w, kind.function, job_id, kind.key_name, either)
         await run.finish(result["outcome"])

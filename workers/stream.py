@@ -55,6 +55,8 @@ class StreamRun:
         self.provider = provider
         self.key = keys.chat_stream(job_id)
         self.streamed = False
+        # The work ran for a task that is not a stream (its request says so, and never changes).
+        self.plain = False
         self.started = False
         self.failure: ProviderError | None = None
 
@@ -171,6 +173,8 @@ class StreamRun:
         Also for a streamed task that failed before its work ran (its key was removed), and
         never twice: a duplicate run of a finished task finds the end entry there already.
         """
+        if self.plain:
+            return  # no stream to end, and no need to read the task back to know it
         if outcome == "completed" and self.streamed:
             # This run completed it (only one run can): no other end entry exists.
             with contextlib.suppress(Exception):

@@ -8,12 +8,12 @@ from typing import Any
 import httpx
 
 from workers.providers.errors import ProviderRejected, ProviderRetryable
-from workers.providers.http import classify
+from workers.providers.http import classify, json_post
 
 
 async def complete(client: httpx.AsyncClient, provider: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
     """One exchange; raises ProviderError. The retry loop is the caller's (``http.call``)."""
-    resp = await client.post("/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+    resp = await client.send(json_post(client, "/chat/completions", body, key))
     classify(provider, resp)
     try:
         data = resp.json()
@@ -41,8 +41,8 @@ async def stream(client: httpx.AsyncClient, provider: str, key: str,
     as JSON); an error event inside the stream is the caller's to spot (``raise_stream_error``).
     Leaving the iteration early closes the provider's connection.
     """
-    async with client.stream("POST", "/chat/completions", json=body,
-                             headers={"Authorization": f"Bearer {key}"}) as resp:
+    resp = await client.send(json_post(client, "/chat/completions", body, key), stream=True)
+    try:
         if resp.status_code >= 300 or "text/event-stream" not in resp.headers.get("content-type", ""):
             await resp.aread()
             classify(provider, resp)
@@ -62,6 +62,8 @@ async def stream(client: httpx.AsyncClient, provider: str, key: str,
                 batch.append(data)
             if batch:
                 yield batch
+    finally:
+        await resp.aclose()
 
 
 async def _not_a_stream(provider: str, resp: httpx.Response) -> None:
@@ -87,7 +89,7 @@ def raise_stream_error(provider: str, data: dict[str, Any]) -> None:
 
 async def embed(client: httpx.AsyncClient, provider: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
     """POST /embeddings, passed through; raises ProviderError."""
-    resp = await client.post("/embeddings", json=body, headers={"Authorization": f"Bearer {key}"})
+    resp = await client.send(json_post(client, "/embeddings", body, key))
     classify(provider, resp)
     try:
         data = resp.json()

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import aiohttp
 import httpx
+import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from jobs.metrics import WorkerMetrics
@@ -49,6 +51,35 @@ def make_client(base_url: str, *, connect_timeout: float, read_timeout: float, m
     )
     client._cookies = _NoCookies()
     return client
+
+
+class _Prepared:
+    """What ``build_request`` recomputes for every call and is the same for all of a client's
+    calls: the absolute URL of each path, the default headers, the timeout extension."""
+
+    __slots__ = ("urls", "headers", "extensions")
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.urls: dict[str, httpx.URL] = {}
+        self.headers = [*client.headers.multi_items(), ("Content-Type", "application/json")]
+        self.extensions = {"timeout": client.timeout.as_dict()}
+
+
+_prepared: weakref.WeakKeyDictionary[httpx.AsyncClient, _Prepared] = weakref.WeakKeyDictionary()
+
+
+def json_post(client: httpx.AsyncClient, path: str, body: Any, key: str) -> httpx.Request:
+    """``client.build_request("POST", path, json=body, headers=<bearer key>)`` for a client with
+    no cookies, auth or per-call options (ours): the same request, at a fraction of its CPU.
+    The body is encoded once by orjson (httpx's ``json=`` goes through the stdlib encoder)."""
+    prep = _prepared.get(client)
+    if prep is None:
+        prep = _prepared[client] = _Prepared(client)
+    url = prep.urls.get(path)
+    if url is None:
+        url = prep.urls[path] = client._merge_url(path)
+    return httpx.Request("POST", url, headers=[*prep.headers, ("Authorization", f"Bearer {key}")],
+                         content=orjson.dumps(body), extensions=prep.extensions)
 
 
 def retry_after_seconds(resp: httpx.Response) -> float | None:
@@ -132,4 +163,4 @@ async def call(provider: str, send: Callable[[], Awaitable[T]], *, max_retries: 
             await asyncio.sleep(wait)
 
 
-__all__ = ["ProviderError", "call", "classify", "error_message", "make_client", "retry_after_seconds"]
+__all__ = ["ProviderError", "call", "classify", "error_message", "json_post", "make_client", "retry_after_seconds"]
