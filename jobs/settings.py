@@ -184,6 +184,10 @@ class Settings(BaseSettings):
     v1_stream_ttl_seconds: int = 900
     # How often a streaming worker looks for its client's cancel flag (the issue asks for < 1 s).
     v1_cancel_poll_seconds: float = 0.2
+
+    # Performance (issue 12). A prediction created with a Replicate webhook is polled only as the
+    # backstop for a lost webhook: its chain stretches to this cap instead of poll_cap_seconds.
+    poll_webhook_backstop_seconds: float = Field(60.0, ge=1.0)
     # The relay's liveness bound: no new chunk for this long and no worker holding the job → an
     # error event instead of a hang.
     v1_stream_idle_seconds: float = 5.0

@@ -365,3 +365,17 @@ async def test_lost_poll_chain_behind_500_running_predictions_is_restarted(
             await st.queue.remove("poll", f"{j}:poll:1")
             await st.redis.delete(keys.poll_chain(j))
         await st.db.execute("UPDATE tasks SET status = 'canceled' WHERE uid = $1", acct.uid)
+
+
+def test_a_webhooked_prediction_is_polled_only_as_a_backstop(app: Any) -> None:
+    from workers.poll import backoff
+
+    s = app.state.sn.settings
+    w = type("W", (), {"settings": s})()
+    assert s.poll_webhook_backstop_seconds > s.poll_cap_seconds * 1.2 / 0.8
+    polled = [backoff(w, 40) for _ in range(50)]  # type: ignore[arg-type]
+    hooked = [backoff(w, 40, webhook=True) for _ in range(50)]  # type: ignore[arg-type]
+    assert max(polled) <= s.poll_cap_seconds * 1.2
+    assert min(hooked) >= s.poll_webhook_backstop_seconds * 0.8
+    # The first links are as quick either way: a short prediction is not left to the backstop.
+    assert backoff(w, 0, webhook=True) <= s.poll_first_seconds * 1.2  # type: ignore[arg-type]
