@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             status=StatusStore(redis, settings.status_ttl_seconds),
             box=SecretBox(settings.master_key_value()),
             auth=Authenticator(settings, db),
-            charges=Combiner(lambda key, items: TaskRepository(db).charge_many(key[0], items)),
+            charges=Combiner(lambda key, items: TaskRepository(db).charge_batch(items)),
             billing=Billing(settings, db, gateway, queue) if gateway is not None else None,
         )
         try:

@@ -30,7 +30,7 @@ class AppState:
     status: StatusStore
     box: SecretBox
     auth: Authenticator
-    # Charges without an Idempotency-Key, combined per account (one statement per batch).
+    # Charges without an Idempotency-Key, combined by (shard, price) across accounts (one statement per batch).
     charges: Combiner[tuple[str, int], NewTask, ChargeOutcome]
     # Card payments; None without STRIPE_SECRET_KEY.
     billing: Billing | None = None

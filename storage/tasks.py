@@ -94,11 +94,20 @@ class TaskRepository:
         return ChargeOutcome(row["task_id"], row["account_exists"], row["has_key"], row["low"])
 
     async def charge_many(self, uid: str, items: list[NewTask]) -> list[ChargeOutcome]:
-        """``charge_and_create`` for several tasks of one account in one statement.
+        """``charge_and_create`` for several tasks of one account in one statement."""
+        assert all(i.uid == uid for i in items)
+        return await self.charge_batch(items)
 
-        Tasks are taken in order while the balance covers them (running sum), so a batch can
-        part-succeed exactly as the same requests one by one would. No idempotency keys here:
-        one conflicting key would abort the whole batch (those requests use the single path).
+    async def charge_batch(self, items: list[NewTask]) -> list[ChargeOutcome]:
+        """``charge_and_create`` for several tasks, of one account or many, in one statement
+        (one commit, one fsync for the batch).
+
+        Each account's tasks are taken in order while its balance covers them (a running sum per
+        account), so a batch can part-succeed exactly as the same requests one by one would, if
+        an account's tasks in a batch have one price (the caller batches by price). Account rows
+        are locked in uid order, so two batches never wait on each other in a cycle. No
+        idempotency keys here: one conflicting key would abort the whole batch (those requests
+        use the single path).
         """
         if len(items) == 1:
             # An idle account's batch of one: the single-row statement is the cheaper plan.
@@ -106,36 +115,42 @@ class TaskRepository:
         rows = await self.conn.fetch(
             """
             WITH req AS (
-                SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                      $7::jsonb[], $8::bigint[], $9::text[])
-                    WITH ORDINALITY AS r(job_id, kind, pool, model, prompt, request, cost, key_name, ord)
+                    WITH ORDINALITY AS r(uid, job_id, kind, pool, model, prompt, request, cost, key_name, ord)
             ), keyed AS (
                 SELECT req.*, (key_name IS NULL OR EXISTS (
-                    SELECT 1 FROM provider_keys pk WHERE pk.uid = $1 AND pk.name = req.key_name)) AS has_key
+                    SELECT 1 FROM provider_keys pk WHERE pk.uid = req.uid AND pk.name = req.key_name)) AS has_key
                 FROM req
             ), acct AS (
-                SELECT balance_micros FROM accounts WHERE uid = $1 FOR UPDATE
+                SELECT uid, balance_micros FROM accounts WHERE uid IN (SELECT uid FROM req)
+                ORDER BY uid FOR UPDATE
             ), fit AS (
-                SELECT keyed.*, sum(cost) FILTER (WHERE has_key) OVER (ORDER BY ord) AS running FROM keyed
+                SELECT keyed.*, sum(cost) FILTER (WHERE has_key) OVER (PARTITION BY uid ORDER BY ord) AS running
+                FROM keyed
             ), ok AS (
-                SELECT fit.* FROM fit, acct WHERE fit.has_key AND fit.running <= acct.balance_micros
+                SELECT fit.* FROM fit JOIN acct USING (uid) WHERE fit.has_key AND fit.running <= acct.balance_micros
+            ), spent AS (
+                SELECT uid, sum(cost) AS total FROM ok GROUP BY uid
             ), a AS (
-                UPDATE accounts SET balance_micros = balance_micros - (SELECT sum(cost) FROM ok)
-                WHERE uid = $1 AND EXISTS (SELECT 1 FROM ok)
-                RETURNING recharge_armed AND balance_micros < recharge_below_micros AS low
+                UPDATE accounts SET balance_micros = balance_micros - spent.total FROM spent
+                WHERE accounts.uid = spent.uid
+                RETURNING accounts.uid, recharge_armed AND balance_micros < recharge_below_micros AS low
             ), t AS (
                 INSERT INTO tasks (job_id, uid, kind, pool, model, prompt, request, cost_micros)
-                SELECT job_id, $1, kind, pool, model, prompt, request, cost FROM ok ORDER BY ord
-                RETURNING id, job_id, cost_micros
+                SELECT job_id, uid, kind, pool, model, prompt, request, cost FROM ok ORDER BY ord
+                RETURNING id, job_id, uid, cost_micros
             ), l AS (
                 INSERT INTO ledger (uid, amount_micros, kind, task_id)
-                SELECT $1, -cost_micros, 'charge', id FROM t
+                SELECT uid, -cost_micros, 'charge', id FROM t
             )
-            SELECT keyed.ord, keyed.has_key, t.id AS task_id, EXISTS (SELECT 1 FROM acct) AS account_exists,
-                   coalesce((SELECT low FROM a), false) AS low
-            FROM keyed LEFT JOIN t USING (job_id) ORDER BY keyed.ord
+            SELECT keyed.ord, keyed.has_key, t.id AS task_id, acct.uid IS NOT NULL AS account_exists,
+                   coalesce(a.low, false) AS low
+            FROM keyed LEFT JOIN t USING (job_id) LEFT JOIN acct ON acct.uid = keyed.uid
+                 LEFT JOIN a ON a.uid = keyed.uid
+            ORDER BY keyed.ord
             """,
-            uid, [i.job_id for i in items], [i.kind for i in items], [i.pool for i in items],
+            [i.uid for i in items], [i.job_id for i in items], [i.kind for i in items], [i.pool for i in items],
             [i.model for i in items], [i.prompt for i in items], [i.request for i in items],
             [i.cost_micros for i in items], [i.key_name for i in items],
         )

@@ -129,3 +129,29 @@ async def test_admin_credit_above_int32_micros(client: httpx.AsyncClient, funded
     r = await client.post("/admin/credit", headers=admin, json={"uid": funded.uid, "amount": -899_000})
     assert r.json() == {"balance": 1005.0}
     assert await audit(app, funded.uid) == (1_005_000_000, 1_005_000_000)
+
+
+async def test_one_charge_batch_across_accounts_is_one_by_one_charging(make_account: MakeAccount, app: Any) -> None:
+    # The ingress combines charges of many accounts into one statement (storage/tasks.py
+    # charge_batch): each account must come out exactly as if its requests were charged in turn.
+    from jobs.names import CHAT as KIND
+    from storage.tasks import NewTask, TaskRepository
+
+    short = await make_account(balance="0.05", keys={"openrouter_key": "sk-or-v1-a"})  # covers 2 of 3
+    rich = await make_account(balance="1", keys={"openrouter_key": "sk-or-v1-b"})
+    keyless = await make_account(balance="1", keys={})
+    price = KIND.price_micros(app.state.sn.settings)
+    assert price == 20_000
+
+    def task(uid: str) -> NewTask:
+        return NewTask(job_id=str(uuid.uuid4()), uid=uid, kind=KIND.name, pool=KIND.pool, model="m", prompt="p",
+                       request={"model": "m"}, cost_micros=price, key_name=KIND.key_name)
+
+    order = [short.uid, rich.uid, short.uid, keyless.uid, "no-such-uid", short.uid, rich.uid]
+    out = await TaskRepository(app.state.sn.db).charge_batch([task(u) for u in order])
+    assert [o.task_id is not None for o in out] == [True, True, True, False, False, False, True]
+    assert [(o.account_exists, o.has_key) for o in out[3:5]] == [(True, False), (False, False)]
+    assert (out[5].account_exists, out[5].has_key) == (True, True)  # short of balance: 402, not 400
+    assert await audit(app, short.uid) == (10_000, 10_000)
+    assert await audit(app, rich.uid) == (960_000, 960_000)
+    assert await audit(app, keyless.uid) == (1_000_000, 1_000_000)
