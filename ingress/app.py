@@ -19,6 +19,7 @@ from ingress.errors import HANDLERS
 from ingress.hooks import get_secret, list_deliveries, rotate_secret
 from ingress.metrics import RequestMetrics, metrics
 from ingress.openapi import openapi
+from ingress.replies import Replies
 from ingress.state import AppState
 from ingress.stripe_webhooks import stripe_webhook
 from ingress.v1 import chat as v1_chat
@@ -103,10 +104,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             auth=Authenticator(settings, db),
             charges=Combiner(lambda key, items: TaskRepository(db).charge_batch(items)),
             billing=Billing(settings, db, gateway, queue) if gateway is not None else None,
+            replies=Replies(redis),
         )
+        app.state.sn.replies.start()
         try:
             yield
         finally:
+            await app.state.sn.replies.close()
             if gateway is not None:
                 await gateway.aclose()
             await v1_models.close(app)

@@ -19,6 +19,7 @@ from storage.tasks import ChargeOutcome, NewTask
 if TYPE_CHECKING:
     from billing.context import Billing
     from ingress.auth import Authenticator
+    from ingress.replies import Replies
 
 
 @dataclass(slots=True)
@@ -34,6 +35,8 @@ class AppState:
     charges: Combiner[tuple[str, int], NewTask, ChargeOutcome]
     # Card payments; None without STRIPE_SECRET_KEY.
     billing: Billing | None = None
+    # Where synchronous requests hear their task ended (None: each waits on its own done list).
+    replies: Replies | None = None
 
 
 def state(request: Request) -> AppState:

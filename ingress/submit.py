@@ -176,12 +176,16 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
 
     if outcome.recharge:
         await _recharge(st, who.uid, 0)
-    job = Job(kind.pool, kind.function, new.job_id, (new.job_id,),
-              status=StatusStore.initial(who.uid, outcome.task_id, kind.name))
+    status = StatusStore.initial(who.uid, outcome.task_id, kind.name)
+    if wait and st.replies is not None:
+        status["reply"] = st.replies.key
+    job = Job(kind.pool, kind.function, new.job_id, (new.job_id,), status=status)
     try:
         if prepare is not None:
             await prepare()
-        if wait:
+        if wait and st.replies is not None:
+            result = await st.replies.wait(new.job_id, st.queue.enqueue(job), st.settings.sync_timeout_seconds)
+        elif wait:
             result = await st.queue.enqueue_and_wait(job, st.settings.sync_timeout_seconds)
         else:
             await st.queue.enqueue(job)

@@ -10,7 +10,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_pre
 
 __all__ = [
     "POOLS", "in_progress_key_prefix", "job_key_prefix", "result_key_prefix", "retry_key_prefix",
-    "queue", "wake", "task_status", "done", "metrics", "health_check", "poll_chain", "finishing",
+    "queue", "wake", "task_status", "done", "reply", "metrics", "health_check", "poll_chain", "finishing",
     "create_reruns",
 ]
 
@@ -34,8 +34,13 @@ def task_status(job_id: str) -> str:
 
 
 def done(job_id: str) -> str:
-    """LIST the worker pushes the final result on; a synchronous request BLPOPs it."""
+    """LIST the worker pushes the final result on when the task names no reply list."""
     return f"syncnode:done:{job_id}"
+
+
+def reply(instance: str) -> str:
+    """LIST of one ingress process: ``<job_id>\\0<result>`` of the tasks its requests wait for."""
+    return f"syncnode:reply:{instance}"
 
 
 def metrics(name: str) -> str:

@@ -32,6 +32,24 @@ return 1
 """
 
 
+# A final status: the hash, then the result to whoever waits. A synchronous request's enqueue
+# named its ingress's reply list in the hash (``ingress/replies.py``): the result goes there,
+# prefixed with the job id; otherwise on the task's own done list, as before.
+# KEYS: the hash, the done list; ARGV: hash ttl, done ttl, job id, result, then field, value pairs.
+_FINAL = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local reply = redis.call('HGET', KEYS[1], 'reply')
+if reply then
+  redis.call('RPUSH', reply, ARGV[3] .. '\\0' .. ARGV[4])
+  redis.call('EXPIRE', reply, ARGV[2])
+else
+  redis.call('RPUSH', KEYS[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+"""
+
+
 def status_document(job_id: str, status: str, output: Any, error: str | None) -> dict[str, Any]:
     """What GET /prediction-status answers for a task (``status`` in its public spelling).
 
@@ -92,11 +110,13 @@ class StatusStore:
         }
         if "provider_status" in result:
             fields["provider_status"] = str(result["provider_status"])
+        if notify:
+            # EVAL, not EVALSHA: a NOSCRIPT inside a pipeline would lose the result.
+            pipe.eval(_FINAL, 2, keys.task_status(job_id), keys.done(job_id), self.ttl, DONE_TTL_SECONDS, job_id,
+                      dumps(result), *[x for kv in fields.items() for x in kv])
+            return
         pipe.hset(keys.task_status(job_id), mapping=fields)
         pipe.expire(keys.task_status(job_id), self.ttl)
-        if notify:
-            pipe.rpush(keys.done(job_id), dumps(result))
-            pipe.expire(keys.done(job_id), DONE_TTL_SECONDS)
 
     async def read(self, job_id: str) -> dict[str, Any] | None:
         raw = await self.redis.hgetall(keys.task_status(job_id))

@@ -88,6 +88,7 @@ async def test_redis_down_at_enqueue_keeps_the_task_for_the_sweeper(
         raise RedisConnectionError("connection refused")
 
     monkeypatch.setattr(app.state.sn.queue, "enqueue_and_wait", down)
+    monkeypatch.setattr(app.state.sn.queue, "enqueue", down)  # a waiting request's enqueue (ingress/replies.py)
     r = await client.post(CHAT_PATH, headers=funded.headers, json={"model": "m", "prompt": "later"})
     assert r.status_code == 503
     assert r.json()["job_id"]
