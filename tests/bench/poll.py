@@ -138,6 +138,8 @@ async def scenario(b: Bench, n: int, webhooks: bool, a: argparse.Namespace) -> d
     items = await seed(b, n, webhooks)
     res["seed_s"] = round(time.monotonic() - t, 1)
     poll = b.spawn("poll", [PY, "-m", "ingress.cli", "worker", "poll"])
+    extra = [b.spawn(f"poll{i}", [PY, "-m", "ingress.cli", "worker", "poll"]) for i in range(2, a.poll_workers + 1)]
+    res["poll_workers"] = 1 + len(extra)
     pp = psutil.Process(poll.pid)
     await asyncio.sleep(a.warmup)
     res["steady"] = await _window(b, pp, a.steady)
@@ -172,6 +174,8 @@ async def scenario(b: Bench, n: int, webhooks: bool, a: argparse.Namespace) -> d
     res["status_completed"] = await _check_status(b, [s for s in sample if s.job_id in rows])
     res["poll_rss_end_mib"] = round(pp.memory_info().rss / 2**20, 1)
     b.stop_proc("poll")
+    for i in range(2, a.poll_workers + 1):
+        b.stop_proc(f"poll{i}")
     return res
 
 
@@ -239,6 +243,7 @@ async def main() -> None:
     ap.add_argument("--warmup", type=float, default=12.0)
     ap.add_argument("--steady", type=float, default=20.0)
     ap.add_argument("--drain", type=float, default=90.0, help="how long to wait for stragglers")
+    ap.add_argument("--poll-workers", type=int, default=1, help="poll workers per run (CPU/RSS: the first)")
     ap.add_argument("--generate-seconds", type=int, default=20, help="0: skip POST /generate")
     ap.add_argument("--max-minutes", type=float, default=30.0, help="hard bound on the whole run")
     a = ap.parse_args()

@@ -46,6 +46,9 @@ PY = sys.executable
 # The link number a seeded chain starts at: backoff(5) = 1.6^5 s is past the 8 s cap, so every
 # chain polls at the cap, as predictions that have run for a while do.
 STEADY_LINK = 5
+# With a webhook, chains stretch to the backstop cap (poll_webhook_backstop_seconds, 60 s):
+# 1.6^9 s is past it.
+STEADY_LINK_HOOKED = 9
 
 
 @dataclass
@@ -180,8 +183,10 @@ async def seed(b: Bench, n: int, webhooks: bool, batch: int = 500) -> list[Seede
                     pipe.expire(keys.task_status(t.job_id), b.w.settings.status_ttl_seconds)
                 await pipe.execute()
             # Spread over one cap period, as chains of predictions created over time would be.
-            cap = b.w.settings.poll_cap_seconds
-            await asyncio.gather(*(schedule_poll(b.w, j, STEADY_LINK, random.uniform(0, cap)) for j in jids))
+            st = b.w.settings
+            cap = max(st.poll_cap_seconds, st.poll_webhook_backstop_seconds) if webhooks else st.poll_cap_seconds
+            link = STEADY_LINK_HOOKED if webhooks else STEADY_LINK
+            await asyncio.gather(*(schedule_poll(b.w, j, link, random.uniform(0, cap)) for j in jids))
             out += [Seeded(j, acct.uid, acct.api_key, p) for j, p in zip(jids, pids, strict=True)]
     return out
 
