@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from ingress import accounts, billing, cancel, chat, files, health, media, moderation, storage_config, tasks, webhooks
 from ingress.auth import Authenticator
@@ -17,6 +17,7 @@ from ingress.errors import HANDLERS
 from ingress.metrics import RequestMetrics, metrics
 from ingress.openapi import openapi
 from ingress.state import AppState
+from ingress.web import keys, pages, signin, usage
 from jobs.batch import Combiner
 from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings
@@ -58,6 +59,24 @@ ROUTES = [
     Route("/storage", storage_config.post_storage, methods=["POST"]),
     Route("/files/{path:path}", files.serve, methods=["GET"]),
     Route("/webhooks/replicate", webhooks.replicate, methods=["POST"]),
+    # The web UI (issue 9): the JSON endpoints its pages need, then the pages and their assets.
+    Route("/keys", keys.list_keys, methods=["GET"]),
+    Route("/keys", keys.create_key, methods=["POST"]),
+    Route("/keys/{prefix}", keys.revoke_key, methods=["DELETE"]),
+    Route("/usage", usage.usage, methods=["GET"]),
+    Route("/ui/signin", signin.signin, methods=["POST"]),
+    Route("/ui/signup", signin.signup, methods=["POST"]),
+    Route("/ui/signout", signin.signout, methods=["POST"]),
+    Route("/", pages.home, methods=["GET"]),
+    Route("/ui/signin", pages.signin, methods=["GET"]),
+    Route("/ui/signup", pages.signup, methods=["GET"]),
+    Route("/ui/tasks", pages.tasks, methods=["GET"]),
+    Route("/ui/tasks/{id:int}", pages.task, methods=["GET"]),
+    Route("/ui/keys", pages.keys, methods=["GET"]),
+    Route("/ui/billing", pages.billing, methods=["GET"]),
+    Route("/ui/playground", pages.playground, methods=["GET"]),
+    Route("/ui/docs", pages.docs, methods=["GET"]),
+    Mount("/static", app=pages.static, name="static"),
 ]
 
 
@@ -75,7 +94,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             queue=JobQueue(redis, settings.status_ttl_seconds),
             status=StatusStore(redis, settings.status_ttl_seconds),
             box=SecretBox(settings.master_key_value()),
-            auth=Authenticator(settings, db),
+            auth=Authenticator(settings, db, redis),
             charges=Combiner(lambda key, items: TaskRepository(db).charge_many(key[0], items)),
         )
         try:

@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     fetch_timeout_seconds: float = 10.0
     fetch_max_redirects: int = 3
 
+    # Web UI (issue 9): sessions and sign-in throttling.
+    session_ttl_seconds: int = 14 * 24 * 3600
+    signin_failure_window_seconds: int = 900
+    signin_max_failures_per_account: int = 5
+    signin_max_failures_per_address: int = 30
+
     @field_validator("public_url_")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:

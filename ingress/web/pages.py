@@ -1,0 +1,84 @@
+"""GET pages. Each renders a shell with the signed-in uid and the CSRF token; the page's script
+fills it from the JSON API (the same endpoints users call), so no page has logic of its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from ingress.state import state
+from ingress.web import sessions
+
+_HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(_HERE / "templates"))
+static = StaticFiles(directory=str(_HERE / "static"))
+
+# Stripe.js is the one outside script a page may load, and only when the operator configured
+# Stripe (the billing page asks /card/setup for the publishable key first).
+_CSP = ("default-src 'self'; script-src 'self' https://js.stripe.com; frame-src https://js.stripe.com "
+        "https://hooks.stripe.com; connect-src 'self' https://api.stripe.com; img-src 'self' data: blob: https: "
+        "http:; media-src 'self' blob: https: http:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; "
+        "base-uri 'none'; form-action 'self'")
+_HEADERS = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
+
+
+def _safe_next(value: str | None) -> str:
+    # Only a local path: an absolute or scheme-relative URL would make sign-in an open redirect.
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    return value
+
+
+async def _render(request: Request, template: str, *, public: bool = False, **ctx: Any) -> Response:
+    session = await sessions.current(request)
+    if session is None and not public:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/ui/signin?next={quote(target, safe='')}", status_code=303)
+    st = state(request)
+    return templates.TemplateResponse(request, template, {
+        "uid": session.uid if session else None, "csrf": session.csrf if session else "",
+        "open_signup": st.settings.open_signup, "page": template.removesuffix(".html"), **ctx,
+    }, headers=_HEADERS)
+
+
+async def home(request: Request) -> Response:
+    return await _render(request, "home.html")
+
+
+async def signin(request: Request) -> Response:
+    return await _render(request, "signin.html", public=True, next=_safe_next(request.query_params.get("next")))
+
+
+async def signup(request: Request) -> Response:
+    return await _render(request, "signup.html", public=True)
+
+
+async def tasks(request: Request) -> Response:
+    return await _render(request, "tasks.html")
+
+
+async def task(request: Request) -> Response:
+    return await _render(request, "task.html", task_id=request.path_params["id"])
+
+
+async def keys(request: Request) -> Response:
+    return await _render(request, "keys.html")
+
+
+async def billing(request: Request) -> Response:
+    return await _render(request, "billing.html")
+
+
+async def playground(request: Request) -> Response:
+    return await _render(request, "playground.html", public_url=state(request).settings.public_url)
+
+
+async def docs(request: Request) -> Response:
+    return await _render(request, "docs.html", public=True)

@@ -1,0 +1,121 @@
+"""Sign-up, sign-in (email + password, or an API key) and sign-out: JSON endpoints the sign-in
+pages post to. Each success sets the session cookie; nothing here moves money beyond
+create_account's starting grant."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.accounts import create_account
+from ingress.auth import SESSION_COOKIE
+from ingress.body import read_json
+from ingress.responses import JSON
+from ingress.state import AppState, state
+from ingress.web import passwords, sessions
+from ingress.web.csrf import check_csrf, check_origin
+from jobs.errors import BadRequest, Conflict, Forbidden, RateLimited, Unauthorized
+from storage.sessions import FailureCounter
+from storage.web import LoginRepository
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}$")
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    v = body.get(name)
+    if not isinstance(v, str) or not v:
+        raise BadRequest(f"Missing {name} parameter")
+    return v
+
+
+def _email(body: dict[str, Any]) -> str:
+    email = _text(body, "email").strip().lower()
+    if len(email) > 320 or not _EMAIL.match(email):
+        raise BadRequest("Invalid email: expected name@example.com")
+    return email
+
+
+async def _signed_in(st: AppState, uid: str, body: dict[str, Any], status: int = 200) -> Response:
+    token, s = await sessions.store(st).create(uid)
+    response = JSON({**body, "uid": uid, "csrf_token": s.csrf}, status_code=status)
+    sessions.set_cookie(response, st, token)
+    return response
+
+
+async def signup(request: Request) -> Response:
+    st = state(request)
+    check_origin(request, st.settings, required=True)
+    if not st.settings.open_signup:
+        raise Forbidden("Sign-up is closed on this gateway: ask its operator for an account")
+    body = await read_json(request, 16 << 10)
+    email, password = _email(body), _text(body, "password")
+    passwords.check_strength(password)
+    if await LoginRepository(st.db).email_taken(email):
+        raise Conflict("An account with this email already exists: sign in instead")
+    digest = await passwords.hash_password_async(password)
+    try:
+        async with st.db.acquire() as conn, conn.transaction():
+            created = await create_account(conn, email, st.settings.starting_balance)
+            await LoginRepository(conn).set_password(created["uid"], email, digest)
+    except asyncpg.UniqueViolationError:
+        raise Conflict("An account with this email already exists: sign in instead")
+    return await _signed_in(st, created["uid"], {"api_key": created["api_key"], "balance": created["balance"]},
+                            status=201)
+
+
+async def _throttle(fails: FailureCounter, st: AppState, scopes: list[tuple[str, str, int]]) -> None:
+    for scope, who, limit in scopes:
+        if await fails.count(scope, who) >= limit:
+            wait = await fails.ttl(scope, who)
+            raise RateLimited(f"Too many failed sign-ins: try again in {wait} s",
+                              headers={"Retry-After": str(wait)})
+
+
+async def signin(request: Request) -> Response:
+    st = state(request)
+    check_origin(request, st.settings, required=True)
+    body = await read_json(request, 16 << 10)
+    s = st.settings
+    fails = FailureCounter(st.redis, s.signin_failure_window_seconds)
+    address = request.client.host if request.client else "unknown"
+    scopes = [("address", address, s.signin_max_failures_per_address)]
+    if "api_key" in body:
+        await _throttle(fails, st, scopes)
+        try:
+            who = await st.auth.principal_for_key(_text(body, "api_key").strip())
+        except Unauthorized:
+            await fails.add("address", address)
+            raise Unauthorized("Invalid API key")
+        return await _signed_in(st, who, {})
+    email, password = _email(body), _text(body, "password")
+    scopes.append(("account", email, s.signin_max_failures_per_account))
+    await _throttle(fails, st, scopes)
+    repo = LoginRepository(st.db)
+    row = await repo.by_email(email)
+    ok, rehash = await passwords.verify(row["password_hash"] if row else None, password)
+    if not ok or row is None:
+        for scope, who, _ in scopes:
+            await fails.add(scope, who)
+        raise Unauthorized("Wrong email or password")
+    if rehash:
+        await repo.rehash(row["uid"], rehash)
+    await fails.clear("account", email)
+    return await _signed_in(st, str(row["uid"]), {})
+
+
+async def signout(request: Request) -> Response:
+    st = state(request)
+    token = request.cookies.get(SESSION_COOKIE)
+    store = sessions.store(st)
+    current = await store.get(token) if token else None
+    if current is not None:
+        check_csrf(request, current.csrf, st.settings)
+        assert token is not None
+        await store.delete(token)
+    response = JSON({"signed_out": True})
+    sessions.clear_cookie(response, st)
+    return response
