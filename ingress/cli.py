@@ -71,8 +71,8 @@ def cmd_accounts_set_password(args: argparse.Namespace) -> int:
     stdin (--password-stdin) or an interactive prompt, never from the command line."""
     from ingress.web.passwords import check_strength, hash_password
     from jobs.errors import BadRequest
-    from storage.migrate import migrate
     from storage.accounts import AccountRepository
+    from storage.migrate import migrate
     from storage.web import LoginRepository
 
     password = _read_password(args.password_stdin)

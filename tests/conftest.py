@@ -88,7 +88,7 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 pytest_plugins = ["tests.fixtures.accounts", "tests.fixtures.workers", "tests.fixtures.moderation",
-                  "tests.fixtures.media"]
+                  "tests.fixtures.media", "tests.fixtures.web"]
 
 
 @pytest.fixture(scope="session")

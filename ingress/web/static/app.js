@@ -96,7 +96,7 @@ function drawChart(days) {
     return new uPlot({ width: Math.max(260, box.clientWidth), height: 220, legend: { show: false },
       scales: { x: { time: true }, y: { range: (u, lo, hi) => [0, Math.max(0.05, hi * 1.2)] } },
       axes: [{}, { values: (u, v) => v.map((n) => "$" + n.toFixed(2)), size: 60 }],
-      series: [{}, { label: "Spend", stroke: "#3b5bdb", fill: "rgba(59,91,219,.25)", width: 2,
+      series: [{}, { label: "Spend", stroke: "#3b5bdb", fill: "rgba(59,91,219,.25)", width: 2, points: { show: false },
                      paths: uPlot.paths.bars({ size: [0.7, 40] }) }] }, [xs, ys], box);
   };
   let plot = make();
