@@ -24,7 +24,7 @@
     $("#add-card").hidden = true; $("#remove-card").hidden = true;
     if (r.status === 402 || r.status === 501) {
       cardsOff = true;
-      box.append(el("p", { class: "note", id: "cards-off", text: "Card payments are not set up on this gateway: " + errorOf(r) + ". Ask the operator to credit your account." }));
+      box.append(el("p", { class: "note", id: "cards-off", text: "Card payments are not set up on this gateway. " + errorOf(r) }));
       $("#topup-form").querySelector("button").disabled = true;
       return;
     }
