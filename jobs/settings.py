@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     signin_failure_window_seconds: int = 900
     signin_max_failures_per_account: int = 5
     signin_max_failures_per_address: int = 30
+    # Where the billing page loads Stripe.js from (only once Stripe is configured); tests point it
+    # at localstripe's copy.
+    stripe_js_url: str = "https://js.stripe.com/v3/"
 
     @field_validator("public_url_")
     @classmethod

@@ -10,6 +10,7 @@ import secrets
 from typing import Any
 
 import httpx
+import pytest
 from playwright.async_api import Page, expect
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -194,3 +195,36 @@ async def test_phone_width_labels_and_keyboard(browser: Any, ui: LiveServer) -> 
     await page.keyboard.press("Enter")
     await expect(page.locator("#balance")).to_have_text("$5.00")
     await ctx.close()
+
+
+async def test_billing_without_stripe_says_so(page: Page, ui: LiveServer) -> None:
+    await sign_up(page, ui)
+    await page.goto(ui.url + "/ui/billing")
+    await expect(page.locator("#cards-off")).to_contain_text("Card payments are not set up")
+    await expect(page.get_by_role("button", name="Top up with card")).to_be_disabled()
+    await expect(page.get_by_role("button", name="Add card")).to_be_hidden()
+    await expect(page.locator("#history-rows")).to_contain_text("grant")
+    await expect(page.locator("#history-rows")).to_contain_text("$5.00")
+    await shot(page, "18-billing-no-stripe")
+
+
+async def test_billing_with_localstripe(page: Page, stripe_ui: tuple[LiveServer, str]) -> None:
+    server, _ = stripe_ui
+    await sign_up(page, server)
+    r = await page.request.get(server.url + "/card")
+    if r.status in (402, 501):
+        pytest.skip(f"the billing endpoints (issue 8) are not here yet: GET /card answers {r.status}")
+    await page.goto(server.url + "/ui/billing")
+    await page.get_by_role("button", name="Add card").click()
+    await page.get_by_placeholder("number").fill("4242424242424242")
+    await page.get_by_placeholder("exp_month").fill("12")
+    await page.get_by_placeholder("exp_year").fill("34")
+    await page.get_by_placeholder("cvc").fill("123")
+    await page.get_by_placeholder("postal_code").fill("42424")
+    await page.get_by_role("button", name="Save card").click()
+    await expect(page.locator("#card-state")).to_contain_text("4242")
+    await page.get_by_label("Amount (USD)").fill("10")
+    await page.get_by_role("button", name="Top up with card").click()
+    await expect(page.locator("#balance")).to_have_text("$15.00")
+    await expect(page.locator("#history-rows")).to_contain_text("topup")
+    await shot(page, "19-billing-localstripe")

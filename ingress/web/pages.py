@@ -3,9 +3,10 @@ fills it from the JSON API (the same endpoints users call), so no page has logic
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -21,11 +22,18 @@ static = StaticFiles(directory=str(_HERE / "static"))
 
 # Stripe.js is the one outside script a page may load, and only when the operator configured
 # Stripe (the billing page asks /card/setup for the publishable key first).
-_CSP = ("default-src 'self'; script-src 'self' https://js.stripe.com; frame-src https://js.stripe.com "
-        "https://hooks.stripe.com; connect-src 'self' https://api.stripe.com; img-src 'self' data: blob: https: "
-        "http:; media-src 'self' blob: https: http:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; "
-        "base-uri 'none'; form-action 'self'")
-_HEADERS = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff",
+_STRIPE = "https://js.stripe.com https://hooks.stripe.com"
+
+
+@functools.cache
+def _headers(stripe_js_url: str) -> dict[str, str]:
+    u = urlsplit(stripe_js_url)
+    js = f"{u.scheme}://{u.netloc}"
+    csp = (f"default-src 'self'; script-src 'self' {js}; frame-src {js} {_STRIPE}; "
+           f"connect-src 'self' {js} https://api.stripe.com; img-src 'self' data: blob: https: http:; "
+           "media-src 'self' blob: https: http:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; "
+           "base-uri 'none'; form-action 'self'")
+    return {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
 
 
@@ -44,8 +52,9 @@ async def _render(request: Request, template: str, *, public: bool = False, **ct
     st = state(request)
     return templates.TemplateResponse(request, template, {
         "uid": session.uid if session else None, "csrf": session.csrf if session else "",
-        "open_signup": st.settings.open_signup, "page": template.removesuffix(".html"), **ctx,
-    }, headers=_HEADERS)
+        "open_signup": st.settings.open_signup, "page": template.removesuffix(".html"),
+        "stripe_js_url": st.settings.stripe_js_url, **ctx,
+    }, headers=_headers(st.settings.stripe_js_url))
 
 
 async def home(request: Request) -> Response:

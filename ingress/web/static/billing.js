@@ -10,7 +10,7 @@
     return new Promise((ok, fail) => {
       if (window.Stripe) return ok();
       const s = document.createElement("script");
-      s.src = "https://js.stripe.com/v3/"; s.onload = ok; s.onerror = () => fail(new Error("Stripe.js could not be loaded"));
+      s.src = document.querySelector("[data-stripe-js]").dataset.stripeJs; s.onload = ok; s.onerror = () => fail(new Error("Stripe.js could not be loaded"));
       document.head.append(s);
     });
   }
@@ -40,7 +40,7 @@
     if (!r.ok) { showError("#card-error", errorOf(r)); return; }
     try { await loadStripe(); } catch (e) { showError("#card-error", e.message); return; }
     stripe = window.Stripe(r.data.publishable_key);
-    const elements = stripe.elements({ clientSecret: r.data.client_secret });
+    const elements = stripe.elements();
     cardEl = elements.create("card"); cardEl.mount("#card-element");
     $("#card-form").hidden = false;
     $("#save-card").onclick = async () => {
