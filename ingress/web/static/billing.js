@@ -32,7 +32,7 @@
       box.append(el("p", { text: `${r.data.brand} •••• ${r.data.last4}, expires ${r.data.exp_month}/${r.data.exp_year}` }));
       $("#remove-card").hidden = false;
     } else { box.append(el("p", { class: "muted", text: "No card on file." })); }
-    $("#add-card").hidden = false;
+    $("#add-card").hidden = false; $("#add-card").textContent = r.ok ? "Replace card" : "Add card";
   }
   async function startAddCard() {
     showError("#card-error");
