@@ -235,3 +235,98 @@ async def test_billing_with_localstripe(page: Page, stripe_ui: tuple[LiveServer,
     await expect(page.get_by_label("Recharge amount (USD)")).to_have_value("25")
     await expect(page.get_by_label("When the balance falls below (USD)")).to_have_value("2")
     await shot(page, "19-billing-localstripe")
+
+
+async def test_face_swap_with_two_file_pickers(page: Page, ui: LiveServer, media_workers: Any, sim: Any,
+                                               tmp_path: Any) -> None:
+    from tests.fixtures.moderation import landscape
+
+    await sign_up(page, ui)
+    await set_provider_key(page, ui, "Replicate key", "replicate_key", f"r8_{secrets.token_hex(12)}")
+    await page.goto(ui.url + "/ui/playground")
+    await page.get_by_label("Endpoint").select_option("faceswap")
+    for name, seed in (("source_image", 1), ("target_image", 2)):
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(landscape(seed=seed))
+        await page.get_by_label(f"{name} (image file)").set_input_files(str(path))
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("#play-status")).to_contain_text("completed", timeout=20_000)
+    await expect(page.locator("#play-media img")).to_have_count(1)
+    (create,) = await sim.creates()
+    sent = create["body"]["input"]
+    assert sent["local_source"].startswith("data:image/png;base64,iVBOR")
+    assert sent["local_target"] != sent["local_source"]
+    # The snippet shortens the images instead of pasting megabytes of base64.
+    code = await page.locator("#play-code").text_content() or ""
+    assert '"source_image": "iVBOR' in code and len(code) < 3000
+    await shot(page, "20-playground-face-swap")
+
+
+async def test_task_page_follows_a_running_task_then_cancel_and_delete(
+        page: Page, ui: LiveServer, media_workers: Any, sim: Any) -> None:
+    uid = await sign_up(page, ui)
+    await set_provider_key(page, ui, "Replicate key", "replicate_key", f"r8_{secrets.token_hex(12)}")
+    await page.goto(ui.url + "/ui/playground")
+    await page.get_by_label("Endpoint").select_option("generate")
+    await page.get_by_label("JSON body").fill(json.dumps(
+        {"uid": uid, "model": "owner/model", "input": {"prompt": "x", "sim": {"outcome": "never"}}}))
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("#play-status")).to_contain_text("in_progress (polled")
+    await page.goto(ui.url + "/ui/tasks?status=in_progress")
+    await page.locator("#task-rows a").first.click()
+    await expect(page.locator("#task-meta")).to_contain_text("in progress")
+    await expect(page.get_by_role("button", name="Delete")).to_be_hidden()
+    await shot(page, "21-task-running")
+    await page.get_by_role("button", name="Cancel").click()
+    await expect(page.locator("#task-meta")).to_contain_text("canceled")
+    await expect(page.locator("#task-meta")).to_contain_text("yes (the charge was returned)")
+    await expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    await shot(page, "22-task-canceled")
+    page.once("dialog", lambda d: d.accept())
+    await page.get_by_role("button", name="Delete").click()
+    await expect(page).to_have_url(ui.url + "/ui/tasks")
+    await expect(page.locator("#task-rows")).to_contain_text("No tasks match.")
+    await page.goto(ui.url + "/")
+    await expect(page.locator("#balance")).to_have_text("$5.00")
+
+
+async def test_every_playground_endpoint_renders_and_free_reads_answer(page: Page, ui: LiveServer) -> None:
+    uid = await sign_up(page, ui)
+    await page.goto(ui.url + "/ui/playground")
+    options = await page.locator("#endpoint option").evaluate_all("os => os.map(o => o.value)")
+    assert len(options) >= 18
+    for value in options:
+        await page.get_by_label("Endpoint").select_option(value)
+        code = await page.locator("#play-code").text_content() or ""
+        assert code.startswith("curl -X ") and ui.url in code, (value, code)
+    for value in ("balance", "apikeys", "tasks", "history", "threshold"):
+        await page.get_by_label("Endpoint").select_option(value)
+        await page.get_by_role("button", name="Send").click()
+        await expect(page.locator("#play-status")).to_have_text("HTTP 200")
+    await page.get_by_label("Endpoint").select_option("balance")
+    await page.get_by_role("tab", name="JavaScript").click()
+    await expect(page.locator("#play-code")).to_contain_text(f"{ui.url}/balance?uid={uid}")
+    await expect(page.locator("#play-code")).to_contain_text("await fetch(")
+    # A body that is not JSON is reported, not sent.
+    await page.get_by_label("Endpoint").select_option("chat")
+    await page.get_by_label("JSON body").fill("{not json")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("#play-status")).to_have_text("invalid JSON")
+
+
+async def test_docs_are_public_and_sign_in_takes_an_api_key(page: Page, ui: LiveServer,
+                                                            make_account: Any) -> None:
+    await page.goto(ui.url + "/ui/docs")
+    await expect(page.locator("#docs-body")).to_contain_text("/chat-completion")
+    await expect(page.locator("#docs-body")).to_contain_text("DELETE/keys/{prefix}")
+    await shot(page, "23-docs")
+    acct = await make_account()
+    await page.goto(ui.url + "/ui/keys")
+    await page.get_by_text("Sign in with an API key instead").click()
+    await page.get_by_label("SyncNode API key").fill("sn_wrong")
+    await page.get_by_role("button", name="Sign in with key").click()
+    await expect(page.locator("#signin-key-error")).to_have_text("Invalid API key")
+    await page.get_by_label("SyncNode API key").fill(acct.api_key)
+    await page.get_by_role("button", name="Sign in with key").click()
+    await expect(page).to_have_url(ui.url + "/ui/keys")  # back where the sign-in started
+    await expect(page.locator("#uid")).to_have_text(acct.uid)

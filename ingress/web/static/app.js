@@ -169,18 +169,18 @@ async function initTask() {
     $("#delete-task").hidden = running;
     return t;
   };
-  let t = await load();
-  // Live status while queued or running: re-read until it finishes.
-  while (t && t.status === "in_progress") { await new Promise((r) => setTimeout(r, 1000)); t = await load(); }
   $("#cancel-task").onclick = async () => {
     const res = await api("POST", `/tasks/${id}/cancel`, {});
-    if (!res.ok) showError("#task-error", errorOf(res)); else location.reload();
+    if (!res.ok) showError("#task-error", errorOf(res)); else await load();
   };
   $("#delete-task").onclick = async () => {
     if (!confirm("Delete this task from your list?")) return;
     const res = await api("DELETE", `/tasks/${id}`);
     if (!res.ok) showError("#task-error", errorOf(res)); else location.assign("/ui/tasks");
   };
+  let t = await load();
+  // Live status while queued or running: re-read until it finishes.
+  while (t && t.status === "in_progress") { await new Promise((r) => setTimeout(r, 1000)); t = await load(); }
 }
 
 // ---- keys ----
