@@ -77,9 +77,15 @@ async def test_cookie_flags(client: httpx.AsyncClient, app: Any, open_signup: No
     r = await client.post("/ui/signup", json={"email": "flags@example.com", "password": PASSWORD}, headers=ORIGIN)
     header = r.headers["set-cookie"].lower()
     assert "httponly" in header and "samesite=lax" in header and "secure" not in header
+    first = client.cookies["sn_session"]
     monkeypatch.setattr(app.state.sn.settings, "public_url_", "https://gw.example")
     r = await client.post("/ui/signin", json={"email": "flags@example.com", "password": PASSWORD}, headers=ORIGIN)
     assert r.status_code == 200 and "; secure" in r.headers["set-cookie"].lower()
+    # Signing in again replaced the browser's session: the first cookie is dead.
+    assert r.cookies["sn_session"] != first
+    client.cookies.clear()
+    assert (await client.get("/balance", cookies={"sn_session": first})).status_code == 401
+    assert (await client.get("/balance", cookies={"sn_session": r.cookies["sn_session"]})).status_code == 200
 
 
 async def test_sign_in_checks_input_and_origin(client: httpx.AsyncClient, open_signup: None,

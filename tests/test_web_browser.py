@@ -123,6 +123,17 @@ async def test_create_and_revoke_an_api_key(page: Page, ui: LiveServer) -> None:
         r = await http.get("/balance", headers={"Authorization": f"Bearer {new_key}"})
         assert r.status_code == 401, r.text
     await shot(page, "09-keys-revoked")
+    # Storage: the form shows the provider's own fields, and a failed check says why.
+    await expect(page.get_by_label("Bucket")).to_be_hidden()
+    await page.get_by_label("Provider").select_option("s3")
+    await expect(page.get_by_label("Storage zone")).to_be_hidden()
+    await page.get_by_label("Bucket").fill("my-bucket")
+    await page.get_by_label("Endpoint URL (optional)").fill("http://127.0.0.1:9")
+    await page.get_by_label("Access key id").fill("AKIAEXAMPLE")
+    await page.get_by_label("Secret access key").fill("secret")
+    await page.get_by_role("button", name="Check and save storage").click()
+    await expect(page.locator("#storage-error")).to_contain_text("nothing saved")
+    await expect(page.locator("#st-current")).to_have_text("provider: default")
 
 
 async def test_sign_out_then_pages_ask_to_sign_in(page: Page, ui: LiveServer) -> None:

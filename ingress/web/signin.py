@@ -39,8 +39,13 @@ def _email(body: dict[str, Any]) -> str:
     return email
 
 
-async def _signed_in(st: AppState, uid: str, body: dict[str, Any], status: int = 200) -> Response:
-    token, s = await sessions.store(st).create(uid)
+async def _signed_in(request: Request, uid: str, body: dict[str, Any], status: int = 200) -> Response:
+    st = state(request)
+    store = sessions.store(st)
+    old = request.cookies.get(SESSION_COOKIE)
+    if old:
+        await store.delete(old)  # a new sign-in replaces the browser's session, never adds one
+    token, s = await store.create(uid)
     response = JSON({**body, "uid": uid, "csrf_token": s.csrf}, status_code=status)
     sessions.set_cookie(response, st, token)
     return response
@@ -63,7 +68,7 @@ async def signup(request: Request) -> Response:
             await LoginRepository(conn).set_password(created["uid"], email, digest)
     except asyncpg.UniqueViolationError:
         raise Conflict("An account with this email already exists: sign in instead")
-    return await _signed_in(st, created["uid"], {"api_key": created["api_key"], "balance": created["balance"]},
+    return await _signed_in(request, created["uid"], {"api_key": created["api_key"], "balance": created["balance"]},
                             status=201)
 
 
@@ -90,7 +95,7 @@ async def signin(request: Request) -> Response:
         except Unauthorized:
             await fails.add("address", address)
             raise Unauthorized("Invalid API key")
-        return await _signed_in(st, who, {})
+        return await _signed_in(request, who, {})
     email, password = _email(body), _text(body, "password")
     scopes.append(("account", email, s.signin_max_failures_per_account))
     await _throttle(fails, st, scopes)
@@ -104,7 +109,7 @@ async def signin(request: Request) -> Response:
     if rehash:
         await repo.rehash(row["uid"], rehash)
     await fails.clear("account", email)
-    return await _signed_in(st, str(row["uid"]), {})
+    return await _signed_in(request, str(row["uid"]), {})
 
 
 async def signout(request: Request) -> Response:
