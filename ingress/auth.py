@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import httpx
 import jwt
+from redis.asyncio import Redis
 from starlette.requests import Request
 
 from jobs.errors import Forbidden, NotFound, Unauthorized
@@ -56,7 +57,7 @@ class _TTLCache:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings, db: asyncpg.Pool, redis: Any = None) -> None:
+    def __init__(self, settings: Settings, db: asyncpg.Pool, redis: Redis | None = None) -> None:
         self.settings = settings
         self.db = db
         self.sessions = SessionStore(redis, settings.session_ttl_seconds) if redis is not None else None

@@ -172,6 +172,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             manager.add_process(pool, f"{py} -m ingress.cli worker {pool}", env=env)
         url = s.public_url_ or f"http://localhost:{port}"
         print(f"\n  SyncNode on {url}\n"
+              f"  web UI:             {url}/   (sign-up needs SYNCNODE_OPEN_SIGNUP=true)\n"
               f"  create an account:  .venv/bin/syncnode accounts create   (or POST {url}/accounts)\n"
               f"  Ctrl-C stops everything.\n", flush=True)
         manager.loop()

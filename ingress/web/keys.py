@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -13,8 +15,8 @@ from storage.secrets import hash_api_key, new_api_key
 from storage.web import ApiKeyRepository
 
 
-def _iso(v: object) -> str | None:
-    return None if v is None else v.isoformat().replace("+00:00", "Z")  # type: ignore[attr-defined]
+def _iso(v: datetime | None) -> str | None:
+    return None if v is None else v.isoformat().replace("+00:00", "Z")
 
 
 async def list_keys(request: Request) -> Response:

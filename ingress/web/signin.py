@@ -15,7 +15,7 @@ from ingress.accounts import create_account
 from ingress.auth import SESSION_COOKIE
 from ingress.body import read_json
 from ingress.responses import JSON
-from ingress.state import AppState, state
+from ingress.state import state
 from ingress.web import passwords, sessions
 from ingress.web.csrf import check_csrf, check_origin
 from jobs.errors import BadRequest, Conflict, Forbidden, RateLimited, Unauthorized
@@ -72,7 +72,7 @@ async def signup(request: Request) -> Response:
                             status=201)
 
 
-async def _throttle(fails: FailureCounter, st: AppState, scopes: list[tuple[str, str, int]]) -> None:
+async def _throttle(fails: FailureCounter, scopes: list[tuple[str, str, int]]) -> None:
     for scope, who, limit in scopes:
         if await fails.count(scope, who) >= limit:
             wait = await fails.ttl(scope, who)
@@ -89,7 +89,7 @@ async def signin(request: Request) -> Response:
     address = request.client.host if request.client else "unknown"
     scopes = [("address", address, s.signin_max_failures_per_address)]
     if "api_key" in body:
-        await _throttle(fails, st, scopes)
+        await _throttle(fails, scopes)
         try:
             who = await st.auth.principal_for_key(_text(body, "api_key").strip())
         except Unauthorized:
@@ -98,7 +98,7 @@ async def signin(request: Request) -> Response:
         return await _signed_in(request, who, {})
     email, password = _email(body), _text(body, "password")
     scopes.append(("account", email, s.signin_max_failures_per_account))
-    await _throttle(fails, st, scopes)
+    await _throttle(fails, scopes)
     repo = LoginRepository(st.db)
     row = await repo.by_email(email)
     ok, rehash = await passwords.verify(row["password_hash"] if row else None, password)

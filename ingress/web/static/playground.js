@@ -44,7 +44,7 @@
     { id: "card", label: "Saved card", method: "GET", path: "/card", query: { uid: UID }, help: "Free." },
     { id: "topup", label: "Top up with card", method: "POST", path: "/topup_card", body: { uid: UID, amount: 10 }, help: "Charges your saved card." },
   ];
-  let current = E[0], lang = "curl", lastBody = null;
+  let current = E[0], lang = "curl", lastBody = null, lastJob = "";
   const base = document.querySelector(".play").dataset.base;
 
   function field(label, id, input) { return el("div", { class: "stack" }, el("label", { for: id, text: label }), input); }
@@ -52,7 +52,11 @@
     const box = $("#play-fields");
     box.textContent = "";
     $("#endpoint-help").textContent = `${current.method} ${current.path} — ${current.help || ""}`;
-    for (const [k, v] of Object.entries(current.query || {})) box.append(field(k, "q-" + k, el("input", { id: "q-" + k, name: k, value: v, autocomplete: "off" })));
+    for (const [k, v] of Object.entries(current.query || {})) {
+      // The job of the last async call is what a person wants to look up next.
+      const value = k === "job_id" && !v ? lastJob : v;
+      box.append(field(k, "q-" + k, el("input", { id: "q-" + k, name: k, value, autocomplete: "off" })));
+    }
     for (const f of current.files || []) box.append(field(`${f} (image file)`, "file-" + f, el("input", { id: "file-" + f, type: "file", accept: "image/*" })));
     if (current.image) box.append(field("Image file (optional, sent as imageBase64)", "file-image", el("input", { id: "file-image", type: "file", accept: "image/*" })));
     if (current.body) {
@@ -133,6 +137,7 @@
     // Async jobs (media, Prefer: respond-async): poll until the job is done.
     const job = r.data && r.data.job_id && (r.data.status === "in_progress" || r.status === 202) ? r.data.job_id : null;
     if (job) {
+      lastJob = job;
       for (let i = 0; i < 600; i++) {
         await new Promise((ok) => setTimeout(ok, 1000));
         const s = await api("GET", `/prediction-status?job_id=${encodeURIComponent(job)}`);
