@@ -163,7 +163,8 @@ async function initTask() {
     add("Job id", el("code", { class: "wrap", text: t.job_id })); add("Created", when(t.created_at)); add("Updated", when(t.updated_at));
     if (t.error) add("Error", t.error);
     renderOutput($("#task-output"), t.kind, t.output);
-    $("#task-request").textContent = JSON.stringify(t.request, null, 2);
+    // Base64 images (face swap) would fill the page: long strings are shortened for display.
+    $("#task-request").textContent = JSON.stringify(t.request, (k, v) => (typeof v === "string" && v.length > 200 ? v.slice(0, 60) + `… (${v.length} characters)` : v), 2);
     const running = t.status === "in_progress";
     $("#cancel-task").hidden = !(running && (t.kind === "generate" || t.kind === "face_swap"));
     $("#delete-task").hidden = running;
