@@ -64,11 +64,23 @@ async def test_sign_up_chat_in_playground_and_pay(page: Page, ui: LiveServer, ch
     await page.get_by_role("tab", name="Python").click()
     await expect(page.locator("#play-code")).to_contain_text("requests.post(")
     await shot(page, "03-playground-chat")
+    # The same call fired and polled (Prefer: respond-async), then looked up by its job_id.
+    await page.get_by_label("Answer at once, then poll (Prefer: respond-async)").check()
+    await expect(page.locator("#play-code")).to_contain_text('"Prefer": "respond-async"')
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("#play-status")).to_contain_text("completed (polled")
+    await expect(page.locator("#play-text")).to_have_text("echo: Explain quantum computing in 3 sentences.")
+    await expect(page.locator("#play-balance")).to_have_text("$4.96")
+    await page.get_by_label("Endpoint").select_option("status")
+    job = await page.get_by_label("job_id").input_value()
+    assert len(job) > 10
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("#play-answer")).to_contain_text(job)
     await page.goto(ui.url + "/")
-    await expect(page.locator("#balance")).to_have_text("$4.98")
-    await expect(page.locator("#latest tr")).to_have_count(1)
+    await expect(page.locator("#balance")).to_have_text("$4.96")
+    await expect(page.locator("#latest tr")).to_have_count(2)
     await expect(page.locator("#chart canvas")).to_have_count(1)
-    await expect(page.locator("#chart-total")).to_contain_text("$0.02")
+    await expect(page.locator("#chart-total")).to_contain_text("$0.04")
     await shot(page, "04-dashboard-after-chat")
 
 

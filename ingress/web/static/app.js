@@ -13,8 +13,8 @@ const el = (tag, attrs, ...kids) => {
   return e;
 };
 
-async function api(method, path, body) {
-  const headers = { "X-CSRF-Token": CSRF };
+async function api(method, path, body, extra) {
+  const headers = { "X-CSRF-Token": CSRF, ...(extra || {}) };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const r = await fetch(path, { method, headers, credentials: "same-origin",
                                 body: body === undefined ? undefined : JSON.stringify(body) });

@@ -8,9 +8,9 @@
     { role: "system", content: "You are a helpful assistant." },
     { role: "user", content: "Explain quantum computing in 3 sentences." }], max_tokens: 500, temperature: 0.7 };
   const E = [
-    { id: "chat", label: "Chat completion (OpenRouter)", method: "POST", path: "/chat-completion", body: chatBody,
+    { id: "chat", label: "Chat completion (OpenRouter)", method: "POST", path: "/chat-completion", body: chatBody, async: true,
       help: "$0.02 per call. Needs your OpenRouter key (API keys page)." },
-    { id: "chatgpt", label: "ChatGPT completion (OpenAI)", method: "POST", path: "/chatgpt-completion",
+    { id: "chatgpt", label: "ChatGPT completion (OpenAI)", method: "POST", path: "/chatgpt-completion", async: true,
       body: { uid: UID, model: "gpt-4o", messages: [{ role: "user", content: "Write a haiku about programming." }], max_tokens: 100, temperature: 0.8 },
       help: "$0.02 per call. Needs your OpenAI key." },
     { id: "generate", label: "Generate an image", method: "POST", path: "/generate",
@@ -59,6 +59,11 @@
     }
     for (const f of current.files || []) box.append(field(`${f} (image file)`, "file-" + f, el("input", { id: "file-" + f, type: "file", accept: "image/*" })));
     if (current.image) box.append(field("Image file (optional, sent as imageBase64)", "file-image", el("input", { id: "file-image", type: "file", accept: "image/*" })));
+    if (current.async) {
+      const cb = el("input", { id: "q-async", type: "checkbox" });
+      cb.addEventListener("change", code);
+      box.append(el("label", { class: "inline", for: "q-async" }, cb, "Answer at once, then poll (Prefer: respond-async)"));
+    }
     if (current.body) {
       const ta = el("textarea", { id: "q-body", spellcheck: "false", rows: "12" });
       ta.value = JSON.stringify(current.body, null, 2);
@@ -100,21 +105,25 @@
     try { b = current.body ? short(lastBody || JSON.parse($("#q-body").value)) : undefined; } catch (e) { b = undefined; }
     lastBody = null;
     const full = base + url(), m = current.method, json = b === undefined ? null : JSON.stringify(b, null, 2);
+    const prefer = isAsync();
     let text;
     if (lang === "curl") {
       text = `curl -X ${m} "${full}" \\\n  -H "Authorization: Bearer $SYNCNODE_API_KEY"` +
+        (prefer ? ` \\\n  -H "Prefer: respond-async"` : "") +
         (json ? ` \\\n  -H "Content-Type: application/json" \\\n  -d '${json.replace(/'/g, "'\\''")}'` : "");
     } else if (lang === "js") {
       text = `const response = await fetch("${full}", {\n  method: "${m}",\n  headers: {\n    "Authorization": "Bearer " + SYNCNODE_API_KEY` +
+        (prefer ? `,\n    "Prefer": "respond-async"` : "") +
         (json ? `,\n    "Content-Type": "application/json"\n  },\n  body: JSON.stringify(${json.replace(/\n/g, "\n  ")})\n});` : "\n  }\n});") +
         "\nconst result = await response.json();\nconsole.log(result);";
     } else {
       const py = json ? json.replace(/\btrue\b/g, "True").replace(/\bfalse\b/g, "False").replace(/\bnull\b/g, "None") : null;
-      text = `import os\nimport requests\n\nresponse = requests.${m.toLowerCase()}(\n    "${full}",\n    headers={"Authorization": "Bearer " + os.environ["SYNCNODE_API_KEY"]},` +
+      text = `import os\nimport requests\n\nresponse = requests.${m.toLowerCase()}(\n    "${full}",\n    headers={"Authorization": "Bearer " + os.environ["SYNCNODE_API_KEY"]${prefer ? ', "Prefer": "respond-async"' : ""}},` +
         (py ? `\n    json=${py.replace(/\n/g, "\n    ")},` : "") + "\n)\nprint(response.json())";
     }
     $("#play-code").textContent = text;
   }
+  function isAsync() { const c = $("#q-async"); return Boolean(current.async && c && c.checked); }
   async function balance() { const r = await api("GET", "/balance"); if (r.ok) $("#play-balance").textContent = money(r.data.balance); }
   function show(status, data) {
     $("#play-status").textContent = status;
@@ -132,7 +141,7 @@
     const btn = $("#send"); btn.disabled = true;
     show("sending…", null); $("#play-answer").textContent = "";
     lastBody = b; code();
-    const r = await api(current.method, url(), b);
+    const r = await api(current.method, url(), b, isAsync() ? { Prefer: "respond-async" } : undefined);
     show(`HTTP ${r.status}`, r.data);
     // Async jobs (media, Prefer: respond-async): poll until the job is done.
     const job = r.data && r.data.job_id && (r.data.status === "in_progress" || r.status === 202) ? r.data.job_id : null;
