@@ -10,18 +10,23 @@ from starlette.requests import Request
 from jobs.errors import BadRequest, PayloadTooLarge
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
+async def read_bytes(request: Request, limit: int, what: str = "Request body") -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` (declared or streamed)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
+        raise PayloadTooLarge(f"{what} is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
+            raise PayloadTooLarge(f"{what} is larger than {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    raw = await read_bytes(request, limit)
     if not raw.strip():
         raise BadRequest("Request body is empty: send a JSON object")
     try:

@@ -11,7 +11,7 @@ from ingress.body import read_json
 from ingress.responses import JSON
 from ingress.schemas import ChatRequest
 from ingress.state import AppState, state
-from ingress.submit import Submitted, submit
+from ingress.submit import Submitted, status_url, submit
 from jobs.errors import BadRequest, GatewayTimeout, UpstreamError
 from jobs.names import CHAT, CHATGPT, TaskKind
 from jobs.settings import to_dollars
@@ -25,10 +25,6 @@ def wants_async(request: Request) -> bool:
 def accepted(st: AppState, job_id: str) -> Response:
     return JSON({"success": True, "job_id": job_id, "get": status_url(st, job_id),
                  "status": "in_progress"}, status_code=202)
-
-
-def status_url(st: AppState, job_id: str) -> str:
-    return f"{st.settings.public_url}/prediction-status?job_id={job_id}"
 
 
 def prediction(uid: str, sub: Submitted, model: str) -> dict[str, Any]:
@@ -50,9 +46,9 @@ async def chatgpt_completion(request: Request) -> Response:
 
 async def _chat(request: Request, kind: TaskKind) -> Response:
     st = state(request)
-    st.auth.require_credential(request, public=True)
+    early = await st.auth.early(request, public=True)
     req = ChatRequest.model_validate(await read_json(request, st.settings.max_body_bytes))
-    who = await st.auth.principal(request, req.uid, public=True)
+    who = await st.auth.confirm(request, early, req.uid, public=True)
     wait = not wants_async(request)
     sub = await submit(st, who, kind, model=req.model, prompt=req.prompt_text(),
                        request=req.provider_body(), idempotency_key=request.headers.get("idempotency-key"),

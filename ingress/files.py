@@ -1,4 +1,10 @@
-"""GET /files/{path}: outputs hosted on the operator's local storage (no S3/Bunny configured)."""
+"""GET /files/{path}: outputs hosted on the operator's local storage (no S3/Bunny configured).
+
+This is the gateway's own origin, so nothing served here may run script: the type comes from
+the passive allow-list by extension (never a guess from the name: ``.svg`` would be
+``image/svg+xml``), anything else is an octet-stream attachment, and every answer carries
+``Content-Security-Policy: sandbox`` and ``nosniff`` in case a browser renders it anyway.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,14 @@ from starlette.responses import FileResponse, Response
 
 from ingress.state import state
 from jobs.errors import NotFound
+from storage.files.sniff import OCTET_STREAM, PASSIVE_EXTENSIONS
+
+_HEADERS = {
+    # Names are <job_id>/<n>.<ext> and never rewritten with other content: cache for long.
+    "Cache-Control": "public, max-age=31536000, immutable",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "sandbox; default-src 'none'",
+}
 
 
 async def serve(request: Request) -> Response:
@@ -14,6 +28,8 @@ async def serve(request: Request) -> Response:
     path = (root / request.path_params["path"]).resolve()
     if not path.is_relative_to(root) or not path.is_file() or path.name.endswith(".part"):
         raise NotFound("No such file")
-    # Names are <job_id>/<n>.<ext> and never rewritten with other content: cache for long.
-    return FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable",
-                                       "X-Content-Type-Options": "nosniff"})
+    passive = PASSIVE_EXTENSIONS.get(path.suffix[1:].lower())
+    if passive is not None:
+        return FileResponse(path, media_type=passive, headers=_HEADERS)
+    return FileResponse(path, media_type=OCTET_STREAM, headers=_HEADERS, content_disposition_type="attachment",
+                        filename=path.name)

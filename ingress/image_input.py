@@ -10,9 +10,10 @@ import io
 import re
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from jobs.errors import BadRequest, PayloadTooLarge
+from jobs.errors import BadRequest, PayloadTooLarge, Unavailable
+from jobs.settings import Settings
 from storage.files.sniff import sniff as sniff_file
 
 # The formats every moderation backend reads (OpenAI takes PNG, JPEG, GIF and WebP).
@@ -79,23 +80,72 @@ def from_fetched(data: bytes) -> ImageBytes:
     return ImageBytes(data, found)
 
 
-def _check_decodes(img: ImageBytes, max_pixels: int) -> None:
+def probe(img: ImageBytes, max_pixels: int) -> None:
+    """Format and dimensions from the header alone (``Image.open`` is lazy): a decompression bomb
+    is refused here in well under a millisecond, before any pixel is decoded."""
     try:
         with Image.open(io.BytesIO(img.data)) as im:
             if _DECODED_AS.get(im.format or "") != img.mime:
                 raise BadRequest(f"the image does not decode as {img.mime}")
             w, h = im.size
-            if w * h > max_pixels:
-                raise BadRequest(f"the image is {w}x{h}: more than {max_pixels} pixels")
+    except BadRequest:
+        raise
+    except UnidentifiedImageError:
+        raise BadRequest(f"the image does not decode as {img.mime}; is it truncated or corrupt?")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadRequest(f"the image does not decode ({e}); is it truncated or corrupt?")
+    if w * h > max_pixels:
+        raise BadRequest(f"the image is {w}x{h}: more than {max_pixels} pixels")
+
+
+def _decode(img: ImageBytes) -> None:
+    try:
+        with Image.open(io.BytesIO(img.data)) as im:
+            w, h = im.size
             # A JPEG decodes at 1/8 scale just as well for a truncation check, 10x cheaper.
             im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
             im.load()
-    except BadRequest:
-        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadRequest(f"the image does not decode ({e}); is it truncated or corrupt?")
 
 
-async def check_decodes(img: ImageBytes, max_pixels: int) -> None:
-    """Decoding is CPU work: a thread, so the ingress event loop keeps serving."""
-    await asyncio.to_thread(_check_decodes, img, max_pixels)
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    max_pixels: int
+    slots: int
+    timeout: float
+
+
+def decode_limits(s: Settings, max_pixels: int | None = None) -> DecodeLimits:
+    return DecodeLimits(max_pixels or s.max_image_pixels, s.image_decode_slots, s.image_decode_timeout_seconds)
+
+
+_slots: dict[int, asyncio.Semaphore] = {}
+
+
+async def check_decodes(img: ImageBytes, limits: DecodeLimits) -> None:
+    """Header first; then a real decode, in a thread, at most ``limits.slots`` at once per process
+    (memory stays bounded whatever the concurrency) and within ``limits.timeout``.
+
+    A slot is given back when the decode really ends, not when we stop waiting for it: a thread
+    cannot be interrupted, and its memory is only free once it returns."""
+    probe(img, limits.max_pixels)
+    sem = _slots.setdefault(limits.slots, asyncio.Semaphore(limits.slots))
+    try:
+        async with asyncio.timeout(limits.timeout):
+            await sem.acquire()
+    except TimeoutError:
+        raise Unavailable("Too many images are being checked right now; try again shortly",
+                          headers={"Retry-After": "1"})
+    decoding = asyncio.ensure_future(asyncio.to_thread(_decode, img))
+
+    def done(f: asyncio.Future[None]) -> None:
+        sem.release()
+        if not f.cancelled():
+            f.exception()  # retrieved: a decode we stopped waiting for must not log a warning
+
+    decoding.add_done_callback(done)
+    try:
+        await asyncio.wait_for(asyncio.shield(decoding), limits.timeout)
+    except TimeoutError:
+        raise BadRequest(f"the image took longer than {limits.timeout:g} s to decode")

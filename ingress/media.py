@@ -17,13 +17,13 @@ from starlette.responses import Response
 
 from ingress.body import read_json
 from ingress.chat import accepted
-from ingress.image_input import ImageBytes, check_decodes
+from ingress.image_input import DecodeLimits, ImageBytes, check_decodes, decode_limits
 from ingress.state import state
-from ingress.submit import submit
+from ingress.submit import ensure_can_pay, submit
 from jobs.errors import BadRequest
+from jobs.model_refs import valid_model
 from jobs.names import FACE_SWAP, GENERATE
 from storage.files.sniff import IMAGE_TYPES, sniff
-from workers.providers.replicate import valid_model
 
 
 class GenerateRequest(BaseModel):
@@ -56,12 +56,7 @@ class FaceSwapRequest(BaseModel):
     input: FaceSwapInput
 
 
-# A face (or the picture it goes into) has no business being larger than this; decoding a bigger
-# one is a memory hazard for the ingress.
-_MAX_PIXELS = 50_000_000
-
-
-async def image_data_url(field: str, value: str) -> str:
+async def image_data_url(field: str, value: str, limits: DecodeLimits) -> str:
     """A base64 image (bare or as a data: URL) → a data: URL with its real type; 400 otherwise.
 
     The bytes must decode (in a thread): magic bytes alone let a truncated image, or text that
@@ -76,7 +71,7 @@ async def image_data_url(field: str, value: str) -> str:
         raise BadRequest(f"Invalid input.{field}: not an image (PNG, JPEG, WebP, GIF, BMP, AVIF or HEIC)")
     if ctype != "image/heic":  # no HEIC decoder here: its magic bytes are all we can check
         try:
-            await check_decodes(ImageBytes(data, ctype), _MAX_PIXELS)
+            await check_decodes(ImageBytes(data, ctype), limits)
         except BadRequest as e:
             raise BadRequest(f"Invalid input.{field}: {e}")
     return f"data:{ctype};base64,{base64.b64encode(data).decode()}"
@@ -89,8 +84,9 @@ def _input_map(raw: str) -> dict[str, str]:
 
 async def generate(request: Request) -> Response:
     st = state(request)
+    early = await st.auth.early(request, public=True)
     req = GenerateRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
-    who = await st.auth.principal(request, req.uid, public=True)
+    who = await st.auth.confirm(request, early, req.uid, public=True)
     prompt = req.input.get("prompt")
     sub = await submit(st, who, GENERATE, model=req.model, prompt=str(prompt)[:500] if prompt else None,
                        request={"model": req.model, "input": req.input},
@@ -100,16 +96,20 @@ async def generate(request: Request) -> Response:
 
 async def face_swap(request: Request) -> Response:
     st = state(request)
+    early = await st.auth.early(request, public=True)
     req = FaceSwapRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
-    who = await st.auth.principal(request, req.uid, public=True)
+    who = await st.auth.confirm(request, early, req.uid, public=True)
+    idempotency_key = request.headers.get("idempotency-key")
+    # Two image decodes follow: only for a caller who can pay. A bad image is still never charged.
+    await ensure_can_pay(st, who, FACE_SWAP, idempotency_key)
     names = _input_map(st.settings.face_swap_input_map)
-    # Validated before submit(): a bad image is never charged.
-    ours: dict[str, Any] = {"source_image": await image_data_url("source_image", req.input.source_image),
-                            "target_image": await image_data_url("target_image", req.input.target_image)}
+    limits = decode_limits(st.settings)
+    ours: dict[str, Any] = {"source_image": await image_data_url("source_image", req.input.source_image, limits),
+                            "target_image": await image_data_url("target_image", req.input.target_image, limits)}
     if req.input.background_enhance is not None:
         ours["background_enhance"] = req.input.background_enhance
     model = st.settings.face_swap_model
     sub = await submit(st, who, FACE_SWAP, model=model, prompt="face swap",
                        request={"model": model, "input": {names.get(k, k): v for k, v in ours.items()}},
-                       idempotency_key=request.headers.get("idempotency-key"), wait=False)
+                       idempotency_key=idempotency_key, wait=False)
     return accepted(st, sub.job_id)

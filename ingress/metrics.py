@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingress.state import state
 from jobs import keys
+from jobs.errors import Unauthorized
 from jobs.metrics import BUCKETS, DURATION, JOBS, PROVIDER_ERRORS, snapshot
 
 REGISTRY = CollectorRegistry()
@@ -86,8 +88,18 @@ class _Snapshot(Collector):
         yield h
 
 
+def _check_token(request: Request, token: str) -> None:
+    header = request.headers.get("authorization", "")
+    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise Unauthorized("GET /metrics needs 'Authorization: Bearer <SYNCNODE_METRICS_TOKEN>'")
+
+
 async def metrics(request: Request) -> Response:
     st = state(request)
+    # Queue depths and provider error rates tell an outsider how busy and how healthy we are.
+    if st.settings.metrics_token is not None:
+        _check_token(request, st.settings.metrics_token.get_secret_value())
     async with st.redis.pipeline(transaction=False) as pipe:
         for pool in keys.POOLS:
             pipe.zcard(keys.queue(pool))

@@ -1,8 +1,10 @@
 """POST /moderate and POST / (the reference's moderation host answers at its root).
 
-Everything that can refuse a request happens here, before the charge: the body, the fields,
-the image (fetched behind the SSRF guard, or base64-decoded) and whether it decodes. Only then
-is the call charged and queued; the moderation pool runs the models, the request waits.
+Everything that can refuse a request happens here, before the charge, cheapest first: the
+credential (headers only), the body and its fields, whether the account can pay, then the image
+(fetched behind the SSRF guard, or base64-decoded; its header, then a bounded decode). Only then
+is the call charged, the image stored for the worker and the job queued; the moderation pool
+runs the models, the request waits.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.body import read_json
-from ingress.chat import accepted, status_url, wants_async
-from ingress.image_input import ImageBytes, check_decodes, decode_base64, from_fetched, normalize_mime
+from ingress.chat import accepted, wants_async
+from ingress.image_input import ImageBytes, check_decodes, decode_base64, decode_limits, from_fetched, normalize_mime
 from ingress.responses import JSON
 from ingress.state import AppState, state
-from ingress.submit import submit
+from ingress.submit import ensure_can_pay, status_url, submit
 from jobs import keys
 from jobs.errors import BadRequest, GatewayTimeout, UpstreamError
 from jobs.fetch import FetchPolicy, fetch
@@ -61,7 +63,7 @@ async def load_image(st: AppState, req: ModerationRequest) -> ImageBytes | None:
         img = from_fetched((await fetch(req.imageUrl, fetch_policy(st), what="imageUrl")).body)
     else:
         return None
-    await check_decodes(img, s.moderation_max_image_pixels)
+    await check_decodes(img, decode_limits(s, s.moderation_max_image_pixels))
     return img
 
 
@@ -80,20 +82,26 @@ def task_request(req: ModerationRequest, img: ImageBytes | None, digest: str | N
 
 async def moderate(request: Request) -> Response:
     st = state(request)
+    early = await st.auth.early(request, public=True)
     req = ModerationRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
-    who = await st.auth.principal(request, req.uid, public=True)
+    who = await st.auth.confirm(request, early, req.uid, public=True)
+    idempotency_key = request.headers.get("idempotency-key")
+    # Fetching, decoding and storing an image are work: only for a caller who can pay for it.
+    await ensure_can_pay(st, who, MODERATION, idempotency_key)
     img = await load_image(st, req)
-    digest = None
-    if img is not None:
-        digest = hashlib.sha256(img.data).hexdigest()
+    digest = hashlib.sha256(img.data).hexdigest() if img is not None else None
+
+    async def store_blob() -> None:
         # By content: a retried or repeated image is one key; the TTL bounds what Redis holds.
+        assert img is not None and digest is not None
         await st.redis.set(keys.blob(digest), img.data, ex=st.settings.moderation_blob_ttl_seconds)
+
     wait = not wants_async(request)
     model = st.settings.moderation_openai_model if st.settings.moderation_openai_key else "local"
     prompt = (req.text or "")[:500] or (req.imageUrl or "[image]")[:500]
     sub = await submit(st, who, MODERATION, model=model, prompt=prompt,
-                       request=task_request(req, img, digest),
-                       idempotency_key=request.headers.get("idempotency-key"), wait=wait)
+                       request=task_request(req, img, digest), idempotency_key=idempotency_key, wait=wait,
+                       prepare=store_blob if img is not None else None)
     if not wait:
         return accepted(st, sub.job_id)
     if sub.result is None:

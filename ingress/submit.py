@@ -13,6 +13,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,16 @@ from redis.exceptions import RedisError
 
 from ingress.auth import Principal
 from ingress.state import AppState
-from jobs.errors import IdempotencyConflict, InsufficientBalance, MissingProviderKey, NotFound, Unavailable
+from jobs import keys
+from jobs.errors import (
+    IdempotencyConflict,
+    IdempotencyInProgress,
+    InsufficientBalance,
+    MissingProviderKey,
+    NotFound,
+    SyncNodeError,
+    Unavailable,
+)
 from jobs.names import TaskKind
 from jobs.queue import Job
 from jobs.settings import to_dollars
@@ -50,8 +60,44 @@ def result_from_row(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+def status_url(st: AppState, job_id: str) -> str:
+    return f"{st.settings.public_url}/prediction-status?job_id={job_id}"
+
+
+def refusal(kind: TaskKind, price: int, *, account_exists: bool, has_key: bool) -> SyncNodeError:
+    """Why a charge of ``price`` for ``kind`` did not (or would not) go through."""
+    if not account_exists:
+        return NotFound("Unknown account")
+    if not has_key:
+        assert kind.key_name is not None
+        return MissingProviderKey(kind.key_name, kind.provider)
+    return InsufficientBalance(
+        f"Insufficient balance: this call costs ${to_dollars(price):.2f}; "
+        "top up (POST /topup_card) or save a card for auto-recharge"
+    )
+
+
+async def ensure_can_pay(st: AppState, who: Principal, kind: TaskKind, idempotency_key: str | None) -> None:
+    """Refuse a caller who could not pay for ``kind`` before anything costly is done for them
+    (an image fetched, decoded or stored). The charge statement remains the guard; this only
+    makes the refusal early. A replay of a request that was paid for is let through."""
+    repo = TaskRepository(st.db)
+    if idempotency_key is not None and await repo.by_idempotency_key(who.uid, idempotency_key) is not None:
+        return
+    price = kind.price_micros(st.settings)
+    can = await repo.can_pay(who.uid, price, kind.key_name)
+    if not (can.account_exists and can.has_key and can.covers):
+        raise refusal(kind, price, account_exists=can.account_exists, has_key=can.has_key)
+
+
+Prepare = Callable[[], Awaitable[None]]
+
+
 async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | None, prompt: str | None,
-                 request: dict[str, Any], idempotency_key: str | None, wait: bool) -> Submitted:
+                 request: dict[str, Any], idempotency_key: str | None, wait: bool,
+                 prepare: Prepare | None = None) -> Submitted:
+    """Charge, then ``prepare`` (what the job needs that must not exist unpaid, e.g. an image
+    blob in Redis), then enqueue."""
     repo = TaskRepository(st.db)
     request_hash = None
     if idempotency_key is not None:
@@ -78,19 +124,13 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
         assert prior is not None
         return await _replay(st, prior, request_hash, wait)
     if outcome.task_id is None:
-        if not outcome.account_exists:
-            raise NotFound("Unknown account")
-        if not outcome.has_key:
-            assert kind.key_name is not None
-            raise MissingProviderKey(kind.key_name, kind.provider)
-        raise InsufficientBalance(
-            f"Insufficient balance: this call costs ${to_dollars(price):.2f}; "
-            "top up (POST /topup_card) or save a card for auto-recharge"
-        )
+        raise refusal(kind, price, account_exists=outcome.account_exists, has_key=outcome.has_key)
 
     job = Job(kind.pool, kind.function, new.job_id, (new.job_id,),
               status=StatusStore.initial(who.uid, outcome.task_id, kind.name))
     try:
+        if prepare is not None:
+            await prepare()
         if wait:
             result = await st.queue.enqueue_and_wait(job, st.settings.sync_timeout_seconds)
         else:
@@ -110,13 +150,31 @@ async def _replay(st: AppState, prior: asyncpg.Record, request_hash: bytes | Non
     job_id = prior["job_id"]
     if prior["status"] in TERMINAL or not wait:
         return Submitted(prior["id"], job_id, result_from_row(prior) if prior["status"] in TERMINAL else None)
-    # The first request owns the done list; a replay watches the status hash instead.
+    # The first request owns the done list; a replay watches the status hash instead. Replays are
+    # free, so how many may wait on one task is bounded; the rest are told to poll (409).
+    waiters = keys.replay_waiters(job_id)
+    async with st.redis.pipeline(transaction=True) as pipe:
+        pipe.incr(waiters)
+        pipe.expire(waiters, int(st.settings.sync_timeout_seconds) + 5)
+        count, _ = await pipe.execute()
+    try:
+        if count > st.settings.idempotent_replay_waiters:
+            raise IdempotencyInProgress({"job_id": job_id, "get": status_url(st, job_id)})
+        return await _wait_replay(st, prior, job_id)
+    finally:
+        await st.redis.decr(waiters)
+
+
+async def _wait_replay(st: AppState, prior: asyncpg.Record, job_id: str) -> Submitted:
     deadline = time.monotonic() + st.settings.sync_timeout_seconds
+    pause = 0.05
     while time.monotonic() < deadline:
         cur = await st.status.read(job_id)
         if cur is not None and cur["status"] != "in_progress":
             row = await TaskRepository(st.db).by_job_id(job_id)
             assert row is not None
             return Submitted(prior["id"], job_id, result_from_row(row))
-        await asyncio.sleep(0.05)
+        # Backing off: a replay that waits long costs a read a second, not twenty.
+        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(1.0, pause * 1.5)
     return Submitted(prior["id"], job_id, None)

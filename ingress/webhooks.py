@@ -17,9 +17,10 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.body import read_bytes
 from ingress.responses import JSON
 from ingress.state import state
-from jobs.errors import BadRequest, PayloadTooLarge, Unauthorized
+from jobs.errors import BadRequest, Unauthorized
 from jobs.names import MEDIA_POLL
 from jobs.queue import Job
 from storage.predictions import PredictionRepository
@@ -33,14 +34,13 @@ async def replicate(request: Request) -> Response:
     job_id = request.query_params.get("job_id")
     if not job_id:
         raise BadRequest("Missing job_id parameter")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > _MAX:
-            raise PayloadTooLarge("Webhook body too large")
+    if not all(h in request.headers for h in ("webhook-id", "webhook-timestamp", "webhook-signature")):
+        raise Unauthorized("Missing webhook signature headers")
+    # Known before the body is read: an unknown or unsigned job costs one indexed lookup.
     found = await PredictionRepository(st.db).webhook_secret(job_id)
     if found is None or found[1] is None:
         raise Unauthorized("Unknown prediction or no webhook was requested for it")
+    body = await read_bytes(request, _MAX, "Webhook body")
     secret = st.box.decrypt(found[1])
     try:
         Webhook(secret).verify(body, dict(request.headers))

@@ -9,7 +9,8 @@
     ├── Forbidden (403)
     ├── NotFound (404)
     ├── Conflict (409)
-    │   └── IdempotencyConflict
+    │   ├── IdempotencyConflict
+    │   └── IdempotencyInProgress
     ├── PayloadTooLarge (413)
     ├── RateLimited (429)
     ├── UpstreamError (502)
@@ -75,6 +76,12 @@ class Conflict(SyncNodeError):
 class IdempotencyConflict(Conflict):
     def __init__(self) -> None:
         super().__init__("Idempotency-Key was already used with a different request body")
+
+
+class IdempotencyInProgress(Conflict):
+    def __init__(self, extra: dict[str, Any]) -> None:
+        super().__init__("A request with this Idempotency-Key is still running and enough others are waiting "
+                         "on it: poll the get URL", extra=extra)
 
 
 class PayloadTooLarge(SyncNodeError):

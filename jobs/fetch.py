@@ -74,6 +74,35 @@ def why_not_public(ip: IPAddress) -> str | None:
     return None
 
 
+def _ends_in_number(label: str) -> bool:
+    if label[:2].lower() == "0x":
+        return all(c in "0123456789abcdefABCDEF" for c in label[2:])
+    return label.isdigit()
+
+
+def non_canonical_literal(host: str) -> bool:
+    """Whether ``host`` is an IPv4 address written any way but dotted decimal: ``127.1``,
+    ``2130706433``, ``017700000001``, ``0x7f.0.0.1``, ``127.0.0.1.``. Resolvers (inet_aton) and
+    browsers read these as addresses, but ``ipaddress`` does not, so they would be judged as
+    names by one layer and connected to as addresses by another. Refused outright: no one
+    needs them, and a guard must never depend on which library gets to parse a host first."""
+    h = host.strip("[]")
+    if ":" in h:
+        return False  # IPv6: one grammar, which ipaddress reads exactly as resolvers do
+    labels = h.split(".")
+    if not _ends_in_number(labels[-1] if labels[-1] or len(labels) == 1 else labels[-2]):
+        return False  # a name (WHATWG's rule: only a host ending in a number is an IPv4 address)
+    try:
+        return str(ipaddress.IPv4Address(h)) != h
+    except ValueError:
+        return True
+
+
+def _refuse_non_canonical(host: str) -> None:
+    if non_canonical_literal(host):
+        raise FetchRefused(f"{host!r} is an IP address in a non-canonical form; write it as a.b.c.d")
+
+
 def _allowed(host: str, port: int, allow: frozenset[str]) -> bool:
     h = host.lower().strip("[]")
     return f"{h}:{port}" in allow or f"[{h}]:{port}" in allow
@@ -86,6 +115,7 @@ async def vetted_addresses(host: str, port: int, allow: frozenset[str],
 
     The caller must connect to exactly these addresses: resolving again could give another
     answer (DNS rebinding)."""
+    _refuse_non_canonical(host)
     if _allowed(host, port, allow):
         return None
     resolve = resolver or system_resolve
@@ -181,6 +211,7 @@ def _check_url(url: httpx.URL, what: str) -> None:
         raise FetchRefused(f"{what} must be an http or https URL")
     if not url.host:
         raise FetchRefused(f"{what} has no host")
+    _refuse_non_canonical(url.host)
     if url.userinfo:
         raise FetchRefused(f"{what} must not carry a user name or password")
 
@@ -296,6 +327,7 @@ def guarded_aiohttp_client(allow: frozenset[str], *, connect_timeout: float, rea
 
 def check_literal(host: str, port: int, allow: frozenset[str]) -> None:
     """Refuse a non-public IP literal (no DNS involved, so a check now holds for every connect)."""
+    _refuse_non_canonical(host)
     try:
         ip = ipaddress.ip_address(host.strip("[]").split("%")[0])
     except ValueError:

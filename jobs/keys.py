@@ -68,4 +68,14 @@ def blob(sha256_hex: str) -> str:
     return f"syncnode:blob:{sha256_hex}"
 
 
-__all__ += ["blob"]
+def replay_waiters(job_id: str) -> str:
+    """STRING counter with TTL: Idempotency-Key replays waiting on a task still running."""
+    return f"syncnode:replaying:{job_id}"
+
+
+def rehost_runs(job_id: str) -> str:
+    """STRING counter with TTL: how many runs started re-hosting a prediction's output (bounded)."""
+    return f"syncnode:rehosts:{job_id}"
+
+
+__all__ += ["blob", "replay_waiters", "rehost_runs"]

@@ -73,6 +73,17 @@ class Settings(BaseSettings):
     max_media_body_bytes: int = 15 << 20
     sync_timeout_seconds: float = 60.0
     idempotency_window_hours: int = 24
+    # Replays of a running task that may wait on it at once; more are told to poll (409).
+    idempotent_replay_waiters: int = 10
+    # Images are judged from their header first; larger ones are never decoded (a PNG of a few
+    # hundred KB can declare 50 M pixels and cost a second of CPU and 200 MiB to decode).
+    max_image_pixels: int = 25_000_000
+    # Decodes at once per ingress process (each holds up to max_image_pixels × 4 bytes), and how
+    # long one may take.
+    image_decode_slots: int = 2
+    image_decode_timeout_seconds: float = 10.0
+    # Bearer token that GET /metrics requires when set (Prometheus: authorization.credentials).
+    metrics_token: SecretStr | None = None
 
     # Workers.
     poll_delay_seconds: float = 1.0
@@ -120,13 +131,19 @@ class Settings(BaseSettings):
     # Lower than the others: a missed sexual/minors score costs far more than a false alarm.
     moderation_underage_threshold: float = 0.2
     moderation_max_image_bytes: int = 10 << 20
-    moderation_max_image_pixels: int = 50_000_000
+    moderation_max_image_pixels: int = 25_000_000
     # How long a checked image waits in Redis for its job (syncnode:blob:<sha256>).
     moderation_blob_ttl_seconds: int = 600
     # Fetching user-supplied URLs (jobs/fetch.py): moderation imageUrl, webhooks.
     fetch_connect_timeout_seconds: float = 5.0
     fetch_timeout_seconds: float = 10.0
     fetch_max_redirects: int = 3
+
+    # Hostile provider output (issue 7, docs/media.md). Over a cap the task fails, refunded,
+    # and nothing more is downloaded; output nested deeper than the bound is refused outright.
+    hosting_max_files: int = Field(100, ge=1)
+    hosting_max_total_bytes: int = Field(1 << 30, ge=1)
+    output_max_depth: int = Field(64, ge=2, le=200)  # orjson refuses ~255
 
     # Web UI (issue 9): sessions and sign-in throttling.
     session_ttl_seconds: int = 14 * 24 * 3600

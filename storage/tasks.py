@@ -40,6 +40,13 @@ class ChargeOutcome:
     has_key: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Affordability:
+    account_exists: bool
+    has_key: bool
+    covers: bool
+
+
 class TaskRepository:
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
@@ -122,6 +129,20 @@ class TaskRepository:
             [i.cost_micros for i in items], [i.key_name for i in items],
         )
         return [ChargeOutcome(r["task_id"], r["account_exists"], r["has_key"]) for r in rows]
+
+    async def can_pay(self, uid: str, price_micros: int, key_name: str | None) -> Affordability:
+        """Whether a charge of ``price_micros`` would go through now (read only: the charge
+        statement stays the guard). Lets a route refuse before it does costly work."""
+        row = await self.conn.fetchrow(
+            """
+            SELECT a.balance_micros >= $2 AS covers,
+                   ($3::text IS NULL OR EXISTS (
+                       SELECT 1 FROM provider_keys WHERE uid = $1 AND name = $3)) AS has_key
+            FROM accounts a WHERE a.uid = $1
+            """, uid, price_micros, key_name)
+        if row is None:
+            return Affordability(False, False, False)
+        return Affordability(True, row["has_key"], row["covers"])
 
     async def by_idempotency_key(self, uid: str, key: str) -> asyncpg.Record | None:
         return await self.conn.fetchrow(

@@ -8,6 +8,14 @@ prompt steer the gateway at arbitrary hosts. Files are streamed to a temporary f
 size cap, typed from their bytes, and named ``<job_id>/<n>.<ext>``: unique per task, and the
 same on a retry, so a retried upload overwrites rather than duplicates.
 
+Caps bound what one output can cost: ``SYNCNODE_HOSTING_MAX_FILES`` files and
+``SYNCNODE_HOSTING_MAX_TOTAL_BYTES`` in all; past either, nothing more is downloaded and
+:class:`OutputRefused` fails the task (refunded: the gateway cannot deliver what it sells).
+Each temporary file is deleted as soon as it is uploaded. Files are stored with a passive type
+or as attachments (``storage.files.sniff.hosted_type``). The user's key goes only to the
+configured Replicate API origin (``https://api.replicate.com`` unless the operator says
+otherwise), never to the public CDN and never over plain http elsewhere.
+
 Every connection is guarded (``jobs.fetch``: public addresses only, pinned to the address
 checked); the configured Replicate host is trusted as operator configuration. The whole copy
 has a deadline below the poll job's timeout, so a slow download ends as a ``hosting_error``
@@ -33,9 +41,10 @@ from jobs.settings import Settings
 from storage.files import FileStore, StorageError
 from storage.files import config as files_config
 from storage.files.netcheck import check_reachable, host_port
-from storage.files.sniff import sniff
+from storage.files.sniff import hosted_type
 from storage.storage_configs import StorageConfigRepository
 from workers.context import WorkerContext
+from workers.output import OutputRefused
 
 log = logging.getLogger("syncnode.hosting")
 
@@ -72,6 +81,24 @@ def provider_hosts(s: Settings) -> Callable[[str, str], bool]:
         return host == api and path.startswith((files_prefix, "/files/"))
 
     return trusted
+
+
+def key_origin(s: Settings) -> Callable[[str], bool]:
+    """Whether a file URL is on the configured Replicate API origin (same scheme, host and port),
+    the only place that needs the user's key: replicate.delivery is a public CDN, and a key sent
+    over http to a host resolved through DNS can be read on the way."""
+    host, port = _replicate_api(s)
+    scheme = urlsplit(s.replicate_base_url).scheme
+
+    def ours(url: str) -> bool:
+        try:
+            u = urlsplit(url)
+            return (u.scheme == scheme and (u.hostname or "").lower() == host
+                    and (u.port or (443 if u.scheme == "https" else 80)) == port)
+        except ValueError:
+            return False
+
+    return ours
 
 
 def _is_file_url(v: str, trusted: Callable[[str, str], bool]) -> bool:
@@ -183,30 +210,43 @@ def _decode_data_url(url: str, cap: int) -> bytes:
     return data
 
 
-async def _download(w: WorkerContext, url: str, key: str, dest: Path) -> tuple[int, bytes]:
-    """Stream ``url`` into ``dest`` under the size cap; returns (size, first bytes)."""
-    cap = w.settings.hosting_max_bytes
+def _over_total(s: Settings) -> OutputRefused:
+    return OutputRefused(f"The model's output files total more than {s.hosting_max_total_bytes} bytes "
+                         "(SYNCNODE_HOSTING_MAX_TOTAL_BYTES); nothing more was copied and the task was refunded")
+
+
+def _check_size(s: Settings, size: int, room: int) -> None:
+    if size > s.hosting_max_bytes:
+        raise HostingError(f"an output file is larger than {s.hosting_max_bytes} bytes")
+    if size > room:
+        raise _over_total(s)
+
+
+async def _download(w: WorkerContext, url: str, key: str, dest: Path, room: int) -> tuple[int, bytes]:
+    """Stream ``url`` into ``dest`` under the size caps (``room``: what is left of the output's
+    total); returns (size, first bytes)."""
+    s = w.settings
     if url.startswith("data:"):
-        data = _decode_data_url(url, cap)
+        data = _decode_data_url(url, s.hosting_max_bytes)
+        _check_size(s, len(data), room)
         await asyncio.to_thread(dest.write_bytes, data)
         return len(data), data[:64]
-    # Only provider URLs get here (file_urls): they get the key, and redirects (each hop guarded;
-    # httpx drops the key when a redirect leaves the origin).
-    headers = {"Authorization": f"Bearer {key}"}
+    # Only provider URLs get here (file_urls). Redirects: each hop guarded, and httpx drops the
+    # key when a redirect leaves the origin.
+    headers = {"Authorization": f"Bearer {key}"} if key_origin(s)(url) else {}
     size, head = 0, b""
     async with download_client(w).stream("GET", url, headers=headers, follow_redirects=True) as r:
         if r.status_code >= 300:
             raise HostingError(f"downloading an output file failed: HTTP {r.status_code}")
         declared = r.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > cap:
-            raise HostingError(f"an output file is larger than {cap} bytes")
+        if declared and declared.isdigit():
+            _check_size(s, int(declared), room)
         f = await asyncio.to_thread(dest.open, "wb")
         try:
             buf = bytearray()
             async for chunk in r.aiter_bytes():
                 size += len(chunk)
-                if size > cap:
-                    raise HostingError(f"an output file is larger than {cap} bytes")
+                _check_size(s, size, room)
                 if len(head) < 64:
                     head += chunk[: 64 - len(head)]
                 buf += chunk
@@ -220,15 +260,20 @@ async def _download(w: WorkerContext, url: str, key: str, dest: Path) -> tuple[i
     return size, head
 
 
-async def _copy_one(w: WorkerContext, store: FileStore, name: str, url: str, key: str, path: Path) -> str:
-    """Copy one file; every failure becomes a HostingError (a malformed URL included)."""
+async def _copy_one(w: WorkerContext, store: FileStore, name: str, url: str, key: str, path: Path,
+                    room: int) -> tuple[str, str, int]:
+    """Copy one file: (our URL, its key in the store, size). Every failure becomes a
+    HostingError (a malformed URL included), except a cap reached (OutputRefused)."""
     limit = w.settings.hosting_timeout_seconds
     try:
         async with asyncio.timeout(limit):  # a total per file: a trickling server cannot hold us
-            size, head = await _download(w, url, key, path)
-            ctype, ext = sniff(head)
-            return await store.put(f"{name}.{ext}", path, size, ctype)
-    except (HostingError, StorageError):
+            try:
+                size, head = await _download(w, url, key, path, room)
+                ctype, ext = hosted_type(head)
+                return await store.put(f"{name}.{ext}", path, size, ctype), f"{name}.{ext}", size
+            finally:  # at most one output file on disk at a time
+                await asyncio.to_thread(path.unlink, True)
+    except (HostingError, StorageError, OutputRefused):
         raise
     except TimeoutError:
         raise HostingError(f"copying an output file took longer than {limit:g} s")
@@ -244,10 +289,27 @@ async def _copy_one(w: WorkerContext, store: FileStore, name: str, url: str, key
 async def _copy_all(w: WorkerContext, store: FileStore, job_id: str, urls: list[str],
                     key: str) -> dict[str, str]:
     mapping: dict[str, str] = {}
+    stored: list[str] = []
+    room = w.settings.hosting_max_total_bytes
     with tempfile.TemporaryDirectory(prefix="syncnode-host-") as tmp:
-        for i, url in enumerate(urls):
-            mapping[url] = await _copy_one(w, store, f"{job_id}/{i}", url, key, Path(tmp) / str(i))
+        try:
+            for i, url in enumerate(urls):
+                mapping[url], name, size = await _copy_one(w, store, f"{job_id}/{i}", url, key,
+                                                           Path(tmp) / str(i), room)
+                stored.append(name)
+                room -= size
+        except OutputRefused:
+            await _delete(store, stored)  # the task is refunded: leave none of it behind
+            raise
     return mapping
+
+
+async def _delete(store: FileStore, names: list[str]) -> None:
+    for name in names:
+        try:
+            await store.delete(name)
+        except Exception as e:  # best effort: the refusal stands either way
+            log.warning("deleting %s after a refused output failed: %s", name, e)
 
 
 async def _attempts(w: WorkerContext, uid: str, job_id: str, output: Any, urls: list[str],
@@ -261,6 +323,8 @@ async def _attempts(w: WorkerContext, uid: str, job_id: str, output: Any, urls: 
             return replace_urls(output, await _copy_all(w, store, job_id, urls, key)), None
         except (HostingError, StorageError) as e:
             error = str(e)
+        except OutputRefused:
+            raise
         except Exception as e:  # e.g. the storage row could not be read or decrypted
             log.exception("re-hosting %s failed unexpectedly", job_id)
             error = f"{type(e).__name__}"
@@ -269,10 +333,14 @@ async def _attempts(w: WorkerContext, uid: str, job_id: str, output: Any, urls: 
 
 
 async def rehost(w: WorkerContext, uid: str, job_id: str, output: Any, key: str) -> tuple[Any, str | None]:
-    """(output with our URLs, None) or, when hosting keeps failing, (provider output, why)."""
+    """(output with our URLs, None) or, when hosting keeps failing, (provider output, why).
+    Raises :class:`OutputRefused` when the output is over a cap: the task cannot be delivered."""
     urls = file_urls(output, provider_hosts(w.settings))
     if not urls:
         return output, None
+    if len(urls) > w.settings.hosting_max_files:
+        raise OutputRefused(f"The model's output has {len(urls)} files; at most {w.settings.hosting_max_files} "
+                            "are copied (SYNCNODE_HOSTING_MAX_FILES), so none was and the task was refunded")
     budget = rehost_budget_seconds(w.settings)
     try:
         async with asyncio.timeout(budget):

@@ -20,6 +20,7 @@ import asyncpg
 import httpx
 from arq.worker import Retry
 
+from jobs.model_refs import is_version
 from jobs.names import MEDIA_CREATE
 from jobs.settings import Settings
 from storage.files.netcheck import is_public_url
@@ -85,7 +86,7 @@ def create_budget_seconds(s: Settings) -> float:
 def _same(pred: dict[str, Any], model: str, input_: Any) -> bool:
     if pred.get("input") != input_:
         return False
-    if replicate.VERSION_RE.match(model) or ":" in model:
+    if is_version(model) or ":" in model:
         return bool(pred.get("version") == model.rsplit(":", 1)[-1])
     return bool(pred.get("model") == model)
 

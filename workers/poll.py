@@ -26,14 +26,18 @@ from storage.predictions import PredictionRepository
 from storage.tasks import TERMINAL
 from workers.context import WorkerContext, wctx
 from workers.hosting import rehost
+from workers.output import OutputRefused, normalize_output
 from workers.providers import replicate
 from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
 from workers.providers.http import call
-from workers.runner import announce, finish_failed, storable
+from workers.runner import announce, finish_failed
 
 log = logging.getLogger("syncnode.poll")
 
 _FINISH_LOCK_S = 900
+# Runs of re-hosting one prediction may start: the first, and one more after a worker died in
+# it. Anything else that fails after re-hosting ends the task in that same run.
+_REHOST_RUNS = 2
 
 
 def backoff(w: WorkerContext, n: int) -> float:
@@ -61,23 +65,55 @@ async def _publish_done(w: WorkerContext, job_id: str, row: asyncpg.Record, outp
     })
 
 
+async def _rehost_allowed(w: WorkerContext, job_id: str) -> bool:
+    runs_key = keys.rehost_runs(job_id)
+    async with w.redis.pipeline(transaction=True) as pipe:
+        pipe.incr(runs_key)
+        pipe.expire(runs_key, w.settings.prediction_deadline_seconds + 3600)
+        runs, _ = await pipe.execute()
+    return int(runs) <= _REHOST_RUNS
+
+
+async def _succeeded(w: WorkerContext, job_id: str, uid: str, pred: dict[str, Any], key: str) -> str:
+    """Normalise (or refuse) the output before re-hosting, re-host at most ``_REHOST_RUNS`` times,
+    and end the task in this run whatever fails after re-hosting: never a loop of copies."""
+    st = await PredictionRepository(w.db).state(job_id, with_request=False)
+    if st is None or st["status"] in TERMINAL:  # the other of webhook and poll finished it first
+        await announce(w, job_id)
+        return "duplicate"
+    try:
+        output = normalize_output(pred.get("output"), w.settings.output_max_depth)
+        if not await _rehost_allowed(w, job_id):
+            raise OutputRefused("Copying the outputs was interrupted more than once; the task was refunded")
+        output, hosting_error = await rehost(w, uid, job_id, output, key)
+    except OutputRefused as e:
+        await finish_failed(w, job_id, str(e))
+        return "failed"
+    try:
+        row = await PredictionRepository(w.db).complete(job_id, output, hosting_error)
+    except Exception as e:
+        log.exception("storing the output of %s failed after re-hosting", job_id)
+        await finish_failed(w, job_id, f"The output could not be stored ({type(e).__name__}); "
+                                       "the task was refunded")
+        return "failed"
+    if row is None:
+        await announce(w, job_id)
+        return "duplicate"
+    await _publish_done(w, job_id, row, output, hosting_error)
+    return "completed"
+
+
 async def finalize(w: WorkerContext, job_id: str, uid: str, pred: dict[str, Any], key: str) -> str:
     """Turn a terminal prediction into the task's terminal state (at most once)."""
     status = pred.get("status")
     if status == "succeeded":
-        output, hosting_error = await rehost(w, uid, job_id, storable(pred.get("output")), key)
-        row = await PredictionRepository(w.db).complete(job_id, output, hosting_error)
-        if row is None:
-            await announce(w, job_id)
-            return "duplicate"
-        await _publish_done(w, job_id, row, output, hosting_error)
-        return "completed"
+        return await _succeeded(w, job_id, uid, pred, key)
     if status == "canceled":
         await finish_failed(w, job_id, "Canceled", status="canceled")
         return "canceled"
     error = pred.get("error") or ("The prediction was aborted before it started" if status == "aborted"
                                   else "The prediction failed")
-    await finish_failed(w, job_id, storable(f"Replicate: {error}"), client_error=True)
+    await finish_failed(w, job_id, normalize_output(f"Replicate: {error}"), client_error=True)
     return "failed"
 
 
@@ -111,10 +147,7 @@ async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "
         await finish_failed(w, job_id, "The stored replicate_key cannot be read; set it again")
         return "failed"
     if overdue:
-        await cancel_prediction(w, key, st["provider_id"])
-        await finish_failed(w, job_id, f"The prediction did not finish within "
-                                       f"{w.settings.prediction_deadline_seconds} s; it was canceled")
-        return "deadline"
+        return await _deadline_locked(w, job_id, key, st["provider_id"], n, chain, tag)
     try:
         pred = await replicate.get(w.http["Replicate"], key, st["provider_id"])
     except ProviderRejected as e:
@@ -155,6 +188,24 @@ async def _finish_locked(w: WorkerContext, job_id: str, uid: str, pred: dict[str
         return "busy"
     try:
         return await finalize(w, job_id, uid, pred, key)
+    finally:
+        await w.redis.delete(lock)
+
+
+async def _deadline_locked(w: WorkerContext, job_id: str, key: str, prediction_id: str,
+                           n: int, chain: bool, tag: str) -> str:
+    """The deadline under the finishing lock: a prediction whose success is being re-hosted at
+    that moment is delivered, never also refunded as failed."""
+    lock = keys.finishing(job_id)
+    if not await w.redis.set(lock, "1", nx=True, ex=_FINISH_LOCK_S):
+        if chain:  # the holder ends the task; a link stays behind it in case the holder dies
+            await schedule_poll(w, job_id, n + 1, w.settings.poll_cap_seconds, tag)
+        return "busy"
+    try:
+        await cancel_prediction(w, key, prediction_id)
+        await finish_failed(w, job_id, f"The prediction did not finish within "
+                                       f"{w.settings.prediction_deadline_seconds} s; it was canceled")
+        return "deadline"
     finally:
         await w.redis.delete(lock)
 

@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from storage.status import PUBLIC_STATUS
 from storage.tasks import TERMINAL, TaskRepository
 from workers.context import WorkerContext
+from workers.output import OutputRefused, normalize_output
 from workers.providers.errors import ProviderError, ProviderRejected
 
 log = logging.getLogger("syncnode.worker")
@@ -27,16 +28,6 @@ log = logging.getLogger("syncnode.worker")
 _INFRASTRUCTURE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
                    RedisConnectionError, ConnectionError)
 
-
-def storable(value: Any) -> Any:
-    """Provider output as Postgres can keep it: U+0000 (refused by text and jsonb) becomes U+FFFD."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
-    if isinstance(value, dict):
-        return {storable(k): storable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [storable(v) for v in value]
-    return value
 
 Work = Callable[[WorkerContext, asyncpg.Record, str | None], Awaitable[Any]]
 
@@ -124,7 +115,11 @@ async def _run(w: WorkerContext, job_id: str, key_name: str | None, work: Work) 
         log.exception("job %s crashed", job_id)
         await finish_failed(w, job_id, "Internal error while running the task")
         return "failed"
-    output = storable(output)
+    try:  # before the batched completion: one unencodable output must not fail its neighbours
+        output = normalize_output(output, w.settings.output_max_depth)
+    except OutputRefused as e:
+        await finish_failed(w, job_id, str(e))
+        return "failed"
     done = await w.completions.submit("", (job_id, output))
     if done is None:
         await announce(w, job_id)  # another run finished it first

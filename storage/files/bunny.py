@@ -17,6 +17,7 @@ import httpx
 
 from jobs.fetch import FetchRefused
 from storage.files import StorageError
+from storage.files.sniff import stored_as
 
 _CHUNK = 1 << 20
 
@@ -54,7 +55,10 @@ class BunnyStore:
             raise StorageError(f"Bunny storage unreachable: {type(e).__name__}: {e}".rstrip(": "))
 
     async def put(self, key: str, path: Path, size: int, content_type: str) -> str:
-        r = await self._send("PUT", key, {"AccessKey": self.access_key, "Content-Type": content_type,
+        # Bunny's CDN types a file by its name (hosting names active content .bin); the upload's
+        # type is octet-stream for anything not passive all the same.
+        ctype, _ = stored_as(content_type)
+        r = await self._send("PUT", key, {"AccessKey": self.access_key, "Content-Type": ctype,
                                           "Content-Length": str(size)}, _chunks(path))
         if r.status_code == 401:
             raise StorageError("Bunny storage rejected the access key (401): use the storage zone password")

@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from jobs.fetch import FetchRefused, GuardedResolver, check_literal
 from storage.files import StorageError
 from storage.files.netcheck import host_port
+from storage.files.sniff import stored_as
 
 _MAX_CLIENTS = 32
 # Per event loop: an aiobotocore client's connections belong to the loop that opened them.
@@ -138,8 +139,10 @@ class S3Store:
         body = await asyncio.to_thread(path.open, "rb")
         try:
             s3 = await self._client()
+            ctype, disposition = stored_as(content_type)
+            extra = {"ContentDisposition": disposition} if disposition else {}
             await s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentLength=size,
-                                ContentType=content_type)
+                                ContentType=ctype, **extra)
         except (ClientError, BotoCoreError, OSError, ValueError, FetchRefused) as e:
             raise self._error("upload", e)
         finally:

@@ -48,3 +48,38 @@ def sniff(head: bytes) -> tuple[str, str]:
     if stripped[:1] in (b"{", b"["):
         return "application/json", "json"
     return "application/octet-stream", "bin"
+
+
+# What a hosted file may be served as, inline: raster images, audio and video, which a browser
+# only displays. Anything else (SVG, HTML, XML, PDF, unknown bytes) could run script, or be
+# sniffed into something that does, on the origin serving it (ours, the operator's bucket or
+# CDN), so it is stored and served as an attachment of type application/octet-stream.
+# Extension → passive type: how /files/ types a stored file (never mimetypes' guess from a name).
+PASSIVE_EXTENSIONS = {"png": "image/png", "jpg": "image/jpeg", "gif": "image/gif", "bmp": "image/bmp",
+                      "webp": "image/webp", "avif": "image/avif", "heic": "image/heic", "webm": "video/webm",
+                      "ogg": "audio/ogg", "flac": "audio/flac", "mp3": "audio/mpeg", "wav": "audio/wav",
+                      "m4a": "audio/mp4", "mp4": "video/mp4", "mov": "video/quicktime"}
+PASSIVE_TYPES = frozenset(PASSIVE_EXTENSIONS.values())
+# Non-passive files keep these extensions (no CDN serves them as script); any other gets .bin,
+# since a CDN such as Bunny types a file by its name, whatever type it was uploaded with.
+_KEPT_EXTENSIONS = frozenset({"zip", "json", "glb"})
+OCTET_STREAM = "application/octet-stream"
+
+
+def is_passive(content_type: str) -> bool:
+    return content_type in PASSIVE_TYPES
+
+
+def hosted_type(head: bytes) -> tuple[str, str]:
+    """(content type to store, extension) for a file to host: its sniffed type if passive,
+    else application/octet-stream (stores add ``Content-Disposition: attachment``)."""
+    ctype, ext = sniff(head)
+    if is_passive(ctype):
+        return ctype, ext
+    return OCTET_STREAM, ext if ext in _KEPT_EXTENSIONS else "bin"
+
+
+def stored_as(content_type: str) -> tuple[str, str | None]:
+    """(Content-Type, Content-Disposition or None) a store writes a file of this type with:
+    every store applies it, whatever its caller passed."""
+    return (content_type, None) if is_passive(content_type) else (OCTET_STREAM, "attachment")

@@ -7,6 +7,8 @@ Behaviour is picked by the model name, so a test needs no side channel:
   ``or-error-200``  OpenRouter's HTTP 200 carrying ``{"error": {"code": 502}}``
   ``slow-<secs>``   answers after that many seconds
   ``nul-output``    a completion whose text holds U+0000 (Postgres cannot store it as is)
+  ``hostile-output`` a completion with a lone surrogate in its text and 2**70 in its usage
+  ``deep-output``   a completion nested 300 levels deep (past what our JSON encoder writes)
   anything else     200 at once
 Every call is recorded (``GET /_calls``), with the Authorization header it carried.
 """
@@ -14,6 +16,7 @@ Every call is recorded (``GET /_calls``), with the Authorization header it carri
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections import Counter
@@ -69,9 +72,24 @@ async def chat_completions(request: Request) -> Response:
                                        "metadata": {"provider_name": "Fake"}}})
     if model == "nul-output":
         return JSONResponse(completion(model, "before\u0000after"))
+    if model in ("hostile-output", "deep-output"):
+        return _hostile(model)
     if model.startswith("slow-"):
         await asyncio.sleep(float(model.removeprefix("slow-")))
     return JSONResponse(completion(model, f"echo: {prompt}"))
+
+
+def _hostile(model: str) -> Response:
+    body = completion(model, "bad \ud800 text")
+    if model == "hostile-output":
+        body["usage"]["seed"] = 2**70
+    else:
+        deep: Any = "bottom"
+        for _ in range(300):
+            deep = [deep]
+        body["choices"][0]["message"]["content"] = deep
+    # The stdlib encoder, ASCII-only: what a provider's JSON would carry (\ud800 as an escape).
+    return Response(json.dumps(body), media_type="application/json")
 
 
 async def calls(request: Request) -> Response:

@@ -6,11 +6,22 @@ test needs no side channel. ``input["sim"]`` may hold:
                      first third of it, then ``processing``
   ``outcome``        ``succeeded`` (default) | ``failed`` | ``aborted`` | ``never`` (runs until canceled)
   ``output``         ``file`` (default: one PNG URL) | ``files`` | ``nested`` | ``text`` |
-                     ``broken`` (a URL that always 500s) | ``big`` (a 3 MB file)
+                     ``broken`` (a URL that always 500s) | ``big`` (a 3 MB file) | hostile output:
+                     ``deep`` (a file URL nested ``depth`` lists deep, default 300) | ``bigint``
+                     (2**70 next to a file) | ``surrogate`` (lone surrogates in a value and a key)
+                     | ``many`` (``count`` file URLs, default 10,000) | ``sized`` (``count`` files of
+                     ``size`` bytes, streamed without a length) | ``declared`` (``count`` files that
+                     declare ``size`` bytes and stream zeros lazily) | ``svg_data`` (a
+                     ``data:image/svg+xml`` URL with script) | ``svg_file`` (an SVG file with script)
+                     | ``unreadable`` (nesting 5,000 deep and a 5,000-digit integer: past the stdlib
+                     parser's limits) | ``delivery`` (a public file on ``http://<host>:<port>/delivery/…``, ``host``
+                     default ``files.replicate.delivery``: tests resolve it to the simulator)
   ``create_delay``   seconds the create request hangs *after* the prediction exists
 Models: ``sim/missing`` → 404, ``sim/throttled`` → first create 429 with Retry-After,
 ``sim/invalid`` → 422 Input validation failed. Key ``r8_bad`` → 401.
-Output files are served at ``/files/…`` and require the creating key. With a webhook, a
+Output files are served at ``/files/…`` and require the creating key; ``/delivery/…`` (the
+public CDN) requires none. Every file request is logged with the Authorization header it carried
+(``GET /_sim/downloads``), and ``STATS["file_bytes"]`` counts the bytes actually sent. With a webhook, a
 ``completed`` event signed with Standard Webhooks is queued in ``OUTBOX`` (``GET /_outbox``
 drains it) and, when ``POST /_config {"deliver": true}``, also POSTed to the webhook URL.
 
@@ -28,6 +39,7 @@ import base64
 import hashlib
 import heapq
 import itertools
+import json
 import secrets
 import time
 from datetime import UTC, datetime
@@ -38,7 +50,7 @@ import orjson
 from standardwebhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4"
@@ -61,7 +73,14 @@ _deliver_slots: asyncio.Semaphore | None = None
 # The loop holds only weak references to tasks: an unreferenced delivery could vanish mid-way.
 _deliveries: set[asyncio.Task[None]] = set()
 STATS = {"gets": 0, "creates": 0, "cancels": 0, "webhooks_sent": 0, "webhooks_delivered": 0,
-         "webhooks_failed": 0}
+         "webhooks_failed": 0, "file_bytes": 0}
+DOWNLOADS: list[dict[str, Any]] = []
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(document.domain)"><script>alert(1)</script></svg>'
+
+
+def key_of(pid: str) -> str:
+    """The API key that created a prediction (the simulator runs in the tests' process)."""
+    return _KEYS[pid]
 
 
 def secret_for(key: str) -> str:
@@ -86,7 +105,46 @@ def _unauthorized() -> Response:
     return _problem(401, "Unauthenticated", "You did not pass a valid authentication token")
 
 
-def _output(base: str, pid: str, kind: str) -> Any:
+def _json(value: Any, status_code: int = 200) -> Response:
+    # The stdlib encoder, ASCII-only: it writes what a hostile model's output holds (2**70, lone
+    # surrogates as \ud800 escapes) the way Replicate's JSON would carry it.
+    return Response(json.dumps(value), status_code=status_code, media_type="application/json")
+
+
+_HOSTILE = frozenset({"deep", "unreadable", "bigint", "surrogate", "many", "sized", "declared", "svg_data",
+                      "svg_file", "delivery"})
+
+
+def _hostile(base: str, pid: str, kind: str, sim: dict[str, Any]) -> Any:
+    url = f"{base}/files/{pid}"
+    count = int(sim.get("count", 10_000))
+    if kind == "deep":
+        out: Any = f"{url}/out-0.png"
+        for _ in range(int(sim.get("depth", 300))):
+            out = [out]
+        return out
+    if kind == "unreadable":
+        sim["raw"] = "[" * 5000 + "1" * 5000 + "]" * 5000  # spliced in by get(): json.dumps can't
+        return "__raw__"
+    if kind == "bigint":
+        return {"seed": 2**70, "image": f"{url}/out-0.png"}
+    if kind == "surrogate":
+        return {"caption": "bad \ud800 text", "\udc00key": f"{url}/out-0.png"}
+    if kind == "many":
+        return [f"{url}/out-{i}.png" for i in range(count)]
+    if kind in ("sized", "declared"):
+        return [f"{url}/{kind}-{int(sim['size'])}-{i}.bin" for i in range(count)]
+    if kind == "svg_data":
+        return "data:image/svg+xml;base64," + base64.b64encode(SVG).decode()
+    if kind == "svg_file":
+        return f"{url}/evil.svg"
+    port = base.rsplit(":", 1)[1]
+    return f"http://{sim.get('host', 'files.replicate.delivery')}:{port}/delivery/{pid}/out-0.png"
+
+
+def _output(base: str, pid: str, kind: str, sim: dict[str, Any]) -> Any:
+    if kind in _HOSTILE:
+        return _hostile(base, pid, kind, sim)
     url = f"{base}/files/{pid}"
     return {"file": f"{url}/out-0.png", "files": [f"{url}/out-0.png", f"{url}/out-1.png"],
             "nested": {"image": f"{url}/out-0.png", "extra": {"thumbs": [f"{url}/thumb.png"]}, "seed": 7},
@@ -102,10 +160,10 @@ def _finish(pid: str, status: str, error: str | None = None) -> None:
     p.update(status=status, completed_at=_now(), error=error,
              metrics={"predict_time": sim["seconds"], "total_time": sim["seconds"]})
     if status == "succeeded":
-        p["output"] = _output(sim["base"], pid, sim.get("output", "file"))
+        p["output"] = _output(sim["base"], pid, sim.get("output", "file"), sim)
     sim["finished_at"] = time.time()
     if p.get("webhook"):
-        body = orjson.dumps(p).decode()
+        body = json.dumps(p)
         msg_id = f"msg_{secrets.token_hex(8)}"
         ts = datetime.now(UTC)
         sig = Webhook(secret_for(_KEYS[pid])).sign(msg_id, ts, body)
@@ -251,7 +309,10 @@ async def get(request: Request) -> Response:
         return _problem(404, "Not found", "The requested resource could not be found.")
     _advance()
     _status_now(pid)
-    return JSONResponse(PREDICTIONS[pid])
+    if (raw := _SIM[pid].get("raw")) and PREDICTIONS[pid]["output"] == "__raw__":
+        body = json.dumps(PREDICTIONS[pid]).replace('"__raw__"', raw)
+        return Response(body, media_type="application/json")
+    return _json(PREDICTIONS[pid])
 
 
 async def cancel(request: Request) -> Response:
@@ -283,12 +344,45 @@ async def secret(request: Request) -> Response:
     return JSONResponse({"key": secret_for(key)})
 
 
+def _zeros(request: Request, n: int) -> Any:
+    async def gen() -> Any:
+        left = n
+        while left > 0:
+            # uvicorn drops writes to a closed connection silently: stop when the client left,
+            # so file_bytes counts what a client could have read, not what was generated.
+            if await request.is_disconnected():
+                return
+            chunk = b"\x00" * min(left, 64 << 10)
+            left -= len(chunk)
+            STATS["file_bytes"] += len(chunk)
+            yield chunk
+    return gen()
+
+
+def _sized(request: Request, name: str) -> Response:
+    kind, size, _ = name.split("-", 2)
+    headers = {"Content-Length": size} if kind == "declared" else None
+    return StreamingResponse(_zeros(request, int(size)), media_type="application/octet-stream", headers=headers)
+
+
+async def delivery(request: Request) -> Response:
+    """The public CDN (replicate.delivery): no key needed, so none should arrive."""
+    DOWNLOADS.append({"path": request.url.path, "authorization": request.headers.get("authorization")})
+    STATS["file_bytes"] += len(PNG)
+    return Response(PNG, media_type="image/png")
+
+
 async def files(request: Request) -> Response:
     pid, name = request.path_params["id"], request.path_params["name"]
+    DOWNLOADS.append({"path": request.url.path, "authorization": request.headers.get("authorization")})
     if pid not in PREDICTIONS:
         return Response(status_code=404)
     if request.headers.get("authorization") != f"Bearer {_KEYS[pid]}":
         return Response(b"missing or wrong Authorization", status_code=401)
+    if name.startswith(("sized-", "declared-")):
+        return _sized(request, name)
+    if name == "evil.svg":
+        return Response(SVG, media_type="image/svg+xml")
     if name == "broken.png":
         return Response(b"upstream exploded", status_code=500)
     if name == "big.bin":
@@ -303,6 +397,7 @@ async def control(request: Request) -> Response:
             d.clear()
         CREATES.clear()
         OUTBOX.clear()
+        DOWNLOADS.clear()
         _due.clear()
         _throttled.clear()
         CONFIG.update(deliver=False, get_429=0)
@@ -317,8 +412,10 @@ async def control(request: Request) -> Response:
         return JSONResponse(out)
     if op == "creates":
         return JSONResponse(CREATES)
+    if op == "downloads":
+        return JSONResponse(DOWNLOADS)
     if op == "predictions":
-        return JSONResponse({pid: {**p, "_finished_at": _SIM[pid].get("finished_at")}
+        return _json({pid: {**p, "_finished_at": _SIM[pid].get("finished_at")}
                              for pid, p in PREDICTIONS.items()})
     if op == "stats":
         return JSONResponse(STATS)
@@ -350,5 +447,6 @@ def _routes(prefix: str) -> list[Route]:
 app = Starlette(routes=[
     *_routes("/v1"),
     Route("/files/{id}/{name}", files, methods=["GET"]),
+    Route("/delivery/{id}/{name}", delivery, methods=["GET"]),
     Route("/_sim/{op}", control, methods=["GET", "POST"]),
 ])

@@ -7,17 +7,16 @@ exchange that failed after the body was sent raises :class:`CreateUncertain` ins
 
 from __future__ import annotations
 
-import re
+import json
 from typing import Any
 
 import httpx
 
-from workers.providers.errors import ProviderError, ProviderRetryable
+from jobs.model_refs import is_version
+from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
 from workers.providers.http import classify
 
 PROVIDER = "Replicate"
-VERSION_RE = re.compile(r"^[0-9a-f]{64}$")
-MODEL_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(:[0-9a-f]{64})?$")
 # Replicate's own terminal statuses; ``aborted`` is newer than most clients know.
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 
@@ -26,13 +25,9 @@ class CreateUncertain(ProviderError):
     """The create request was sent but no answer came back: a prediction may exist."""
 
 
-def valid_model(model: str) -> bool:
-    return bool(VERSION_RE.match(model) or MODEL_RE.match(model))
-
-
 def create_route(model: str, input_: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """``owner/name`` runs the latest version through the model's route; a version pins one."""
-    if VERSION_RE.match(model):
+    if is_version(model):
         return "/predictions", {"version": model, "input": input_}
     if ":" in model:
         return "/predictions", {"version": model.split(":", 1)[1], "input": input_}
@@ -76,7 +71,16 @@ async def create(client: httpx.AsyncClient, key: str, model: str, input_: dict[s
 
 
 async def get(client: httpx.AsyncClient, key: str, prediction_id: str) -> dict[str, Any]:
-    return _json(await client.get(f"/predictions/{prediction_id}", headers=_auth(key)))
+    resp = await client.get(f"/predictions/{prediction_id}", headers=_auth(key))
+    try:
+        return _json(resp)
+    except json.JSONDecodeError:
+        raise
+    except (RecursionError, ValueError):
+        # Valid JSON past a parser limit (nesting past the recursion limit, an integer past 4300
+        # digits): a model's output can do that on purpose, and it reads the same on every poll.
+        raise ProviderRejected(PROVIDER, "the prediction's output cannot be read (nested too deeply "
+                               "or a number too long)", resp.status_code)
 
 
 async def cancel(client: httpx.AsyncClient, key: str, prediction_id: str) -> dict[str, Any]:
