@@ -76,9 +76,9 @@ class Authenticator:
     async def early(self, request: Request, *, public: bool) -> Principal | None:
         """Authenticate from the headers alone, before the body is read: a caller without a
         valid credential costs one header check and one cached lookup, never a 15 MiB read.
-        None only in uid-only mode without a header, where the body names the uid."""
+        None only in uid-only mode without a header or session, where the body names the uid."""
         self.require_credential(request, public=public)
-        if "authorization" not in request.headers:
+        if "authorization" not in request.headers and not self._has_session(request):
             return None
         return await self.principal(request, None, public=public)
 

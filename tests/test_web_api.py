@@ -54,6 +54,9 @@ async def test_session_cookie_is_a_credential_with_csrf(client: httpx.AsyncClien
     r = await client.get("/balance")
     assert r.status_code == 200 and r.json() == {"balance": 5.0}
     assert (await client.post("/keys")).status_code == 403
+    # The spine checks the cookie and its CSRF token before reading a body: 403, not 400.
+    r = await client.post("/chat-completion", content=b"{not json", headers=ORIGIN)
+    assert r.status_code == 403 and "X-CSRF-Token" in r.json()["error"]
     token = {"X-CSRF-Token": created["csrf_token"]}
     r = await client.post("/keys", headers={**token, "Origin": "http://evil.test"})
     assert r.status_code == 403 and "Cross-site" in r.json()["error"]
