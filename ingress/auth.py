@@ -20,6 +20,7 @@ from jobs.settings import Settings, to_micros
 from storage.accounts import AccountRepository
 from storage.secrets import API_KEY_PREFIX, hash_api_key
 from storage.sessions import SessionStore
+from storage.web import LoginRepository
 
 # The web UI's session cookie (ingress/web): a credential for the JSON API when no header is sent.
 SESSION_COOKIE = "sn_session"
@@ -122,7 +123,19 @@ class Authenticator:
         if session is None:
             raise Unauthorized("Your session has ended: sign in again")
         check_csrf(request, session.csrf, self.settings)
+        if session.key_hash and await self._key_uid(bytes.fromhex(session.key_hash)) != session.uid:
+            raise Unauthorized("Your session has ended: the API key it was opened with was revoked")
+        if session.login_stamp and await LoginRepository(self.db).login_stamp(session.uid) != session.login_stamp:
+            raise Unauthorized("Your session has ended: the password changed, sign in again")
         return Principal(session.uid, "session")
+
+    async def _key_uid(self, digest: bytes) -> str | None:
+        uid: str | None = self._keys.get(digest)
+        if uid is None:
+            uid = await AccountRepository(self.db).uid_for_api_key(digest)
+            if uid is not None:
+                self._keys.put(digest, uid)
+        return uid
 
     async def principal_for_key(self, token: str) -> str:
         """The uid of a SyncNode API key (the web sign-in with a key); never a JWT."""

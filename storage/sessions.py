@@ -1,5 +1,7 @@
 """Web sessions in Redis: the cookie carries a random token, Redis keeps sha256(token) → uid and
-the session's CSRF token, so a leaked Redis dump holds no usable cookie."""
+the session's CSRF token, so a leaked Redis dump holds no usable cookie. A session also names
+what it was opened with, so it ends with it: the API key's hash (revoking the key ends it) or
+the login's stamp (a new password ends it)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from redis.asyncio import Redis
 class Session:
     uid: str
     csrf: str
+    key_hash: str = ""  # hex sha256 of the API key it was opened with
+    login_stamp: str = ""  # web_logins.updated_at when it was opened with a password
 
 
 def _key(token: str) -> str:
@@ -28,11 +32,13 @@ class SessionStore:
     def __init__(self, redis: Redis, ttl_seconds: int) -> None:
         self.redis, self.ttl = redis, ttl_seconds
 
-    async def create(self, uid: str) -> tuple[str, Session]:
+    async def create(self, uid: str, *, key_hash: str = "", login_stamp: str = "") -> tuple[str, Session]:
         token = secrets.token_urlsafe(32)
-        s = Session(uid, secrets.token_urlsafe(24))
-        await self.redis.hset(_key(token), mapping={"uid": s.uid, "csrf": s.csrf})
-        await self.redis.expire(_key(token), self.ttl)
+        s = Session(uid, secrets.token_urlsafe(24), key_hash, login_stamp)
+        async with self.redis.pipeline(transaction=True) as p:
+            p.hset(_key(token), mapping={"uid": s.uid, "csrf": s.csrf, "key": key_hash, "login": login_stamp})
+            p.expire(_key(token), self.ttl)
+            await p.execute()
         return token, s
 
     async def get(self, token: str) -> Session | None:
@@ -45,7 +51,7 @@ class SessionStore:
              for k, v in raw.items()}
         if "uid" not in d or "csrf" not in d:
             return None
-        return Session(d["uid"], d["csrf"])
+        return Session(d["uid"], d["csrf"], d.get("key", ""), d.get("login", ""))
 
     async def delete(self, token: str) -> None:
         await self.redis.delete(_key(token))

@@ -3,9 +3,15 @@ All SQL the UI's endpoints need is here; the sessions themselves live in Redis (
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import asyncpg
 
 from storage.db import Conn
+
+
+def stamp(updated_at: datetime) -> str:
+    return updated_at.isoformat()
 
 
 class LoginRepository:
@@ -14,24 +20,31 @@ class LoginRepository:
 
     async def by_email(self, email: str) -> asyncpg.Record | None:
         return await self.conn.fetchrow(
-            "SELECT uid, password_hash FROM web_logins WHERE email = $1", email.lower())
+            "SELECT uid, password_hash, updated_at FROM web_logins WHERE email = $1", email.lower())
 
     async def email_taken(self, email: str) -> bool:
         return bool(await self.conn.fetchval("SELECT 1 FROM web_logins WHERE email = $1", email.lower()))
 
-    async def set_password(self, uid: str, email: str, password_hash: str) -> None:
-        """One login per account: setting it again replaces the email and the hash.
+    async def set_password(self, uid: str, email: str, password_hash: str) -> str:
+        """One login per account: setting it again replaces the email and the hash, and its new
+        stamp ends the sessions opened with the old one. Returns the stamp.
 
         Raises asyncpg.UniqueViolationError when the email belongs to another account.
         """
-        await self.conn.execute(
+        v = await self.conn.fetchval(
             """
             INSERT INTO web_logins (email, uid, password_hash) VALUES ($1, $2, $3)
             ON CONFLICT (uid) DO UPDATE
-            SET email = EXCLUDED.email, password_hash = EXCLUDED.password_hash, updated_at = now()
+            SET email = EXCLUDED.email, password_hash = EXCLUDED.password_hash, updated_at = clock_timestamp()
+            RETURNING updated_at
             """,
             email.lower(), uid, password_hash,
         )
+        return stamp(v)
+
+    async def login_stamp(self, uid: str) -> str | None:
+        v = await self.conn.fetchval("SELECT updated_at FROM web_logins WHERE uid = $1", uid)
+        return None if v is None else stamp(v)
 
     async def rehash(self, uid: str, password_hash: str) -> None:
         await self.conn.execute("UPDATE web_logins SET password_hash = $2 WHERE uid = $1", uid, password_hash)

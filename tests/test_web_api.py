@@ -227,3 +227,28 @@ async def _account(stack: dict[str, Any]) -> str:
         return str((await create_account(conn, None, Decimal("5")))["uid"])
     finally:
         await conn.close()
+
+
+async def test_a_session_ends_with_the_key_or_password_it_was_opened_with(
+        client: httpx.AsyncClient, app: Any, make_account: MakeAccount, open_signup: None) -> None:
+    from ingress.web.passwords import hash_password
+    from storage.web import LoginRepository
+
+    acct = await make_account()
+    spare = (await client.post("/keys", headers=acct.headers)).json()["api_key"]
+    r = await client.post("/ui/signin", json={"api_key": spare}, headers=ORIGIN)
+    assert r.status_code == 200
+    assert (await client.get("/balance")).status_code == 200
+    await client.delete(f"/keys/{spare[:8]}", headers=acct.headers)
+    r = await client.get("/balance")
+    assert r.status_code == 401 and "revoked" in r.json()["error"]
+    # A password session ends when the password changes (`syncnode accounts set-password`).
+    client.cookies.clear()
+    created = await sign_up(client, "stamp@example.com")
+    assert (await client.get("/balance")).status_code == 200
+    new = "new password 1"
+    await LoginRepository(app.state.sn.db).set_password(created["uid"], "stamp@example.com", hash_password(new))
+    r = await client.get("/balance")
+    assert r.status_code == 401 and "password changed" in r.json()["error"]
+    r = await client.post("/ui/signin", json={"email": "stamp@example.com", "password": new}, headers=ORIGIN)
+    assert r.status_code == 200 and (await client.get("/balance")).status_code == 200

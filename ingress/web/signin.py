@@ -19,8 +19,9 @@ from ingress.state import state
 from ingress.web import passwords, sessions
 from ingress.web.csrf import check_csrf, check_origin
 from jobs.errors import BadRequest, Conflict, Forbidden, RateLimited, Unauthorized
+from storage.secrets import hash_api_key
 from storage.sessions import FailureCounter
-from storage.web import LoginRepository
+from storage.web import LoginRepository, stamp
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}$")
 
@@ -39,13 +40,14 @@ def _email(body: dict[str, Any]) -> str:
     return email
 
 
-async def _signed_in(request: Request, uid: str, body: dict[str, Any], status: int = 200) -> Response:
+async def _signed_in(request: Request, uid: str, body: dict[str, Any], status: int = 200, *,
+                     key_hash: str = "", login_stamp: str = "") -> Response:
     st = state(request)
     store = sessions.store(st)
     old = request.cookies.get(SESSION_COOKIE)
     if old:
         await store.delete(old)  # a new sign-in replaces the browser's session, never adds one
-    token, s = await store.create(uid)
+    token, s = await store.create(uid, key_hash=key_hash, login_stamp=login_stamp)
     response = JSON({**body, "uid": uid, "csrf_token": s.csrf}, status_code=status)
     sessions.set_cookie(response, st, token)
     return response
@@ -65,11 +67,11 @@ async def signup(request: Request) -> Response:
     try:
         async with st.db.acquire() as conn, conn.transaction():
             created = await create_account(conn, email, st.settings.starting_balance)
-            await LoginRepository(conn).set_password(created["uid"], email, digest)
+            login = await LoginRepository(conn).set_password(created["uid"], email, digest)
     except asyncpg.UniqueViolationError:
         raise Conflict("An account with this email already exists: sign in instead")
     return await _signed_in(request, created["uid"], {"api_key": created["api_key"], "balance": created["balance"]},
-                            status=201)
+                            status=201, login_stamp=login)
 
 
 async def _throttle(fails: FailureCounter, scopes: list[tuple[str, str, int]]) -> None:
@@ -90,12 +92,13 @@ async def signin(request: Request) -> Response:
     scopes = [("address", address, s.signin_max_failures_per_address)]
     if "api_key" in body:
         await _throttle(fails, scopes)
+        key = _text(body, "api_key").strip()
         try:
-            who = await st.auth.principal_for_key(_text(body, "api_key").strip())
+            who = await st.auth.principal_for_key(key)
         except Unauthorized:
             await fails.add("address", address)
             raise Unauthorized("Invalid API key")
-        return await _signed_in(request, who, {})
+        return await _signed_in(request, who, {}, key_hash=hash_api_key(key).hex())
     email, password = _email(body), _text(body, "password")
     scopes.append(("account", email, s.signin_max_failures_per_account))
     await _throttle(fails, scopes)
@@ -109,7 +112,7 @@ async def signin(request: Request) -> Response:
     if rehash:
         await repo.rehash(row["uid"], rehash)
     await fails.clear("account", email)
-    return await _signed_in(request, str(row["uid"]), {})
+    return await _signed_in(request, str(row["uid"]), {}, login_stamp=stamp(row["updated_at"]))
 
 
 async def signout(request: Request) -> Response:
