@@ -141,6 +141,8 @@ async def test_sign_in_with_an_api_key(client: httpx.AsyncClient, make_account: 
     r = await client.post("/ui/signin", json={"api_key": acct.api_key}, headers=ORIGIN)
     assert r.status_code == 200 and r.json()["uid"] == acct.uid
     assert (await client.get("/tasks")).status_code == 200
+    r = await client.get("/ui/signin?next=/ui/keys")  # already signed in
+    assert r.status_code == 303 and r.headers["location"] == "/ui/keys"
 
 
 async def test_keys_list_create_revoke(client: httpx.AsyncClient, make_account: MakeAccount) -> None:

@@ -107,7 +107,10 @@ async def test_generated_image_shows_on_the_task_page(page: Page, ui: LiveServer
     await shot(page, "06-task-page-image")
 
 
-async def test_moderation_needs_no_provider_key(page: Page, ui: LiveServer, moderation_worker: Any) -> None:
+async def test_moderation_needs_no_provider_key(page: Page, ui: LiveServer, moderation_worker: Any,
+                                                tmp_path: Any) -> None:
+    from tests.fixtures.moderation import landscape
+
     await sign_up(page, ui)
     await playground(page, ui, "moderate")
     await expect(page.locator("#play-status")).to_have_text("HTTP 200", timeout=20_000)
@@ -115,6 +118,13 @@ async def test_moderation_needs_no_provider_key(page: Page, ui: LiveServer, mode
     assert answer["overall_moderation"]["safe"] in (0, 1), answer
     await expect(page.locator("#play-balance")).to_have_text("$4.99")
     await shot(page, "07-playground-moderation")
+    # With a picked image: sent as imageBase64 + imageMime, scored in its own section.
+    path = tmp_path / "scene.png"
+    path.write_bytes(landscape())
+    await page.get_by_label("Image file (optional, sent as imageBase64)").set_input_files(str(path))
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("#play-answer")).to_contain_text("image_moderation", timeout=20_000)
+    await expect(page.locator("#play-balance")).to_have_text("$4.98")
 
 
 async def test_create_and_revoke_an_api_key(page: Page, ui: LiveServer) -> None:

@@ -62,7 +62,10 @@ async def home(request: Request) -> Response:
 
 
 async def signin(request: Request) -> Response:
-    return await _render(request, "signin.html", public=True, next=_safe_next(request.query_params.get("next")))
+    target = _safe_next(request.query_params.get("next"))
+    if await sessions.current(request) is not None:
+        return RedirectResponse(target, status_code=303)  # already signed in: go where it was headed
+    return await _render(request, "signin.html", public=True, next=target)
 
 
 async def signup(request: Request) -> Response:

@@ -4,7 +4,7 @@
 "use strict";
 (function () {
   const { api, money, el, $, errorOf, toast, showError, busy } = window.SN;
-  let stripe = null, cardEl = null, cardsOff = false;
+  let stripe = null, cardEl = null;
 
   function loadStripe() {
     return new Promise((ok, fail) => {
@@ -23,7 +23,6 @@
     box.textContent = "";
     $("#add-card").hidden = true; $("#remove-card").hidden = true;
     if (r.status === 402 || r.status === 501) {
-      cardsOff = true;
       box.append(el("p", { class: "note", id: "cards-off", text: "Card payments are not set up on this gateway. " + errorOf(r) }));
       $("#topup-form").querySelector("button").disabled = true;
       return;
