@@ -94,11 +94,12 @@ async def get_api_keys(request: Request) -> Response:
 
 async def post_api_keys(request: Request) -> Response:
     st = state(request)
+    early = await st.auth.early(request, public=False)
     body = await read_json(request, 64 << 10)
     uid = body.pop("uid", None)
     if uid is not None and not isinstance(uid, str):
         raise BadRequest("Invalid uid: must be a string")
-    who = await st.auth.principal(request, uid, public=False)
+    who = await st.auth.confirm(request, early, uid, public=False)
     updates: dict[str, tuple[bytes, str] | None] = {}
     for name, value in body.items():
         if name not in PROVIDER_KEY_NAMES:
@@ -119,14 +120,18 @@ async def post_api_keys(request: Request) -> Response:
 
 
 async def billing_history(request: Request) -> Response:
+    """Every ledger row, newest first; ``?before=<id>&limit=`` pages by id (keyset, not OFFSET)."""
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
-    page = int_param(request, "page", 1, 1, 1_000_000)
-    size = int_param(request, "size", 20, 1, 100)
-    rows, total = await LedgerRepository(st.db).history(who.uid, size, (page - 1) * size)
+    limit = int_param(request, "limit", int_param(request, "size", 20, 1, 100), 1, 100)
+    raw_before = request.query_params.get("before")
+    before = int_param(request, "before", 0, 1, 2**62) if raw_before is not None else None
+    rows = await LedgerRepository(st.db).history(who.uid, limit, before)
     return JSON({
-        "history": [{"id": r["id"], "amount": to_dollars(r["amount_micros"]), "kind": r["kind"],
-                     "reason": r["reason"], "job_id": r["job_id"],
+        "history": [{"id": r["id"], "kind": r["kind"], "amount": to_dollars(r["amount_micros"]),
+                     "balance_after": to_dollars(r["balance_after"]), "job_id": r["job_id"],
+                     "stripe_id": r["stripe_id"], "reason": r["reason"],
                      "created_at": r["created_at"].isoformat().replace("+00:00", "Z")} for r in rows],
-        "page": page, "size": size, "total": total,
+        "limit": limit,
+        "next_before": rows[-1]["id"] if len(rows) == limit else None,
     })

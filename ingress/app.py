@@ -11,12 +11,16 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 
+from billing.client import StripeGateway
+from billing.context import Billing
 from ingress import accounts, billing, cancel, chat, files, health, media, moderation, storage_config, tasks, webhooks
 from ingress.auth import Authenticator
 from ingress.errors import HANDLERS
+from ingress.hooks import get_secret, list_deliveries, rotate_secret
 from ingress.metrics import RequestMetrics, metrics
 from ingress.openapi import openapi
 from ingress.state import AppState
+from ingress.stripe_webhooks import stripe_webhook
 from ingress.web import keys, pages, signin, usage
 from jobs.batch import Combiner
 from jobs.queue import JobQueue
@@ -59,6 +63,14 @@ ROUTES = [
     Route("/storage", storage_config.post_storage, methods=["POST"]),
     Route("/files/{path:path}", files.serve, methods=["GET"]),
     Route("/webhooks/replicate", webhooks.replicate, methods=["POST"]),
+    # Billing with Stripe (issue 8).
+    Route("/card/setup", billing.card_setup, methods=["POST"]),
+    Route("/card", billing.post_card, methods=["POST"]),
+    Route("/card", billing.delete_card, methods=["DELETE"]),
+    Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+    Route("/webhook-secret", get_secret, methods=["GET"]),
+    Route("/webhook-secret/rotate", rotate_secret, methods=["POST"]),
+    Route("/tasks/{id}/deliveries", list_deliveries, methods=["GET"]),
     # The web UI (issue 9): the JSON endpoints its pages need, then the pages and their assets.
     Route("/keys", keys.list_keys, methods=["GET"]),
     Route("/keys", keys.create_key, methods=["POST"]),
@@ -89,17 +101,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
         db = await create_pool(settings.database_url, min_size=4, max_size=40)
         # BLPOP waits hold a connection each: no cap beyond the OS's.
         redis = Redis.from_url(settings.redis_url, max_connections=10_000)
+        queue = JobQueue(redis, settings.status_ttl_seconds)
+        gateway = StripeGateway(settings) if settings.stripe_secret_key is not None else None
         app.state.sn = AppState(
             settings=settings, db=db, redis=redis,
-            queue=JobQueue(redis, settings.status_ttl_seconds),
+            queue=queue,
             status=StatusStore(redis, settings.status_ttl_seconds),
             box=SecretBox(settings.master_key_value()),
             auth=Authenticator(settings, db, redis),
             charges=Combiner(lambda key, items: TaskRepository(db).charge_many(key[0], items)),
+            billing=Billing(settings, db, gateway, queue) if gateway is not None else None,
         )
         try:
             yield
         finally:
+            if gateway is not None:
+                await gateway.aclose()
             await redis.aclose()
             await db.close()
 

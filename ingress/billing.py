@@ -1,69 +1,153 @@
-"""Auto-recharge threshold, saved card and card top-ups (the reference's Billing section).
+"""Auto-recharge settings, the saved card and card top-ups (the reference's Billing section).
 
-The threshold is stored now; charging a card needs Stripe, which this gateway does not drive
-yet, so /card and /topup_card say so with 501 (or 402 when no Stripe key is configured at all,
-per the CONTRACT) instead of pretending.
+Thin: the work is in ``billing/``. Without ``STRIPE_SECRET_KEY`` the card routes answer 402
+saying card payments are not configured (CONTRACT §2).
 """
 
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from billing import cards, payments
+from billing.context import Billing
 from ingress.body import read_json
 from ingress.responses import JSON
-from ingress.state import state
-from jobs.errors import BadRequest, NotImplementedYet, PaymentRequired
+from ingress.state import AppState, state
+from jobs.errors import BadRequest, PaymentRequired
 from jobs.settings import to_dollars, to_micros
-from storage.accounts import AccountRepository
+from storage.billing import BillingRepository
 
 _MAX_THRESHOLD = Decimal("10000")
 
 
-async def get_threshold(request: Request) -> Response:
-    st = state(request)
-    who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
-    micros = await AccountRepository(st.db).recharge_amount(who.uid)
-    amount = micros if micros is not None else to_micros(st.settings.recharge_amount)
-    return JSON({"threshold": to_dollars(amount), "recharge_below": float(st.settings.recharge_trigger)})
+def _billing(st: AppState) -> Billing:
+    if st.billing is None:
+        raise PaymentRequired("No card on file: card payments are not configured on this gateway "
+                              "(STRIPE_SECRET_KEY is unset); ask the operator for credit")
+    return st.billing
 
 
-async def post_threshold(request: Request) -> Response:
+async def _body_principal(request: Request) -> tuple[AppState, str, dict[str, Any]]:
     st = state(request)
     body = await read_json(request, 64 << 10)
     uid = body.get("uid")
     who = await st.auth.principal(request, uid if isinstance(uid, str) else None, public=False)
-    raw = body.get("threshold")
+    return st, who.uid, body
+
+
+async def _query_principal(request: Request) -> tuple[AppState, str]:
+    st = state(request)
+    who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
+    return st, who.uid
+
+
+def _dollars(body: dict[str, Any], name: str, lo: Decimal, hi: Decimal) -> int | None:
+    raw = body.get(name)
     if raw is None:
-        raise BadRequest("Missing threshold parameter")
+        return None
     try:
         amount = Decimal(str(raw))
     except InvalidOperation:
-        raise BadRequest("Invalid threshold: must be a number of dollars")
-    if isinstance(raw, bool) or not Decimal("1") <= amount <= _MAX_THRESHOLD:
-        raise BadRequest(f"Invalid threshold: must be between 1 and {_MAX_THRESHOLD} dollars")
-    await AccountRepository(st.db).set_recharge_amount(who.uid, to_micros(amount))
-    return JSON({"threshold": to_dollars(to_micros(amount)), "recharge_below": float(st.settings.recharge_trigger)})
+        raise BadRequest(f"Invalid {name}: must be a number of dollars")
+    if isinstance(raw, bool) or not amount.is_finite() or not lo <= amount <= hi:
+        raise BadRequest(f"Invalid {name}: must be between {lo} and {hi} dollars")
+    return to_micros(amount)
 
 
-def _no_cards(has_stripe: bool) -> Exception:
-    if not has_stripe:
-        return PaymentRequired("No card on file: card payments are not configured on this gateway "
-                               "(STRIPE_SECRET_KEY is unset); ask the operator for credit")
-    return NotImplementedYet("Card payments are not available on this gateway yet")
+async def _threshold_view(st: AppState, uid: str) -> dict[str, Any]:
+    p = await BillingRepository(st.db).profile(uid)
+    assert p is not None
+    amount = p["recharge_amount_micros"] or to_micros(st.settings.recharge_amount)
+    below = p["recharge_below_micros"]
+    return {
+        "threshold": to_dollars(amount),
+        "recharge_below": to_dollars(below) if below is not None else float(st.settings.recharge_trigger),
+        "enabled": p["recharge_enabled"],
+        "card_on_file": p["card"] is not None,
+        "failures": p["recharge_failures"],
+        "disabled_reason": p["recharge_off_reason"],
+    }
+
+
+async def get_threshold(request: Request) -> Response:
+    st, uid = await _query_principal(request)
+    return JSON(await _threshold_view(st, uid))
+
+
+async def post_threshold(request: Request) -> Response:
+    st, uid, body = await _body_principal(request)
+    amount = _dollars(body, "threshold", Decimal("1"), _MAX_THRESHOLD)
+    below = _dollars(body, "recharge_below", Decimal("0"), _MAX_THRESHOLD)
+    enabled = body.get("enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise BadRequest("Invalid enabled: must be true or false")
+    if amount is None and below is None and enabled is None:
+        raise BadRequest("Missing threshold parameter (or recharge_below, enabled)")
+    await BillingRepository(st.db).set_recharge(uid, amount, below, enabled, to_micros(st.settings.recharge_trigger))
+    return JSON(await _threshold_view(st, uid))
+
+
+async def card_setup(request: Request) -> Response:
+    # The body is optional here: a dashboard's button posts nothing.
+    if request.headers.get("content-length") in (None, "0"):
+        st, uid = await _query_principal(request)
+    else:
+        st, uid, _ = await _body_principal(request)
+    return JSON(await cards.setup_intent(_billing(st), uid))
 
 
 async def get_card(request: Request) -> Response:
-    st = state(request)
-    await st.auth.principal(request, request.query_params.get("uid"), public=False)
-    raise _no_cards(st.settings.stripe_secret_key is not None)
+    st, uid = await _query_principal(request)
+    return JSON(await cards.get_card(_billing(st), uid))
+
+
+async def post_card(request: Request) -> Response:
+    st, uid, body = await _body_principal(request)
+    pm = body.get("payment_method")
+    if not isinstance(pm, str) or not pm.startswith("pm_") or len(pm) > 255:
+        raise BadRequest("Invalid payment_method: must be a Stripe PaymentMethod id (pm_…)")
+    return JSON(await cards.attach_card(_billing(st), uid, pm))
+
+
+async def delete_card(request: Request) -> Response:
+    st, uid = await _query_principal(request)
+    await cards.delete_card(_billing(st), uid)
+    return JSON({"deleted": True})
 
 
 async def topup_card(request: Request) -> Response:
-    st = state(request)
-    body = await read_json(request, 64 << 10)
-    uid = body.get("uid")
-    await st.auth.principal(request, uid if isinstance(uid, str) else None, public=False)
-    raise _no_cards(st.settings.stripe_secret_key is not None)
+    st, uid, body = await _body_principal(request)
+    b = _billing(st)
+    lo, hi = st.settings.topup_min, st.settings.topup_max
+    if body.get("amount") is None:
+        raise BadRequest("Missing amount parameter (dollars)")
+    amount = _dollars(body, "amount", lo, hi)
+    assert amount is not None
+    if amount % 10_000:
+        raise BadRequest("Invalid amount: whole cents only")
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= 255:
+        raise BadRequest("Invalid Idempotency-Key: 1 to 255 characters")
+    profile = await BillingRepository(st.db).profile(uid)
+    if profile is None or profile["card"] is None:
+        raise PaymentRequired(payments.NO_CARD)
+    out = await payments.topup(b, uid, amount, key)
+    return _answer(out)
+
+
+def _answer(out: payments.Outcome) -> Response:
+    if out.status == "succeeded":
+        return JSON({"balance": to_dollars(out.balance_micros or 0), "amount": to_dollars(out.amount_micros),
+                     "payment_intent": out.payment_intent})
+    if out.status == "requires_action":
+        raise PaymentRequired(out.error or payments.NEEDS_AUTH,
+                              extra={"client_secret": out.client_secret, "payment_intent": out.payment_intent})
+    if out.status == "failed":
+        raise PaymentRequired(out.error or "The payment failed", extra={"payment_intent": out.payment_intent})
+    # Stripe has not decided yet (processing): the credit arrives by webhook or reconciliation.
+    return JSON({"status": "processing", "amount": to_dollars(out.amount_micros),
+                 "payment_intent": out.payment_intent}, status_code=202)

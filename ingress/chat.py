@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.body import read_json
+from ingress.hooks import pop_webhook_fields, webhook_target
 from ingress.responses import JSON
 from ingress.schemas import ChatRequest
 from ingress.state import AppState, state
@@ -47,12 +48,15 @@ async def chatgpt_completion(request: Request) -> Response:
 async def _chat(request: Request, kind: TaskKind) -> Response:
     st = state(request)
     early = await st.auth.early(request, public=True)
-    req = ChatRequest.model_validate(await read_json(request, st.settings.max_body_bytes))
+    body = await read_json(request, st.settings.max_body_bytes)
+    hook_fields = pop_webhook_fields(body)
+    req = ChatRequest.model_validate(body)
     who = await st.auth.confirm(request, early, req.uid, public=True)
+    hook = await webhook_target(st.settings, *hook_fields)
     wait = not wants_async(request)
     sub = await submit(st, who, kind, model=req.model, prompt=req.prompt_text(),
                        request=req.provider_body(), idempotency_key=request.headers.get("idempotency-key"),
-                       wait=wait)
+                       wait=wait, webhook=hook)
     if not wait:
         return accepted(st, sub.job_id)
     if sub.result is None:

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     setpw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     setpw.set_defaults(fn=cmd_accounts_set_password)
     w = sub.add_parser("worker", help="run one worker of a pool")
-    w.add_argument("pool", choices=["chat", "media", "poll", "moderation", "billing"])
+    w.add_argument("pool", choices=["chat", "media", "poll", "moderation", "billing", "webhooks"])
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     w.set_defaults(fn=cmd_worker)
     args = p.parse_args(argv)

@@ -7,6 +7,7 @@ larger ones get 413. The task's ``request`` is exactly what Replicate will be se
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
@@ -17,9 +18,10 @@ from starlette.responses import Response
 
 from ingress.body import read_json
 from ingress.chat import accepted
-from ingress.image_input import DecodeLimits, ImageBytes, check_decodes, decode_limits
+from ingress.hooks import pop_webhook_fields, webhook_target
+from ingress.image_input import DecodeLimits, ImageBytes, check_decodes, decode_limits, probe
 from ingress.state import state
-from ingress.submit import ensure_can_pay, submit
+from ingress.submit import body_hash, ensure_can_pay, paid_work, replay, submit
 from jobs.errors import BadRequest
 from jobs.model_refs import valid_model
 from jobs.names import FACE_SWAP, GENERATE
@@ -56,11 +58,10 @@ class FaceSwapRequest(BaseModel):
     input: FaceSwapInput
 
 
-async def image_data_url(field: str, value: str, limits: DecodeLimits) -> str:
-    """A base64 image (bare or as a data: URL) → a data: URL with its real type; 400 otherwise.
-
-    The bytes must decode (in a thread): magic bytes alone let a truncated image, or text that
-    happens to start with "BM", through to be charged for and fail at Replicate."""
+def parse_image(field: str, value: str, max_pixels: int) -> ImageBytes:
+    """A base64 image (bare or as a data: URL) with its real type, checked from its header; 400
+    otherwise. Both images of a call are parsed before either is decoded: a bomb is refused
+    without spending a decode on its partner."""
     raw = value.split(",", 1)[1] if value.startswith("data:") else value
     try:
         data = base64.b64decode("".join(raw.split()), validate=True)
@@ -69,12 +70,24 @@ async def image_data_url(field: str, value: str, limits: DecodeLimits) -> str:
     ctype, _ = sniff(data[:64])
     if ctype not in IMAGE_TYPES:
         raise BadRequest(f"Invalid input.{field}: not an image (PNG, JPEG, WebP, GIF, BMP, AVIF or HEIC)")
-    if ctype != "image/heic":  # no HEIC decoder here: its magic bytes are all we can check
+    img = ImageBytes(data, ctype)
+    try:
+        probe(img, max_pixels)
+    except BadRequest as e:
+        raise BadRequest(f"Invalid input.{field}: {e}")
+    return img
+
+
+async def decoded_data_url(field: str, img: ImageBytes, limits: DecodeLimits) -> str:
+    """The image as a data: URL, once its bytes really decode (magic bytes alone let a truncated
+    image, or text that happens to start with "BM", through to be charged for and fail at
+    Replicate). No HEIC decoder here: its magic bytes are all we can check."""
+    if img.mime != "image/heic":
         try:
-            await check_decodes(ImageBytes(data, ctype), limits)
+            await check_decodes(img, limits)
         except BadRequest as e:
             raise BadRequest(f"Invalid input.{field}: {e}")
-    return f"data:{ctype};base64,{base64.b64encode(data).decode()}"
+    return f"data:{img.mime};base64,{base64.b64encode(img.data).decode()}"
 
 
 def _input_map(raw: str) -> dict[str, str]:
@@ -85,31 +98,50 @@ def _input_map(raw: str) -> dict[str, str]:
 async def generate(request: Request) -> Response:
     st = state(request)
     early = await st.auth.early(request, public=True)
-    req = GenerateRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
+    if early is not None:  # a 15 MiB body is read only for an account that can pay for the call
+        await ensure_can_pay(st, early, GENERATE, request.headers.get("idempotency-key"))
+    body = await read_json(request, st.settings.max_media_body_bytes)
+    hook_fields = pop_webhook_fields(body)
+    req = GenerateRequest.model_validate(body)
     who = await st.auth.confirm(request, early, req.uid, public=True)
+    hook = await webhook_target(st.settings, *hook_fields)
     prompt = req.input.get("prompt")
     sub = await submit(st, who, GENERATE, model=req.model, prompt=str(prompt)[:500] if prompt else None,
                        request={"model": req.model, "input": req.input},
-                       idempotency_key=request.headers.get("idempotency-key"), wait=False)
+                       idempotency_key=request.headers.get("idempotency-key"), wait=False, webhook=hook)
     return accepted(st, sub.job_id)
 
 
 async def face_swap(request: Request) -> Response:
     st = state(request)
     early = await st.auth.early(request, public=True)
-    req = FaceSwapRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
-    who = await st.auth.confirm(request, early, req.uid, public=True)
     idempotency_key = request.headers.get("idempotency-key")
-    # Two image decodes follow: only for a caller who can pay. A bad image is still never charged.
-    await ensure_can_pay(st, who, FACE_SWAP, idempotency_key)
+    calls = await ensure_can_pay(st, early, FACE_SWAP, idempotency_key) if early else 0
+    body = await read_json(request, st.settings.max_media_body_bytes)
+    hook_fields = pop_webhook_fields(body)
+    req = FaceSwapRequest.model_validate(body)
+    who = await st.auth.confirm(request, early, req.uid, public=True)
+    hook = await webhook_target(st.settings, *hook_fields)
+    if early is None:  # uid-only mode: the body named the account
+        calls = await ensure_can_pay(st, who, FACE_SWAP, idempotency_key)
+    request_hash = body_hash(FACE_SWAP, req.model_dump(mode="json"), hook)
+    sub = await replay(st, who, idempotency_key, request_hash, wait=False)
+    if sub is not None:
+        return accepted(st, sub.job_id)
     names = _input_map(st.settings.face_swap_input_map)
     limits = decode_limits(st.settings)
-    ours: dict[str, Any] = {"source_image": await image_data_url("source_image", req.input.source_image, limits),
-                            "target_image": await image_data_url("target_image", req.input.target_image, limits)}
+    # Two decodes: only for a caller who can pay, within their balance's share of checks at once.
+    # A bad image is still never charged.
+    async with paid_work(st, who, calls):
+        images = {f: parse_image(f, getattr(req.input, f), limits.max_pixels)
+                  for f in ("source_image", "target_image")}
+        urls = await asyncio.gather(*(decoded_data_url(f, img, limits) for f, img in images.items()))
+    ours: dict[str, Any] = dict(zip(images, urls, strict=True))
     if req.input.background_enhance is not None:
         ours["background_enhance"] = req.input.background_enhance
     model = st.settings.face_swap_model
     sub = await submit(st, who, FACE_SWAP, model=model, prompt="face swap",
                        request={"model": model, "input": {names.get(k, k): v for k, v in ours.items()}},
-                       idempotency_key=idempotency_key, wait=False)
+                       idempotency_key=idempotency_key, wait=False, request_hash=request_hash,
+                       webhook=hook)
     return accepted(st, sub.job_id)

@@ -98,8 +98,9 @@ def _check_token(request: Request, token: str) -> None:
 async def metrics(request: Request) -> Response:
     st = state(request)
     # Queue depths and provider error rates tell an outsider how busy and how healthy we are.
-    if st.settings.metrics_token is not None:
-        _check_token(request, st.settings.metrics_token.get_secret_value())
+    token = st.settings.metrics_token.get_secret_value() if st.settings.metrics_token else ""
+    if token:  # an empty SYNCNODE_METRICS_TOKEN= is "unset", never "any request passes"
+        _check_token(request, token)
     async with st.redis.pipeline(transaction=False) as pipe:
         for pool in keys.POOLS:
             pipe.zcard(keys.queue(pool))

@@ -16,12 +16,14 @@ from pydantic import BaseModel, Field, model_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.auth import Principal
 from ingress.body import read_json
 from ingress.chat import accepted, wants_async
+from ingress.hooks import WebhookTarget, pop_webhook_fields, webhook_target
 from ingress.image_input import ImageBytes, check_decodes, decode_base64, decode_limits, from_fetched, normalize_mime
 from ingress.responses import JSON
 from ingress.state import AppState, state
-from ingress.submit import ensure_can_pay, status_url, submit
+from ingress.submit import Submitted, body_hash, ensure_can_pay, paid_work, replay, status_url, submit
 from jobs import keys
 from jobs.errors import BadRequest, GatewayTimeout, UpstreamError
 from jobs.fetch import FetchPolicy, fetch
@@ -83,12 +85,29 @@ def task_request(req: ModerationRequest, img: ImageBytes | None, digest: str | N
 async def moderate(request: Request) -> Response:
     st = state(request)
     early = await st.auth.early(request, public=True)
-    req = ModerationRequest.model_validate(await read_json(request, st.settings.max_media_body_bytes))
-    who = await st.auth.confirm(request, early, req.uid, public=True)
     idempotency_key = request.headers.get("idempotency-key")
-    # Fetching, decoding and storing an image are work: only for a caller who can pay for it.
-    await ensure_can_pay(st, who, MODERATION, idempotency_key)
-    img = await load_image(st, req)
+    calls = await ensure_can_pay(st, early, MODERATION, idempotency_key) if early else 0
+    body = await read_json(request, st.settings.max_media_body_bytes)
+    hook_fields = pop_webhook_fields(body)
+    req = ModerationRequest.model_validate(body)
+    who = await st.auth.confirm(request, early, req.uid, public=True)
+    hook = await webhook_target(st.settings, *hook_fields)
+    if early is None:  # uid-only mode: the body named the account
+        calls = await ensure_can_pay(st, who, MODERATION, idempotency_key)
+    wait = not wants_async(request)
+    request_hash = body_hash(MODERATION, req.model_dump(mode="json"), hook)
+    sub = await replay(st, who, idempotency_key, request_hash, wait)
+    if sub is None:
+        sub = await _run(st, who, req, calls, idempotency_key, (request_hash, hook), wait)
+    return _answer(st, sub, wait)
+
+
+async def _run(st: AppState, who: Principal, req: ModerationRequest, calls: int, idempotency_key: str | None,
+               ident: tuple[bytes, WebhookTarget | None], wait: bool) -> Submitted:
+    # Fetching, decoding and storing an image are work: only for a caller who can pay for it,
+    # and for no more of their requests at once than their balance pays for.
+    async with paid_work(st, who, calls):
+        img = await load_image(st, req)
     digest = hashlib.sha256(img.data).hexdigest() if img is not None else None
 
     async def store_blob() -> None:
@@ -96,12 +115,14 @@ async def moderate(request: Request) -> Response:
         assert img is not None and digest is not None
         await st.redis.set(keys.blob(digest), img.data, ex=st.settings.moderation_blob_ttl_seconds)
 
-    wait = not wants_async(request)
     model = st.settings.moderation_openai_model if st.settings.moderation_openai_key else "local"
     prompt = (req.text or "")[:500] or (req.imageUrl or "[image]")[:500]
-    sub = await submit(st, who, MODERATION, model=model, prompt=prompt,
-                       request=task_request(req, img, digest), idempotency_key=idempotency_key, wait=wait,
-                       prepare=store_blob if img is not None else None)
+    return await submit(st, who, MODERATION, model=model, prompt=prompt,
+                        request=task_request(req, img, digest), idempotency_key=idempotency_key, wait=wait,
+                        prepare=store_blob if img is not None else None, request_hash=ident[0], webhook=ident[1])
+
+
+def _answer(st: AppState, sub: Submitted, wait: bool) -> Response:
     if not wait:
         return accepted(st, sub.job_id)
     if sub.result is None:

@@ -17,6 +17,7 @@ from storage.status import StatusStore
 from storage.tasks import ChargeOutcome, NewTask
 
 if TYPE_CHECKING:
+    from billing.context import Billing
     from ingress.auth import Authenticator
 
 
@@ -31,6 +32,8 @@ class AppState:
     auth: Authenticator
     # Charges without an Idempotency-Key, combined per account (one statement per batch).
     charges: Combiner[tuple[str, int], NewTask, ChargeOutcome]
+    # Card payments; None without STRIPE_SECRET_KEY.
+    billing: Billing | None = None
 
 
 def state(request: Request) -> AppState:

@@ -65,9 +65,10 @@ async def _check(st: AppState, provider: str, settings: dict[str, Any], secret: 
 
 async def post_storage(request: Request) -> Response:
     st = state(request)
+    early = await st.auth.early(request, public=False)
     raw = await read_json(request, 64 << 10)
     uid = raw.get("uid")
-    who = await st.auth.principal(request, uid if isinstance(uid, str) else None, public=False)
+    who = await st.auth.confirm(request, early, uid if isinstance(uid, str) else None, public=False)
     if raw.get("provider") not in ("default", "s3", "bunny"):
         raise BadRequest("Invalid provider: expected 's3', 'bunny' or 'default'")
     body = _BODY.validate_python(raw)

@@ -13,7 +13,8 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,10 @@ import asyncpg
 import orjson
 from redis.exceptions import RedisError
 
+from billing.recharge import recharge_job
 from ingress.auth import Principal
+from ingress.hooks import WebhookTarget
+from ingress.slots import slot
 from ingress.state import AppState
 from jobs import keys
 from jobs.errors import (
@@ -30,12 +34,14 @@ from jobs.errors import (
     InsufficientBalance,
     MissingProviderKey,
     NotFound,
+    RateLimited,
     SyncNodeError,
     Unavailable,
 )
 from jobs.names import TaskKind
 from jobs.queue import Job
 from jobs.settings import to_dollars
+from storage.billing import BillingRepository
 from storage.status import PUBLIC_STATUS, StatusStore
 from storage.tasks import TERMINAL, NewTask, TaskRepository
 
@@ -77,17 +83,50 @@ def refusal(kind: TaskKind, price: int, *, account_exists: bool, has_key: bool) 
     )
 
 
-async def ensure_can_pay(st: AppState, who: Principal, kind: TaskKind, idempotency_key: str | None) -> None:
-    """Refuse a caller who could not pay for ``kind`` before anything costly is done for them
-    (an image fetched, decoded or stored). The charge statement remains the guard; this only
-    makes the refusal early. A replay of a request that was paid for is let through."""
+async def ensure_can_pay(st: AppState, who: Principal, kind: TaskKind, idempotency_key: str | None) -> int:
+    """Refuse a caller who could not pay for ``kind`` before anything is read or done for them.
+    Returns how many such calls the balance covers (the cap on their concurrent pre-charge work).
+    The charge statement remains the guard; this only makes the refusal early. A request that
+    reuses a key is let through: :func:`replay` settles it before any work."""
     repo = TaskRepository(st.db)
     if idempotency_key is not None and await repo.by_idempotency_key(who.uid, idempotency_key) is not None:
-        return
+        return 1
     price = kind.price_micros(st.settings)
     can = await repo.can_pay(who.uid, price, kind.key_name)
     if not (can.account_exists and can.has_key and can.covers):
+        if can.account_exists and can.has_key and await BillingRepository(st.db).recharge_armed(who.uid):
+            await _recharge(st, who.uid, price)  # short now: the card refills it for the next call
         raise refusal(kind, price, account_exists=can.account_exists, has_key=can.has_key)
+    return can.calls
+
+
+@asynccontextmanager
+async def paid_work(st: AppState, who: Principal, calls: int) -> AsyncIterator[None]:
+    """Work done before the charge (fetching, decoding an image) runs for at most as many of an
+    account's requests at once as its balance pays for: a read is not a reservation, and 30
+    concurrent requests from a $0.01 account must not buy 30 fetches and decodes."""
+    limit = max(1, min(calls, st.settings.prework_per_account))
+    async with slot(st.redis, keys.prework(who.uid), st.settings.sync_timeout_seconds) as held:
+        if held > limit:
+            raise RateLimited(f"At most {limit} image checks at once for this balance; retry when one finishes",
+                              headers={"Retry-After": "1"})
+        yield
+
+
+def body_hash(kind: TaskKind, body: dict[str, Any], webhook: WebhookTarget | None = None) -> bytes:
+    """The Idempotency-Key fingerprint of a request as sent (before any fetch or decode)."""
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS) + kind.name.encode()
+                          + (orjson.dumps(webhook) if webhook else b"")).digest()
+
+
+async def replay(st: AppState, who: Principal, idempotency_key: str | None, request_hash: bytes,
+                 wait: bool) -> Submitted | None:
+    """For routes that work before charging: a request reusing a key is answered (or refused,
+    409) from the task it names before any of that work is done."""
+    if idempotency_key is None:
+        return None
+    prior = await TaskRepository(st.db).by_idempotency_key(who.uid, idempotency_key)
+    return None if prior is None else await _replay(st, prior, request_hash, wait)
 
 
 Prepare = Callable[[], Awaitable[None]]
@@ -95,14 +134,16 @@ Prepare = Callable[[], Awaitable[None]]
 
 async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | None, prompt: str | None,
                  request: dict[str, Any], idempotency_key: str | None, wait: bool,
-                 prepare: Prepare | None = None) -> Submitted:
+                 prepare: Prepare | None = None, request_hash: bytes | None = None,
+                 webhook: WebhookTarget | None = None) -> Submitted:
     """Charge, then ``prepare`` (what the job needs that must not exist unpaid, e.g. an image
-    blob in Redis), then enqueue."""
+    blob in Redis), then enqueue. ``webhook``: a target ``ingress.hooks.webhook_target``
+    validated, or None."""
     repo = TaskRepository(st.db)
-    request_hash = None
-    if idempotency_key is not None:
-        request_hash = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
-                                      + kind.name.encode()).digest()
+    if idempotency_key is None:
+        request_hash = None
+    else:
+        request_hash = request_hash or body_hash(kind, request, webhook)
         prior = await repo.by_idempotency_key(who.uid, idempotency_key)
         if prior is not None:
             return await _replay(st, prior, request_hash, wait)
@@ -110,9 +151,10 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
     price = kind.price_micros(st.settings)
     new = NewTask(job_id=str(uuid.uuid4()), uid=who.uid, kind=kind.name, pool=kind.pool, model=model,
                   prompt=prompt, request=request, cost_micros=price, key_name=kind.key_name,
-                  idempotency_key=idempotency_key, request_hash=request_hash)
+                  idempotency_key=idempotency_key, request_hash=request_hash,
+                  webhook=webhook[0] if webhook else None, webhook_events=webhook[1] if webhook else None)
     try:
-        if idempotency_key is None:
+        if idempotency_key is None and webhook is None:
             # Same account and same price per batch: the running sum then takes exactly the
             # requests that one-by-one charging would have taken.
             outcome = await st.charges.submit((who.uid, price), new)
@@ -124,8 +166,12 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
         assert prior is not None
         return await _replay(st, prior, request_hash, wait)
     if outcome.task_id is None:
+        if outcome.account_exists and outcome.has_key and await BillingRepository(st.db).recharge_armed(who.uid):
+            await _recharge(st, who.uid, price)
         raise refusal(kind, price, account_exists=outcome.account_exists, has_key=outcome.has_key)
 
+    if outcome.recharge:
+        await _recharge(st, who.uid, 0)
     job = Job(kind.pool, kind.function, new.job_id, (new.job_id,),
               status=StatusStore.initial(who.uid, outcome.task_id, kind.name))
     try:
@@ -143,6 +189,17 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
     return Submitted(outcome.task_id, new.job_id, result)
 
 
+async def _recharge(st: AppState, uid: str, need_micros: int) -> None:
+    """Ask the billing pool to recharge: one job id per account, so arq keeps one queued.
+
+    Never awaited beyond the enqueue: a paid call does not wait on the card.
+    """
+    try:
+        await st.queue.enqueue(recharge_job(uid, need_micros))
+    except RedisError:
+        log.warning("could not enqueue the auto-recharge of %s", uid, exc_info=True)
+
+
 async def _replay(st: AppState, prior: asyncpg.Record, request_hash: bytes | None,
                   wait: bool) -> Submitted:
     if prior["request_hash"] != request_hash:
@@ -152,17 +209,10 @@ async def _replay(st: AppState, prior: asyncpg.Record, request_hash: bytes | Non
         return Submitted(prior["id"], job_id, result_from_row(prior) if prior["status"] in TERMINAL else None)
     # The first request owns the done list; a replay watches the status hash instead. Replays are
     # free, so how many may wait on one task is bounded; the rest are told to poll (409).
-    waiters = keys.replay_waiters(job_id)
-    async with st.redis.pipeline(transaction=True) as pipe:
-        pipe.incr(waiters)
-        pipe.expire(waiters, int(st.settings.sync_timeout_seconds) + 5)
-        count, _ = await pipe.execute()
-    try:
-        if count > st.settings.idempotent_replay_waiters:
+    async with slot(st.redis, keys.replay_waiters(job_id), st.settings.sync_timeout_seconds + 5) as held:
+        if held > st.settings.idempotent_replay_waiters:
             raise IdempotencyInProgress({"job_id": job_id, "get": status_url(st, job_id)})
         return await _wait_replay(st, prior, job_id)
-    finally:
-        await st.redis.decr(waiters)
 
 
 async def _wait_replay(st: AppState, prior: asyncpg.Record, job_id: str) -> Submitted:

@@ -14,7 +14,7 @@ from ingress.state import state
 from jobs.errors import BadRequest, Conflict, NotFound
 from jobs.names import KINDS
 from jobs.settings import to_dollars
-from storage.status import PUBLIC_STATUS
+from storage.status import PUBLIC_STATUS, status_document
 from storage.tasks import TaskRepository
 
 
@@ -98,9 +98,4 @@ async def prediction_status(request: Request) -> Response:
         if row is None or row["uid"] != who.uid or row["deleted_at"] is not None:
             raise NotFound("No such job_id for this account")
         status, output, error = PUBLIC_STATUS[row["status"]], row["output"], row["error"]
-    body: dict[str, Any] = {"job_id": job_id, "replicate_status": status, "output": output,
-                            "updated": status != "in_progress"}
-    if error:
-        # A completed task's error is a re-hosting failure: the output holds the provider's URLs.
-        body["hosting_error" if status == "completed" else "error"] = error
-    return JSON(body)
+    return JSON(status_document(job_id, status, output, error))

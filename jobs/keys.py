@@ -15,7 +15,7 @@ __all__ = [
 ]
 
 # One arq queue (and one worker pool) per kind of provider work.
-POOLS = ("chat", "media", "poll", "moderation", "billing")
+POOLS = ("chat", "media", "poll", "moderation", "billing", "webhooks")
 
 
 def queue(pool: str) -> str:
@@ -78,4 +78,14 @@ def rehost_runs(job_id: str) -> str:
     return f"syncnode:rehosts:{job_id}"
 
 
-__all__ += ["blob", "replay_waiters", "rehost_runs"]
+def prework(uid: str) -> str:
+    """STRING counter with TTL: an account's requests doing work before their charge (images)."""
+    return f"syncnode:prework:{uid}"
+
+
+def webhook_slots(uid: str) -> str:
+    """ZSET of an account's webhook attempts in flight, scored by when each hold ends."""
+    return f"syncnode:webhook-slots:{uid}"
+
+
+__all__ += ["blob", "replay_waiters", "rehost_runs", "prework", "webhook_slots"]

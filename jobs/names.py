@@ -16,6 +16,9 @@ MODERATE = "moderation.run"
 MEDIA_CREATE = "media.create"
 MEDIA_POLL = "media.poll"
 MEDIA_CANCEL = "media.cancel"
+# Completion webhooks (workers/webhooks.py): one job per delivery attempt, and the dispatcher.
+WEBHOOK_DELIVER = "webhook.deliver"
+WEBHOOK_DISPATCH = "webhook.dispatch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +49,7 @@ KINDS: dict[str, TaskKind] = {k.name: k for k in (CHAT, CHATGPT, GENERATE, FACE_
 KINDS[MODERATION.name] = MODERATION
 
 PROVIDER_KEY_NAMES = ("openrouter_key", "chatgpt_key", "replicate_key", "huggingface_key")
+
+# The billing pool (issue 8): auto-recharge one account; settle payments a crash left open.
+BILLING_RECHARGE = "billing.recharge"
+BILLING_RECONCILE = "billing.reconcile"

@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = Field(
         None, validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET")
     )
-    stripe_base_url: str | None = None
+    stripe_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("SYNCNODE_STRIPE_BASE_URL", "STRIPE_BASE_URL"))
     supabase_jwt_secret: SecretStr | None = Field(
         None, validation_alias=AliasChoices("SUPABASE_JWT_SECRET")
     )
@@ -82,6 +83,9 @@ class Settings(BaseSettings):
     # long one may take.
     image_decode_slots: int = 2
     image_decode_timeout_seconds: float = 10.0
+    # An account's requests doing pre-charge work (image fetch/decode) at once, at most; fewer
+    # when its balance pays for fewer calls.
+    prework_per_account: int = 4
     # Bearer token that GET /metrics requires when set (Prometheus: authorization.credentials).
     metrics_token: SecretStr | None = None
 
@@ -144,6 +148,34 @@ class Settings(BaseSettings):
     hosting_max_files: int = Field(100, ge=1)
     hosting_max_total_bytes: int = Field(1 << 30, ge=1)
     output_max_depth: int = Field(64, ge=2, le=200)  # orjson refuses ~255
+
+    # Billing with Stripe (README "Billing"): card top-ups, auto-recharge, webhooks.
+    stripe_publishable_key: str | None = Field(
+        None, validation_alias=AliasChoices("STRIPE_PUBLISHABLE_KEY", "SYNCNODE_STRIPE_PUBLISHABLE_KEY"))
+    stripe_timeout_seconds: float = 20.0
+    topup_min: Decimal = Decimal("5")
+    topup_max: Decimal = Decimal("1000")
+    # A failed auto-recharge is retried this many times in all, waiting backoff * 2^n between tries;
+    # then auto-recharge switches itself off and says why (GET /billing-threshold).
+    recharge_max_attempts: int = 3
+    recharge_backoff_seconds: float = 60.0
+    # Payments left unsettled this long (a crash, Stripe unreachable) are settled by the billing pool.
+    reconcile_after_seconds: float = 120.0
+    reconcile_interval_seconds: int = 30
+
+    # Completion webhooks (README "Webhooks"; workers/webhooks.py).
+    webhook_concurrency: int = 100
+    # One attempt (connect, send, read the answer) never holds a worker longer than this.
+    webhook_timeout_seconds: float = 10.0
+    # Retries: first after this long, doubling up to the cap, given up this long after the event.
+    webhook_backoff_first_seconds: float = 5.0
+    webhook_backoff_cap_seconds: float = 3600.0
+    webhook_retry_window_seconds: float = 86_400.0
+    # Attempts of one account in flight at once; the rest wait, so one account's dead endpoint
+    # takes at most this many of the pool's slots.
+    webhook_account_concurrency: int = 10
+    # How long a rotated-out signing secret keeps signing (POST /webhook-secret/rotate).
+    webhook_secret_overlap_seconds: int = 86_400
 
     # Web UI (issue 9): sessions and sign-in throttling.
     session_ttl_seconds: int = 14 * 24 * 3600

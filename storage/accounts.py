@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+
 from storage.db import Conn
 
 
@@ -66,19 +68,25 @@ class AccountRepository:
 
         Raises asyncpg.CheckViolationError when a removal would take the balance below zero.
         """
-        v = await self.conn.fetchval(
+        row = await self.conn.fetchrow(
             """
             WITH a AS (
-                UPDATE accounts SET balance_micros = balance_micros + $2 WHERE uid = $1
+                UPDATE accounts SET balance_micros = balance_micros + $2
+                WHERE uid = $1 AND ($2 >= 0 OR balance_micros + $2 >= 0)
                 RETURNING uid, balance_micros
             ), l AS (
                 INSERT INTO ledger (uid, amount_micros, kind, reason) SELECT uid, $2, $3, $4 FROM a
             )
-            SELECT balance_micros FROM a
+            SELECT (SELECT balance_micros FROM a) AS balance,
+                   EXISTS (SELECT 1 FROM accounts WHERE uid = $1) AS account_exists
             """,
             uid, amount_micros, kind, reason,
         )
-        return None if v is None else int(v)
+        assert row is not None
+        if row["balance"] is None and row["account_exists"]:
+            # Only Stripe refunds and disputes may take a balance below zero (storage/payments.py).
+            raise asyncpg.CheckViolationError("the balance cannot go below zero")
+        return None if row["balance"] is None else int(row["balance"])
 
     async def recharge_amount(self, uid: str) -> int | None:
         v = await self.conn.fetchval("SELECT recharge_amount_micros FROM accounts WHERE uid = $1", uid)

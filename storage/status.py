@@ -32,6 +32,19 @@ return 1
 """
 
 
+def status_document(job_id: str, status: str, output: Any, error: str | None) -> dict[str, Any]:
+    """What GET /prediction-status answers for a task (``status`` in its public spelling).
+
+    Completion webhooks send exactly this too (``workers/webhooks.py``): one function, so the
+    two cannot drift."""
+    body: dict[str, Any] = {"job_id": job_id, "replicate_status": status, "output": output,
+                            "updated": status != "in_progress"}
+    if error:
+        # A completed task's error is a re-hosting failure: the output holds the provider's URLs.
+        body["hosting_error" if status == "completed" else "error"] = error
+    return body
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 

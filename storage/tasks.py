@@ -31,6 +31,9 @@ class NewTask:
     key_name: str | None
     idempotency_key: str | None = None
     request_hash: bytes | None = None
+    # Completion webhook (ingress/hooks.py); such tasks are charged one by one (charge_and_create).
+    webhook: str | None = None
+    webhook_events: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,8 @@ class ChargeOutcome:
     task_id: int | None
     account_exists: bool
     has_key: bool
+    # The charge left the balance under the account's auto-recharge floor (and a card is on file).
+    recharge: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,8 @@ class Affordability:
     account_exists: bool
     has_key: bool
     covers: bool
+    # How many calls at this price the balance covers now.
+    calls: int
 
 
 class TaskRepository:
@@ -64,11 +71,11 @@ class TaskRepository:
             ), a AS (
                 UPDATE accounts SET balance_micros = balance_micros - $3
                 WHERE uid = $1 AND balance_micros >= $3 AND (SELECT ok FROM k)
-                RETURNING uid
+                RETURNING uid, recharge_armed AND balance_micros < recharge_below_micros AS low
             ), t AS (
                 INSERT INTO tasks (job_id, uid, kind, pool, model, prompt, request, cost_micros,
-                                   idempotency_key, request_hash)
-                SELECT $2, uid, $4, $5, $6, $7, $8, $3, $10, $11 FROM a
+                                   idempotency_key, request_hash, webhook, webhook_events)
+                SELECT $2, uid, $4, $5, $6, $7, $8, $3, $10, $11, $12, $13 FROM a
                 RETURNING id
             ), l AS (
                 INSERT INTO ledger (uid, amount_micros, kind, task_id)
@@ -76,13 +83,15 @@ class TaskRepository:
             )
             SELECT (SELECT id FROM t) AS task_id,
                    EXISTS (SELECT 1 FROM accounts WHERE uid = $1) AS account_exists,
-                   (SELECT ok FROM k) AS has_key
+                   (SELECT ok FROM k) AS has_key,
+                   coalesce((SELECT low FROM a), false) AS low
             """,
             t.uid, t.job_id, t.cost_micros, t.kind, t.pool, t.model, t.prompt, t.request,
-            t.key_name, t.idempotency_key, t.request_hash,
+            t.key_name, t.idempotency_key, t.request_hash, t.webhook,
+            list(t.webhook_events) if t.webhook_events is not None else None,
         )
         assert row is not None
-        return ChargeOutcome(row["task_id"], row["account_exists"], row["has_key"])
+        return ChargeOutcome(row["task_id"], row["account_exists"], row["has_key"], row["low"])
 
     async def charge_many(self, uid: str, items: list[NewTask]) -> list[ChargeOutcome]:
         """``charge_and_create`` for several tasks of one account in one statement.
@@ -113,6 +122,7 @@ class TaskRepository:
             ), a AS (
                 UPDATE accounts SET balance_micros = balance_micros - (SELECT sum(cost) FROM ok)
                 WHERE uid = $1 AND EXISTS (SELECT 1 FROM ok)
+                RETURNING recharge_armed AND balance_micros < recharge_below_micros AS low
             ), t AS (
                 INSERT INTO tasks (job_id, uid, kind, pool, model, prompt, request, cost_micros)
                 SELECT job_id, $1, kind, pool, model, prompt, request, cost FROM ok ORDER BY ord
@@ -121,28 +131,29 @@ class TaskRepository:
                 INSERT INTO ledger (uid, amount_micros, kind, task_id)
                 SELECT $1, -cost_micros, 'charge', id FROM t
             )
-            SELECT keyed.ord, keyed.has_key, t.id AS task_id, EXISTS (SELECT 1 FROM acct) AS account_exists
+            SELECT keyed.ord, keyed.has_key, t.id AS task_id, EXISTS (SELECT 1 FROM acct) AS account_exists,
+                   coalesce((SELECT low FROM a), false) AS low
             FROM keyed LEFT JOIN t USING (job_id) ORDER BY keyed.ord
             """,
             uid, [i.job_id for i in items], [i.kind for i in items], [i.pool for i in items],
             [i.model for i in items], [i.prompt for i in items], [i.request for i in items],
             [i.cost_micros for i in items], [i.key_name for i in items],
         )
-        return [ChargeOutcome(r["task_id"], r["account_exists"], r["has_key"]) for r in rows]
+        return [ChargeOutcome(r["task_id"], r["account_exists"], r["has_key"], r["low"]) for r in rows]
 
     async def can_pay(self, uid: str, price_micros: int, key_name: str | None) -> Affordability:
         """Whether a charge of ``price_micros`` would go through now (read only: the charge
         statement stays the guard). Lets a route refuse before it does costly work."""
         row = await self.conn.fetchrow(
             """
-            SELECT a.balance_micros >= $2 AS covers,
+            SELECT a.balance_micros >= $2 AS covers, greatest(a.balance_micros, 0) / $2 AS calls,
                    ($3::text IS NULL OR EXISTS (
                        SELECT 1 FROM provider_keys WHERE uid = $1 AND name = $3)) AS has_key
             FROM accounts a WHERE a.uid = $1
             """, uid, price_micros, key_name)
         if row is None:
-            return Affordability(False, False, False)
-        return Affordability(True, row["has_key"], row["covers"])
+            return Affordability(False, False, False, 0)
+        return Affordability(True, row["has_key"], row["covers"], int(row["calls"]))
 
     async def by_idempotency_key(self, uid: str, key: str) -> asyncpg.Record | None:
         return await self.conn.fetchrow(

@@ -39,6 +39,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "SYNCNODE_PUBLIC_URL": "http://gateway.test",
         "SUPABASE_JWT_SECRET": JWT_SECRET, "SUPABASE_JWKS_URL": jwks.url + "/auth/v1/.well-known/jwks.json",
     })
+    from tests.fixtures.stripe import start_localstripe
+
+    localstripe, stripe_env = start_localstripe()
+    os.environ.update(stripe_env)
+    _STACK.update(localstripe=localstripe)
     _STACK.update(tmp=tmp, pg=pg, redis=rd, chat=chat, jwks=jwks,
                   jwt={"secret": JWT_SECRET, "private_key": jwks.private_key, "kid": jwks.kid})
     import asyncio
@@ -49,7 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for name in ("chat", "jwks"):
+    for name in ("chat", "jwks", "localstripe"):
         if name in _STACK:
             _STACK[name].stop()
     for name in ("redis", "pg"):
@@ -88,7 +93,7 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 pytest_plugins = ["tests.fixtures.accounts", "tests.fixtures.workers", "tests.fixtures.moderation",
-                  "tests.fixtures.media", "tests.fixtures.web"]
+                  "tests.fixtures.media", "tests.fixtures.stripe", "tests.fixtures.web"]
 
 
 @pytest.fixture(scope="session")

@@ -107,15 +107,24 @@ async def test_zero_balance_moderation_fetches_nothing(client: httpx.AsyncClient
 
 
 class DecodeSpy:
+    """Counts decodes: in this process (Pillow) and in decoder child processes."""
+
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import ingress.image_input as image_input
+
         self.calls = 0
-        real = ImageFile.ImageFile.load
+        real_load, real_child = ImageFile.ImageFile.load, image_input._decode_in_child
 
         def load(im: ImageFile.ImageFile) -> Any:
             self.calls += 1
-            return real(im)
+            return real_load(im)
+
+        async def child(*args: Any) -> Any:
+            self.calls += 1
+            return await real_child(*args)
 
         monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+        monkeypatch.setattr(image_input, "_decode_in_child", child)
 
 
 @pytest.mark.parametrize("route", ["face-swap", "moderate"])
@@ -138,10 +147,7 @@ async def test_decompression_bomb_is_refused_from_its_header(
     elapsed = time.perf_counter() - start
     grown = proc.memory_info().rss - rss
     assert r.status_code == 400 and "pixels" in r.json()["error"], r.text
-    if route == "face-swap":
-        assert spy.calls <= 1  # the small source image, never the bomb
-    else:
-        assert spy.calls == 0
+    assert spy.calls == 0  # not the bomb, nor (face swap) its partner
     assert elapsed < 0.05, f"refused after {elapsed * 1000:.0f} ms"
     assert grown < 32 << 20, f"the ingress grew by {grown >> 20} MiB"
     assert await audit(app, acct.uid) == (5_000_000, 5_000_000)
@@ -223,3 +229,80 @@ async def test_metrics_need_the_token_when_one_is_set(client: httpx.AsyncClient,
     r = await client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
     assert r.status_code == 200 and "syncnode_http_requests" in r.text
     assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_a_reused_idempotency_key_buys_no_work(client: httpx.AsyncClient, make_account: MakeAccount,
+                                                      allow_image_server: Any, moderation_worker: Any,
+                                                      monkeypatch: pytest.MonkeyPatch, app: Any) -> None:
+    acct = await make_account(balance="0.01")
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    r = await client.post("/moderate", headers={**acct.headers, **key}, json={"text": "hello there"})
+    assert r.status_code == 200, r.text  # paid once; the balance is now $0
+    spy = DecodeSpy(monkeypatch)
+    before = len(allow_image_server.hits)
+    url = f"http://127.0.0.1:{allow_image_server.port}/img.png"
+    for path, body in (("/moderate", {"imageUrl": url}),
+                       ("/face-swap/run", {"input": {"source_image": "aGk=", "target_image": "aGk="}})):
+        r = await client.post(path, headers={**acct.headers, **key}, json=body)
+        assert r.status_code == 409, r.text
+    assert len(allow_image_server.hits) == before and spy.calls == 0
+    assert await audit(app, acct.uid) == (0, 0)
+
+
+async def test_concurrent_image_checks_are_capped_by_what_the_balance_pays(
+        client: httpx.AsyncClient, make_account: MakeAccount, allow_image_server: Any, app: Any) -> None:
+    acct = await make_account(balance="0.01")  # one moderation call
+    url = f"http://127.0.0.1:{allow_image_server.port}/img.png"
+    before = len(allow_image_server.hits)
+    rs = await asyncio.gather(*(client.post("/moderate", headers=acct.headers, json={"imageUrl": url},
+                                            params={"n": str(i)}) for i in range(30)))
+    codes = sorted(r.status_code for r in rs)
+    assert codes.count(429) >= 25, codes
+    assert len(allow_image_server.hits) - before <= 5
+
+
+async def test_zero_balance_generate_body_is_not_read(client: httpx.AsyncClient, make_account: MakeAccount) -> None:
+    acct = await make_account(balance="0", keys={"replicate_key": "r8_zero"})
+    for path in ("/generate", "/face-swap/run", "/moderate"):
+        body = CountingBody()
+        r = await client.post(path, headers={**acct.headers, "content-length": str(BIG)}, content=body)
+        assert r.status_code == 402, r.text
+        assert body.chunks_read == 0
+
+
+def gif_with_comment(size: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("P", (1, 1)).save(out, format="GIF")
+    gif = out.getvalue()
+    blocks = b"".join(bytes([255]) + b"x" * 255 for _ in range(size // 256))
+    return gif[:13 + 6] + b"\x21\xfe" + blocks + b"\x00" + gif[13 + 6:]
+
+
+def progressive_jpeg_with_scans(scans: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(out, format="JPEG", progressive=True)
+    jpeg = out.getvalue()
+    sos = jpeg.index(b"\xff\xda")
+    return jpeg[:sos] + jpeg[sos:-2] * 1 + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" * scans + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("image", ["gif-comment", "jpeg-scans"])
+async def test_crafted_metadata_never_reaches_pillow(image: str, client: httpx.AsyncClient,
+                                                     make_account: MakeAccount, monkeypatch: pytest.MonkeyPatch,
+                                                     app: Any) -> None:
+    acct = await make_account()
+    data = gif_with_comment(3 << 20) if image == "gif-comment" else progressive_jpeg_with_scans(4000)
+    spy = DecodeSpy(monkeypatch)
+    start = time.perf_counter()
+    r = await client.post("/moderate", headers=acct.headers, json={"imageBase64": base64.b64encode(data).decode()})
+    assert r.status_code == 400, r.text
+    assert spy.calls == 0 and time.perf_counter() - start < 0.5
+    assert await audit(app, acct.uid) == (5_000_000, 5_000_000)
+
+
+async def test_an_empty_metrics_token_is_unset(client: httpx.AsyncClient, app: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import SecretStr
+
+    monkeypatch.setattr(app.state.sn.settings, "metrics_token", SecretStr(""))
+    assert (await client.get("/metrics")).status_code == 200

@@ -92,16 +92,17 @@ async def test_deleting_a_task_in_progress_is_409(client: httpx.AsyncClient, fun
 
 async def test_billing_threshold_and_card_features(client: httpx.AsyncClient, funded: Account) -> None:
     r = await client.get("/billing-threshold", headers=funded.headers)
-    assert r.json() == {"threshold": 50.0, "recharge_below": 0.01}
+    assert r.json() == {"threshold": 50.0, "recharge_below": 0.01, "enabled": True, "card_on_file": False,
+                        "failures": 0, "disabled_reason": None}
     r = await client.post("/billing-threshold", headers=funded.headers, json={"threshold": 25})
     assert r.status_code == 200 and r.json()["threshold"] == 25.0
     assert (await client.get("/billing-threshold", headers=funded.headers)).json()["threshold"] == 25.0
     for bad in ({"threshold": 0}, {"threshold": "x"}, {"threshold": True}, {}):
         r = await client.post("/billing-threshold", headers=funded.headers, json=bad)
         assert r.status_code == 400 and "threshold" in r.json()["error"]
-    # No Stripe key configured: card features say so clearly (CONTRACT: 402/501).
+    # Stripe is configured in the test session (localstripe): no card yet is a 404 / 402.
     r = await client.get("/card", headers=funded.headers)
-    assert r.status_code == 402 and "STRIPE_SECRET_KEY" in r.json()["error"]
+    assert r.status_code == 404 and r.json() == {"error": "No card on file"}
     r = await client.post("/topup_card", headers=funded.headers, json={"amount": 10})
-    assert r.status_code == 402
+    assert r.status_code == 402 and "No card on file" in r.json()["error"]
     assert (await client.get("/card")).status_code == 401

@@ -9,10 +9,20 @@ from typing import Any
 from arq import cron, func
 from arq.connections import RedisSettings
 
-from jobs import keys
-from jobs.names import CHAT_OPENAI, CHAT_OPENROUTER, MEDIA_CANCEL, MEDIA_CREATE, MEDIA_POLL, SWEEP
+from jobs import keys, names
+from jobs.names import (
+    BILLING_RECHARGE,
+    BILLING_RECONCILE,
+    CHAT_OPENAI,
+    CHAT_OPENROUTER,
+    MEDIA_CANCEL,
+    MEDIA_CREATE,
+    MEDIA_POLL,
+    SWEEP,
+)
 from jobs.serialize import dumps, loads
 from jobs.settings import get_settings
+from workers.billing import run_recharge, run_reconcile, with_stripe
 from workers.chat import chat_openai, chat_openrouter
 from workers.context import on_shutdown, on_startup_for
 from workers.hosting import rehost_budget_seconds
@@ -20,6 +30,7 @@ from workers.media import create_budget_seconds, media_create
 from workers.moderation.job import moderation_functions, with_models
 from workers.poll import media_cancel, media_poll
 from workers.sweeper import sweep
+from workers.webhooks import deliver, dispatch, with_listener
 
 _s = get_settings()
 
@@ -71,9 +82,28 @@ PollWorker = _settings("PollWorker", "poll", _s.poll_concurrency, [
 ModerationWorker = _settings(
     "ModerationWorker", "moderation", _s.moderation_concurrency, moderation_functions(_s),
     **with_models(on_startup_for("moderation", _s.moderation_concurrency), on_shutdown))
-BillingWorker = _settings("BillingWorker", "billing", 10, [])
+# No kept result for a recharge: the next one for the account must be enqueueable at once under
+# the same job id (the payments table, not arq, is what keeps one in flight).
+_stripe_timeout = 4 * _s.stripe_timeout_seconds + 30
+BillingWorker = _settings("BillingWorker", "billing", 10, [
+    func(run_recharge, name=BILLING_RECHARGE, timeout=_stripe_timeout, keep_result=0, max_tries=3),
+], cron_jobs=[
+    *_common("billing", 10)["cron_jobs"],
+    cron(run_reconcile, name=BILLING_RECONCILE,
+         second=set(range(0, 60, max(1, min(59, _s.reconcile_interval_seconds)))),
+         unique=True, run_at_startup=True, timeout=_stripe_timeout * 2),
+], **with_stripe(on_startup_for("billing", 10), on_shutdown))
+# Completion webhooks: one short job per attempt; no tasks of its own to sweep, a dispatcher instead.
+_every = max(1, _s.sweep_interval_seconds)
+WebhooksWorker = _settings(
+    "WebhooksWorker", "webhooks", _s.webhook_concurrency, [
+        func(deliver, name=names.WEBHOOK_DELIVER, timeout=_s.webhook_timeout_seconds + 30),
+    ],
+    cron_jobs=[cron(dispatch, name=names.WEBHOOK_DISPATCH, second=set(range(0, 60, _every)), unique=True,
+                    run_at_startup=True, timeout=60)],
+    **with_listener(on_startup_for("webhooks", _s.webhook_concurrency), on_shutdown))
 
 POOL_SETTINGS: dict[str, type] = {
     "chat": ChatWorker, "media": MediaWorker, "poll": PollWorker,
-    "moderation": ModerationWorker, "billing": BillingWorker,
+    "moderation": ModerationWorker, "billing": BillingWorker, "webhooks": WebhooksWorker,
 }

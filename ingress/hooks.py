@@ -1,0 +1,130 @@
+"""Completion webhooks, the ingress side: the ``webhook`` / ``webhook_events_filter`` fields every
+task-creating call accepts, the signing secret (GET /webhook-secret, POST /webhook-secret/rotate)
+and the delivery log (GET /tasks/{id}/deliveries). Delivery itself is ``workers/webhooks.py``.
+
+A target is checked before the charge, so a refused one costs nothing and is never called: https
+(http only for a ``SYNCNODE_FETCH_ALLOW`` host), and every address its host resolves to public,
+by the same rules as every other user-supplied URL (``jobs.fetch``). The worker checks again at
+connect time and connects to the address it checked (DNS may answer differently later).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.responses import JSON
+from ingress.state import state
+from ingress.tasks import _task_id
+from jobs.errors import BadRequest, NotFound
+from jobs.fetch import FetchRefused, Resolver, check_literal, vetted_addresses
+from jobs.settings import Settings
+from storage.tasks import TaskRepository
+from storage.webhooks import WebhookRepository, new_signing_secret, signing_secrets
+
+WEBHOOK_EVENTS = ("start", "output", "completed")
+# Replicate's default: every event. Ours are at most two per task (docs: README "Webhooks").
+DEFAULT_EVENTS = WEBHOOK_EVENTS
+MAX_URL_CHARS = 2048
+
+WebhookTarget = tuple[str, tuple[str, ...]]
+
+
+def pop_webhook_fields(body: dict[str, Any]) -> tuple[Any, Any]:
+    """Take the webhook fields out of a request body (they are ours, not the provider's)."""
+    return body.pop("webhook", None), body.pop("webhook_events_filter", None)
+
+
+async def webhook_target(settings: Settings, webhook: Any, events: Any,
+                         resolver: Resolver | None = None) -> WebhookTarget | None:
+    """The validated (url, events) of a task-creating call, None without a webhook; 400 otherwise."""
+    if webhook is None:
+        if events is not None:
+            raise BadRequest("webhook_events_filter needs a webhook URL")
+        return None
+    if not isinstance(webhook, str) or not webhook or len(webhook) > MAX_URL_CHARS:
+        raise BadRequest(f"Invalid webhook: expected an https URL of at most {MAX_URL_CHARS} characters")
+    wanted = _events(events)  # before the URL: no DNS lookup for a request that is refused anyway
+    return await _checked_url(settings, webhook, resolver), wanted
+
+
+def _events(events: Any) -> tuple[str, ...]:
+    if events is None:
+        return DEFAULT_EVENTS
+    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+        raise BadRequest(f"Invalid webhook_events_filter: a non-empty list of {', '.join(WEBHOOK_EVENTS)}")
+    unknown = sorted(set(events) - set(WEBHOOK_EVENTS))
+    if unknown:
+        raise BadRequest(f"Invalid webhook_events_filter: unknown event {unknown[0]!r}; "
+                         f"use {', '.join(WEBHOOK_EVENTS)}")
+    return tuple(e for e in WEBHOOK_EVENTS if e in events)
+
+
+async def _checked_url(settings: Settings, raw: str, resolver: Resolver | None) -> str:
+    try:
+        url = httpx.URL(raw)
+    except (httpx.InvalidURL, ValueError) as e:
+        raise BadRequest(f"Invalid webhook: not a valid URL: {e}")
+    if not url.host or url.userinfo or url.scheme not in ("http", "https"):
+        raise BadRequest("Invalid webhook: expected https://host/path (no user name or password)")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    allow = settings.fetch_allow_list
+    host = url.host.lower()
+    if url.scheme == "http" and f"{host}:{port}" not in allow and f"[{host}]:{port}" not in allow:
+        raise BadRequest("Invalid webhook: must be an https URL (http only for hosts in SYNCNODE_FETCH_ALLOW)")
+    try:
+        check_literal(url.host, port, allow)
+        await vetted_addresses(url.host, port, allow, resolver)
+    except FetchRefused as e:
+        raise BadRequest(f"Invalid webhook: {e}")
+    return str(url)
+
+
+async def get_secret(request: Request) -> Response:
+    st = state(request)
+    who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
+    current, previous, until = await signing_secrets(st.db, st.box, who.uid)
+    return JSON(_secret_body(current, previous, until))
+
+
+async def rotate_secret(request: Request) -> Response:
+    st = state(request)
+    who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
+    await WebhookRepository(st.db).rotate_secret(who.uid, st.box.encrypt(new_signing_secret()),
+                                                 st.settings.webhook_secret_overlap_seconds)
+    current, previous, until = await signing_secrets(st.db, st.box, who.uid)
+    return JSON(_secret_body(current, previous, until))
+
+
+def _secret_body(current: str, previous: str | None, until: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"key": current}
+    if previous is not None:
+        body["previous_key"] = previous
+        body["previous_valid_until"] = until
+    return body
+
+
+def _iso(v: Any) -> Any:
+    return v.isoformat().replace("+00:00", "Z") if hasattr(v, "isoformat") else v
+
+
+async def list_deliveries(request: Request) -> Response:
+    st = state(request)
+    who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
+    task = await TaskRepository(st.db).get(who.uid, _task_id(request))
+    if task is None:
+        raise NotFound("Task not found")
+    events = await WebhookRepository(st.db).for_task(task["id"])
+    return JSON({
+        "task_id": task["id"], "job_id": task["job_id"], "webhook": task["webhook"],
+        "webhook_events_filter": task["webhook_events"],
+        "deliveries": [{
+            "id": f"whevt_{e['id']}", "event": e["event"], "url": e["url"], "state": e["state"],
+            "created_at": _iso(e["created_at"]),
+            "next_attempt_at": _iso(e["next_attempt_at"]) if e["state"] == "pending" else None,
+            "attempts": e["tries"],
+        } for e in events],
+    })
