@@ -363,3 +363,25 @@ async def test_docs_are_public_and_sign_in_takes_an_api_key(page: Page, ui: Live
     await page.get_by_role("button", name="Sign in with key").click()
     await expect(page).to_have_url(ui.url + "/ui/keys")  # back where the sign-in started
     await expect(page.locator("#uid")).to_have_text(acct.uid)
+
+
+async def test_billing_history_pages_back(page: Page, ui: LiveServer, app: Any, make_account: Any) -> None:
+    from storage.accounts import AccountRepository
+
+    acct = await make_account()
+    for i in range(24):
+        await AccountRepository(app.state.sn.db).credit(acct.uid, 10_000, "credit", f"credit {i}")
+    await page.goto(ui.url + "/ui/signin")
+    await page.get_by_text("Sign in with an API key instead").click()
+    await page.get_by_label("SyncNode API key").fill(acct.api_key)
+    await page.get_by_role("button", name="Sign in with key").click()
+    await expect(page).to_have_url(ui.url + "/")
+    await page.goto(ui.url + "/ui/billing")
+    rows = page.locator("#history-rows tr")
+    await expect(rows).to_have_count(20)
+    await expect(rows.first).to_contain_text("credit 23")
+    await expect(rows.first).to_contain_text("$5.24")  # the balance after the newest row
+    await page.get_by_role("button", name="Older").click()
+    await expect(rows).to_have_count(25)
+    await expect(rows.last).to_contain_text("starting balance")
+    await expect(page.get_by_role("button", name="Older")).to_be_hidden()

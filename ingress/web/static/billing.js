@@ -78,23 +78,25 @@
     if (!r.ok) { showError("#threshold-error", errorOf(r)); return; }
     toast("Auto-recharge saved"); threshold();
   }
-  // Ledger rows, newest first; "Older" pages by the last id (keyset) or by page number.
-  let before = null, page = 1;
+  // Ledger rows, newest first; "Older" follows the API's keyset cursor (next_before).
+  let before = null;
   async function history(more) {
-    const q = before != null ? `?before=${before}&limit=20&page=${page}&size=20` : "?limit=20&size=20";
-    const r = await api("GET", "/billing-history" + q), body = $("#history-rows");
+    const q = new URLSearchParams({ limit: 20 });
+    if (more && before != null) q.set("before", before);
+    const r = await api("GET", "/billing-history?" + q), body = $("#history-rows");
     if (!more) body.textContent = "";
-    if (!r.ok) { body.append(el("tr", {}, el("td", { colspan: "4", text: errorOf(r) }))); return; }
-    const rows = Array.isArray(r.data) ? r.data : (r.data.history || r.data.items || []);
+    if (!r.ok) { body.append(el("tr", {}, el("td", { colspan: "5", text: errorOf(r) }))); return; }
+    const rows = r.data.history || [];
     for (const h of rows) {
       body.append(el("tr", {}, el("td", { text: new Date(h.created_at).toLocaleString() }), el("td", { text: h.kind }),
-        el("td", { text: money(h.amount) }), el("td", { class: "prompt", text: h.reason || h.job_id || "" })));
+        el("td", { text: money(h.amount) }), el("td", { text: h.balance_after == null ? "" : money(h.balance_after) }),
+        el("td", { class: "prompt", text: h.reason || h.job_id || "" })));
     }
-    if (!rows.length && !more) body.append(el("tr", {}, el("td", { colspan: "4", class: "muted", text: "No history yet." })));
-    before = rows.length ? rows[rows.length - 1].id : before; page += 1;
-    $("#history-more").hidden = rows.length < 20;
+    if (!rows.length && !more) body.append(el("tr", {}, el("td", { colspan: "5", class: "muted", text: "No history yet." })));
+    before = r.data.next_before;
+    $("#history-more").hidden = before == null;
   }
-  function refresh() { before = null; page = 1; balance(); card(); history(false); }
+  function refresh() { balance(); card(); history(false); }
   window.initBilling = function () {
     $("#add-card").onclick = startAddCard;
     $("#remove-card").onclick = async () => { const r = await api("DELETE", "/card"); if (r.ok) { toast("Card removed"); card(); } else showError("#card-error", errorOf(r)); };
