@@ -238,6 +238,7 @@ async def test_billing_without_stripe_says_so(page: Page, ui: LiveServer) -> Non
     await expect(page.get_by_role("button", name="Add card")).to_be_hidden()
     await expect(page.locator("#history-rows")).to_contain_text("grant")
     await expect(page.locator("#history-rows")).to_contain_text("$5.00")
+    await expect(page.locator("#th-note")).to_have_text("Auto-recharge needs a card on file.")
     await shot(page, "18-billing-no-stripe")
 
 
@@ -256,6 +257,8 @@ async def test_billing_with_localstripe(page: Page, stripe_ui: tuple[LiveServer,
     await page.get_by_placeholder("postal_code").fill("42424")
     await page.get_by_role("button", name="Save card").click()
     await expect(page.locator("#card-state")).to_contain_text("4242")
+    await page.reload()
+    await expect(page.locator("#th-note")).to_be_hidden()
     await page.get_by_label("Top-up amount (USD)").fill("10")
     await page.get_by_role("button", name="Top up with card").click()
     await expect(page.locator("#balance")).to_have_text("$15.00")

@@ -69,6 +69,10 @@
     if (!r.ok) return;
     $("#th-amount").value = r.data.threshold; $("#th-below").value = r.data.recharge_below;
     $("#th-enabled").checked = r.data.enabled !== false;
+    // Why it will not (or stopped) recharging: said next to the switch, in the API's words.
+    const why = r.data.disabled_reason ? `Auto-recharge switched itself off: ${r.data.disabled_reason}`
+      : r.data.card_on_file === false && r.data.enabled !== false ? "Auto-recharge needs a card on file." : "";
+    $("#th-note").textContent = why; $("#th-note").hidden = !why;
   }
   async function saveThreshold(ev) {
     ev.preventDefault(); showError("#threshold-error");
