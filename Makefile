@@ -3,19 +3,24 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint audit bench clean
+.PHONY: install run down test lint audit bench clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip 'setuptools>=83'
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $@
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
+	@echo "Installing SyncNode into $(VENV) (a few minutes the first time)..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --upgrade pip 'setuptools>=83'
+	@$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
 
 run: install
-	$(BIN)/syncnode up
+	@$(BIN)/syncnode up
+
+# Stops a `make run` started in another terminal (or left behind by a closed one).
+down:
+	@$(BIN)/syncnode down
 
 test: install
 	$(BIN)/pytest

@@ -21,6 +21,11 @@ from ingress.metrics import RequestMetrics, metrics
 from ingress.openapi import openapi
 from ingress.state import AppState
 from ingress.stripe_webhooks import stripe_webhook
+from ingress.v1 import chat as v1_chat
+from ingress.v1 import embeddings as v1_embeddings
+from ingress.v1 import models as v1_models
+from ingress.v1 import moderations as v1_moderations
+from ingress.v1 import relay as v1_relay
 from ingress.web import keys, pages, signin, usage
 from jobs.batch import Combiner
 from jobs.queue import JobQueue
@@ -71,6 +76,12 @@ ROUTES = [
     Route("/webhook-secret", get_secret, methods=["GET"]),
     Route("/webhook-secret/rotate", rotate_secret, methods=["POST"]),
     Route("/tasks/{id}/deliveries", list_deliveries, methods=["GET"]),
+    # OpenAI-compatible API (issue 10; errors in OpenAI's shape, ingress/errors.py).
+    Route("/v1/chat/completions", v1_chat.chat_completions, methods=["POST"]),
+    Route("/v1/tasks/{id}/stream", v1_relay.task_stream, methods=["GET"]),
+    Route("/v1/models", v1_models.list_models, methods=["GET"]),
+    Route("/v1/moderations", v1_moderations.moderations, methods=["POST"]),
+    Route("/v1/embeddings", v1_embeddings.embeddings, methods=["POST"]),
     # The web UI (issue 9): the JSON endpoints its pages need, then the pages and their assets.
     Route("/keys", keys.list_keys, methods=["GET"]),
     Route("/keys", keys.create_key, methods=["POST"]),
@@ -117,6 +128,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             if gateway is not None:
                 await gateway.aclose()
+            await v1_models.close(app)
             await redis.aclose()
             await db.close()
 

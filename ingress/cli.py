@@ -7,14 +7,15 @@ import asyncio
 import json
 import logging
 import os
-import shlex
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ingress.instance import down_command
+from ingress.supervisor import Guard, Shutdown, Supervisor
 from jobs.settings import Settings, get_settings
-from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from storage.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
 
 
 @contextmanager
@@ -143,43 +144,95 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from honcho.manager import Manager
-    from honcho.printer import Printer
+    from ingress.instance import AlreadyRunning, Instance, clean_stale, shown
 
+    s = get_settings()
+    guard = Guard(sys.stdout)
+    guard.install()  # before anything starts: a Ctrl-C during start-up must stop what did start
+    inst = Instance(s.data_dir)
+    try:
+        inst.acquire()
+    except AlreadyRunning as e:
+        print(e, file=sys.stderr)
+        return 1
+    except Shutdown:
+        return 0
+    stack: list[EmbeddedPostgres | EmbeddedRedis] = []
+    try:
+        stopped = clean_stale(s.data_dir)
+        if stopped:
+            guard.say(f"Stopped the {' and '.join(stopped)} a previous `syncnode up` left running "
+                      f"in {shown(s.data_dir)}\n")
+        return _up(args, s, stack, Supervisor(guard))
+    except Shutdown:
+        return 0
+    except EmbeddedServerError as e:
+        print(f"syncnode up: {e}", file=sys.stderr)
+        return 1
+    finally:
+        guard.stopping = True
+        for svc in reversed(stack):
+            svc.stop()
+        inst.release()
+        guard.say("SyncNode stopped.\n")
+
+
+def _up(args: argparse.Namespace, s: Settings, stack: list[EmbeddedPostgres | EmbeddedRedis], sup: Supervisor) -> int:
     from storage.migrate import migrate
     from workers.settings import POOL_SETTINGS
 
-    s = get_settings()
     port = args.port or s.port
     env = dict(os.environ, SYNCNODE_PORT=str(port), SYNCNODE_MASTER_KEY=s.master_key_value(),
                PYTHONUNBUFFERED="1")
-    stack: list[EmbeddedPostgres | EmbeddedRedis] = []
-    try:
-        if not s.database_url:
-            pg = EmbeddedPostgres(s.data_dir / "postgres")
-            env["DATABASE_URL"] = pg.start()
-            stack.append(pg)
-        if not s.redis_url:
-            rd = EmbeddedRedis(s.data_dir / "redis")
-            env["REDIS_URL"] = rd.start()
-            stack.append(rd)
-        asyncio.run(migrate(env["DATABASE_URL"]))
-        manager = Manager(Printer(sys.stdout))
-        py = shlex.quote(sys.executable)
-        manager.add_process("web", f"{py} -m uvicorn ingress.app:create_app --factory --host 127.0.0.1 "
-                                   f"--port {port} --no-access-log", env=env)
-        for pool in POOL_SETTINGS:
-            manager.add_process(pool, f"{py} -m ingress.cli worker {pool}", env=env)
-        url = s.public_url_ or f"http://localhost:{port}"
-        print(f"\n  SyncNode on {url}\n"
+    if not s.database_url:
+        pg = EmbeddedPostgres(s.data_dir / "postgres", die_with_parent=True)
+        stack.append(pg)  # before start: a signal during start-up still stops it
+        env["DATABASE_URL"] = pg.start()
+    if not s.redis_url:
+        rd = EmbeddedRedis(s.data_dir / "redis", die_with_parent=True)
+        stack.append(rd)
+        env["REDIS_URL"] = rd.start()
+    asyncio.run(migrate(env["DATABASE_URL"]))
+    py = sys.executable
+    sup.add("web", [py, "-m", "uvicorn", "ingress.app:create_app", "--factory", "--host", "127.0.0.1",
+                    "--port", str(port), "--no-access-log"], env)
+    for pool in POOL_SETTINGS:
+        sup.add(pool, [py, "-m", "ingress.cli", "worker", pool], env)
+    url = s.public_url_ or f"http://localhost:{port}"
+    me = down_command().removesuffix(" down")
+    banner = (f"\n  SyncNode on {url}\n"
               f"  web UI:             {url}/   (sign-up needs SYNCNODE_OPEN_SIGNUP=true)\n"
-              f"  create an account:  .venv/bin/syncnode accounts create   (or POST {url}/accounts)\n"
-              f"  Ctrl-C stops everything.\n", flush=True)
-        manager.loop()
-        return int(manager.returncode or 0) if manager.returncode not in (130, -2) else 0
+              f"  create an account:  {me} accounts create   (or POST {url}/accounts)\n"
+              f"  Ctrl-C stops everything (or `{me} down` from another terminal).\n\n")
+    return sup.run(port, banner)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop the ``syncnode up`` of this data directory, and whatever a dead one left running."""
+    from ingress.instance import AlreadyRunning, Instance, clean_stale, shown, stop_running
+
+    s = get_settings()
+    if not s.data_dir.is_dir():
+        print(f"SyncNode is not running from {shown(s.data_dir)}")
+        return 0
+    inst = Instance(s.data_dir)
+    pid = stop_running(inst)
+    try:
+        inst.acquire()  # held while cleaning, so an `up` starting meanwhile keeps its servers
+    except AlreadyRunning as e:
+        print(e, file=sys.stderr)
+        return 1
+    try:
+        left = clean_stale(s.data_dir)
     finally:
-        for svc in reversed(stack):
-            svc.stop()
+        inst.release()
+    if pid is None and not left:
+        print(f"SyncNode is not running from {shown(s.data_dir)}")
+    elif pid is None:
+        print(f"Stopped the {' and '.join(left)} a previous `syncnode up` left running in {shown(s.data_dir)}")
+    else:
+        print(f"Stopped SyncNode (pid {pid}) running from {shown(s.data_dir)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="run everything: embedded Postgres/Redis if no URLs, ingress, all pools")
     up.add_argument("--port", type=int)
     up.set_defaults(fn=cmd_up)
+    sub.add_parser("down", help="stop the `syncnode up` running from this data directory").set_defaults(fn=cmd_down)
     sub.add_parser("migrate", help="apply database migrations (idempotent)").set_defaults(fn=cmd_migrate)
     acc = sub.add_parser("accounts", help="manage accounts")
     acc_sub = acc.add_subparsers(dest="acc_cmd", required=True)

@@ -1,8 +1,14 @@
-"""The one place errors become responses: ``{"error": message}`` with the error's status."""
+"""The one place errors become responses: ``{"error": message}`` with the error's status.
+
+Under ``/v1`` (the OpenAI-compatible API) the same errors take OpenAI's shape,
+``{"error": {"message", "type", "param", "code"}}``, with the statuses the OpenAI SDKs map to
+their exception classes; a short balance is 402 ``insufficient_quota`` (as OpenRouter answers).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
@@ -10,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.responses import JSON
-from jobs.errors import BadRequest, SyncNodeError
+from jobs.errors import BadRequest, InsufficientBalance, SyncNodeError
 
 log = logging.getLogger("syncnode.ingress")
 
@@ -25,8 +31,29 @@ def describe_validation(exc: ValidationError) -> str:
     return f"Invalid {loc}: {msg}" if loc else msg
 
 
+V1_PREFIX = "/v1/"
+# OpenAI's error types by status (what its API sends, and what its SDKs expect).
+_V1_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
+             403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
+             409: "conflict_error", 413: "invalid_request_error", 429: "rate_limit_exceeded"}
+
+
+def is_v1(request: Request) -> bool:
+    return request.url.path.startswith(V1_PREFIX)
+
+
+def openai_error(status: int, message: str, code: str | None = None,
+                 headers: Mapping[str, str] | None = None, extra: dict[str, object] | None = None) -> Response:
+    type_ = _V1_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    err = {"message": message, "type": type_, "param": None, "code": code or type_, **(extra or {})}
+    return JSON({"error": err}, status_code=status, headers=headers)
+
+
 async def syncnode_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SyncNodeError)
+    if is_v1(request):
+        code = "insufficient_quota" if isinstance(exc, InsufficientBalance) else None
+        return openai_error(exc.status_code, exc.message, code, exc.headers, exc.extra)
     return JSON(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
@@ -37,11 +64,15 @@ async def validation_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if is_v1(request):
+        return openai_error(exc.status_code, str(exc.detail), headers=exc.headers)
     return JSON({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    if is_v1(request):
+        return openai_error(500, "Internal server error")
     return JSON({"error": "Internal server error"}, status_code=500)
 
 

@@ -89,3 +89,21 @@ def webhook_slots(uid: str) -> str:
 
 
 __all__ += ["blob", "replay_waiters", "rehost_runs", "prework", "webhook_slots"]
+
+
+def chat_stream(job_id: str) -> str:
+    """STREAM (XADD, MAXLEN-bounded, expiring) of a streamed chat task's chunks, then one end entry."""
+    return f"syncnode:stream:{job_id}"
+
+
+def stream_cancel(job_id: str) -> str:
+    """STRING with TTL: the client of a streamed task went away; its worker stops reading."""
+    return f"syncnode:stream-cancel:{job_id}"
+
+
+def models_cache(provider: str, scope: str) -> str:
+    """STRING with TTL: a provider's model list for GET /v1/models (scope: "all" or a key's hash)."""
+    return f"syncnode:models:{provider}:{scope}"
+
+
+__all__ += ["chat_stream", "stream_cancel", "models_cache"]

@@ -19,6 +19,8 @@ MEDIA_CANCEL = "media.cancel"
 # Completion webhooks (workers/webhooks.py): one job per delivery attempt, and the dispatcher.
 WEBHOOK_DELIVER = "webhook.deliver"
 WEBHOOK_DISPATCH = "webhook.dispatch"
+EMBED_OPENROUTER = "embeddings.openrouter"
+EMBED_OPENAI = "embeddings.openai"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,12 @@ MEDIA_KINDS = frozenset({GENERATE.name, FACE_SWAP.name})
 
 KINDS: dict[str, TaskKind] = {k.name: k for k in (CHAT, CHATGPT, GENERATE, FACE_SWAP)}
 KINDS[MODERATION.name] = MODERATION
+
+# POST /v1/embeddings: the chat pool runs them (one short provider call, like a chat completion).
+EMBEDDINGS = TaskKind("embeddings", "chat", EMBED_OPENROUTER, "price_embeddings", "openrouter_key", "OpenRouter")
+EMBEDDINGS_OPENAI = TaskKind("embeddings_openai", "chat", EMBED_OPENAI, "price_embeddings", "chatgpt_key",
+                             "OpenAI")
+KINDS.update({k.name: k for k in (EMBEDDINGS, EMBEDDINGS_OPENAI)})
 
 PROVIDER_KEY_NAMES = ("openrouter_key", "chatgpt_key", "replicate_key", "huggingface_key")
 

@@ -177,6 +177,19 @@ class Settings(BaseSettings):
     # How long a rotated-out signing secret keeps signing (POST /webhook-secret/rotate).
     webhook_secret_overlap_seconds: int = 86_400
 
+    # OpenAI-compatible API under /v1 (docs in README "Use it from the OpenAI SDKs").
+    price_embeddings: Decimal = Decimal("0.02")
+    # A streamed task's Redis Stream: at most this many entries, kept this long after its last one.
+    v1_stream_max_entries: int = 20_000
+    v1_stream_ttl_seconds: int = 900
+    # How often a streaming worker looks for its client's cancel flag (the issue asks for < 1 s).
+    v1_cancel_poll_seconds: float = 0.2
+    # The relay's liveness bound: no new chunk for this long and no worker holding the job → an
+    # error event instead of a hang.
+    v1_stream_idle_seconds: float = 5.0
+    v1_models_ttl_seconds: int = 600
+    v1_models_timeout_seconds: float = 10.0
+
     # Web UI (issue 9): sessions and sign-in throttling.
     session_ttl_seconds: int = 14 * 24 * 3600
     signin_failure_window_seconds: int = 900

@@ -230,6 +230,17 @@ class TaskRepository:
             job_id, status, error,
         )
 
+    async def fail_charged(self, job_id: str, error: str, output: Any) -> asyncpg.Record | None:
+        """Fail a task and keep its charge (a stream that broke after the client got text), once."""
+        return await self.conn.fetchrow(
+            """
+            UPDATE tasks SET status = 'failed', error = $2, output = $3, updated_at = now()
+            WHERE job_id = $1 AND status NOT IN ('completed', 'failed', 'canceled')
+            RETURNING id, uid, cost_micros, model, updated_at
+            """,
+            job_id, error, output,
+        )
+
     async def set_running(self, job_id: str, provider_id: str | None = None) -> None:
         await self.conn.execute(
             """

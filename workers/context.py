@@ -20,6 +20,7 @@ from storage.files import s3 as s3_files
 from storage.secrets import SecretBox
 from storage.status import StatusStore
 from storage.tasks import TaskRepository
+from workers.cancels import StreamCancels
 from workers.providers.http import make_client
 
 
@@ -40,6 +41,8 @@ class WorkerContext:
     reads: Combiner[str | None, str, asyncpg.Record | None] = field(init=False)
     completions: Combiner[str, tuple[str, Any], asyncpg.Record | None] = field(init=False)
     announcements: Combiner[str, tuple[str, dict[str, Any]], None] = field(init=False)
+    # Cancel flags of the /v1 streams this process relays, looked up together (workers/cancels.py).
+    stream_cancels: StreamCancels = field(init=False)
 
     def __post_init__(self) -> None:
         async def read(key_name: str | None, job_ids: list[str]) -> list[asyncpg.Record | None]:
@@ -57,6 +60,7 @@ class WorkerContext:
         self.reads = Combiner(read)
         self.completions = Combiner(complete)
         self.announcements = Combiner(announce)
+        self.stream_cancels = StreamCancels(self.redis, self.settings.v1_cancel_poll_seconds, self.background)
 
 
 def wctx(ctx: dict[str, Any]) -> WorkerContext:

@@ -21,7 +21,7 @@ from storage.status import PUBLIC_STATUS
 from storage.tasks import TERMINAL, TaskRepository
 from workers.context import WorkerContext
 from workers.output import OutputRefused, normalize_output
-from workers.providers.errors import ProviderError, ProviderRejected
+from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable, ProviderStreamBroken
 
 log = logging.getLogger("syncnode.worker")
 
@@ -40,11 +40,11 @@ def _result(row: asyncpg.Record, status: str, output: Any, error: str | None,
 
 
 async def finish_failed(w: WorkerContext, job_id: str, error: str, *, status: str = "failed",
-                        client_error: bool = False) -> None:
+                        client_error: bool = False, **extra: Any) -> None:
     """Fail (or cancel) and refund once; announce whatever the final state turned out to be."""
     row = await TaskRepository(w.db).finish_unpaid(job_id, status, error)
     if row is not None:
-        await w.status.publish(job_id, _result(row, status, None, error, 0, client_error=client_error))
+        await w.status.publish(job_id, _result(row, status, None, error, 0, client_error=client_error, **extra))
     else:
         await announce(w, job_id)
 
@@ -52,11 +52,31 @@ async def finish_failed(w: WorkerContext, job_id: str, error: str, *, status: st
 async def provider_failed(w: WorkerContext, job_id: str, e: ProviderError) -> str:
     """A provider's 4xx fails the task with its own message (the caller's fault: 400); anything
     else reached here after every retry (502). Either way the charge is refunded."""
-    if isinstance(e, ProviderRejected):
-        await finish_failed(w, job_id, str(e), client_error=True)
+    # What /v1 needs to answer as OpenAI would (a provider's 429 → 429 with its Retry-After).
+    upstream: dict[str, Any] = {"upstream_status": e.status,
+                                "retry_after": e.retry_after if isinstance(e, ProviderRetryable) else None}
+    if isinstance(e, ProviderStreamBroken):
+        await _stream_broken(w, job_id, e)
+    elif isinstance(e, ProviderRejected):
+        await finish_failed(w, job_id, str(e), client_error=True, **upstream)
     else:
-        await finish_failed(w, job_id, f"{e} (gave up after retries)")
+        await finish_failed(w, job_id, f"{e} (gave up after retries)", **upstream)
     return "failed"
+
+
+async def _stream_broken(w: WorkerContext, job_id: str, e: ProviderStreamBroken) -> None:
+    if e.refund:
+        await finish_failed(w, job_id, str(e))
+        return
+    try:
+        output = normalize_output(e.output, w.settings.output_max_depth)
+    except OutputRefused:
+        output = None
+    row = await TaskRepository(w.db).fail_charged(job_id, str(e), output)
+    if row is not None:
+        await w.status.publish(job_id, _result(row, "failed", output, str(e), row["cost_micros"]))
+    else:
+        await announce(w, job_id)
 
 
 async def announce(w: WorkerContext, job_id: str) -> None:

@@ -23,7 +23,7 @@ from jobs.names import (
 from jobs.serialize import dumps, loads
 from jobs.settings import get_settings
 from workers.billing import run_recharge, run_reconcile, with_stripe
-from workers.chat import chat_openai, chat_openrouter
+from workers.chat import chat_openai, chat_openrouter, embeddings_openai, embeddings_openrouter
 from workers.context import on_shutdown, on_startup_for
 from workers.hosting import rehost_budget_seconds
 from workers.media import create_budget_seconds, media_create
@@ -64,6 +64,8 @@ def _settings(name: str, pool: str, max_jobs: int, functions: list[Any], **hooks
 ChatWorker = _settings("ChatWorker", "chat", _s.chat_concurrency, [
     func(chat_openrouter, name=CHAT_OPENROUTER, timeout=_s.chat_job_timeout_seconds),
     func(chat_openai, name=CHAT_OPENAI, timeout=_s.chat_job_timeout_seconds),
+    func(embeddings_openrouter, name=names.EMBED_OPENROUTER, timeout=_s.chat_job_timeout_seconds),
+    func(embeddings_openai, name=names.EMBED_OPENAI, timeout=_s.chat_job_timeout_seconds),
 ])
 # Above every try of every Replicate request a create makes: arq's timeout is final, and a create
 # it cut short leaves a prediction whose fate is unknown (the sweeper re-runs such a job).

@@ -9,8 +9,12 @@ Behaviour is picked by the model name, so a test needs no side channel:
   ``nul-output``    a completion whose text holds U+0000 (Postgres cannot store it as is)
   ``hostile-output`` a completion with a lone surrogate in its text and 2**70 in its usage
   ``deep-output``   a completion nested 300 levels deep (past what our JSON encoder writes)
+  ``limited-<secs>``first call per prompt: 429 + Retry-After: <secs>, then 200
+  ``tool-call``     with ``tools``: answers with a call of the first tool
   anything else     200 at once
-Every call is recorded (``GET /_calls``), with the Authorization header it carried.
+With ``"stream": true`` the answer is OpenAI's SSE stream (``tests/fakes/chat_stream.py``).
+Every call is recorded (``GET /_calls``), with the Authorization header it carried; ``/models``
+and ``/embeddings`` answer as OpenRouter's and OpenAI's do.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes import chat_stream
 
 CALLS: list[dict[str, Any]] = []
 # Benchmarks turn recording off: a long run would otherwise grow this list without bound.
@@ -58,6 +64,8 @@ async def chat_completions(request: Request) -> Response:
                       "at": time.time()})
     if not request.headers.get("authorization", "").startswith("Bearer "):
         return _error(401, "No auth credentials found", "invalid_request_error", 401)
+    if (extra := _v1_behaviour(request, body, model, prompt)) is not None:
+        return extra
     if model == "fail-500":
         return _error(500, "The server had an error while processing your request.", "server_error")
     if model == "flaky-429":
@@ -92,6 +100,28 @@ def _hostile(model: str) -> Response:
     return Response(json.dumps(body), media_type="application/json")
 
 
+def _v1_behaviour(request: Request, body: dict[str, Any], model: str, prompt: str) -> Response | None:
+    if model.startswith("limited-"):
+        _seen[prompt] += 1
+        if _seen[prompt] == 1:
+            return _error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded",
+                          headers={"Retry-After": model.removeprefix("limited-")})
+    if body.get("stream") is True and model not in ("fail-500", "reject-400", "or-error-200"):
+        return chat_stream.respond(request, body, prompt)
+    if model == "tool-call" and body.get("tools"):
+        return JSONResponse(tool_completion(model, body["tools"][0]["function"]["name"]))
+    return None
+
+
+def tool_completion(model: str, name: str) -> dict[str, Any]:
+    out = completion(model, "")
+    out["choices"][0].update(finish_reason="tool_calls", message={
+        "role": "assistant", "content": None,
+        "tool_calls": [{"id": "call_1", "type": "function",
+                        "function": {"name": name, "arguments": '{"city": "Paris"}'}}]})
+    return out
+
+
 async def calls(request: Request) -> Response:
     return JSONResponse(CALLS)
 
@@ -99,6 +129,7 @@ async def calls(request: Request) -> Response:
 async def reset(request: Request) -> Response:
     CALLS.clear()
     _seen.clear()
+    chat_stream.STREAMS.clear()
     return JSONResponse({"ok": True})
 
 
@@ -107,4 +138,5 @@ app = Starlette(routes=[
     Route("/api/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/_calls", calls), Route("/_reset", reset, methods=["POST"]),
+    *chat_stream.ROUTES,
 ])

@@ -31,3 +31,14 @@ class ProviderRetryable(ProviderError):
 
 class ProviderRejected(ProviderError):
     pass
+
+
+class ProviderStreamBroken(ProviderError):
+    """A streamed task broke off. After its first chunk reached the client (``refund`` False) the
+    task fails with the text received so far and keeps its charge, as the issue's rule says; a
+    stream our own worker lost mid-way (``refund`` True: not the user's doing) is refunded."""
+
+    def __init__(self, provider: str, message: str, output: object = None, *, refund: bool = False) -> None:
+        super().__init__(provider, message)
+        self.output = output
+        self.refund = refund

@@ -1,0 +1,75 @@
+"""POST /v1/chat/completions: OpenAI's request and response, passed through.
+
+The body goes to the provider as sent (tools, response_format, seed, stop, n, logprobs and any
+field we do not know), with only ``model`` rewritten when the routing rule says so
+(``ingress/v1/routing.py``). Priced like the reference's chat (``price_chat`` /
+``price_chatgpt``), charged and refunded by the same rules. ``stream: true`` answers with
+Server-Sent Events relayed from the worker (``ingress/v1/relay.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.body import read_json
+from ingress.chat import wants_async
+from ingress.hooks import pop_webhook_fields, webhook_target
+from ingress.responses import JSON
+from ingress.schemas import Message
+from ingress.state import state
+from ingress.submit import submit
+from ingress.v1 import relay
+from ingress.v1.answer import failure, timed_out
+from ingress.v1.routing import route_for
+from jobs.names import CHAT, CHATGPT
+
+
+class ChatCompletionRequest(BaseModel):
+    """Only what we must check; the body itself is forwarded untouched (``extra="allow"``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    n: int | None = Field(None, ge=1, le=16)
+
+
+def prompt_text(req: ChatCompletionRequest) -> str:
+    for m in reversed(req.messages):
+        if m.role == "user" and isinstance(m.content, str):
+            return m.content[:500]
+    return ""
+
+
+async def chat_completions(request: Request) -> Response:
+    st = state(request)
+    # The credential first, from the headers: a caller without one costs no body read.
+    who = await st.auth.principal(request, None, public=False)
+    raw = await read_json(request, st.settings.max_body_bytes)
+    hook_fields = pop_webhook_fields(raw)  # ours (completion webhooks), not the provider's
+    req = ChatCompletionRequest.model_validate(raw)
+    r = await route_for(st.db, who.uid, req.model, CHAT, CHATGPT)
+    hook = await webhook_target(st.settings, *hook_fields)
+    body = {**raw, "model": r.model}
+    if not req.stream:
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+    is_async = wants_async(request)
+    sub = await submit(st, who, r.kind, model=r.model, prompt=prompt_text(req), request=body,
+                       idempotency_key=request.headers.get("idempotency-key"), webhook=hook,
+                       wait=not (req.stream or is_async))
+    if is_async:
+        return relay.accepted(st, sub.task_id, sub.job_id, req.stream)
+    if req.stream:
+        return await relay.open_stream(st, sub.task_id, sub.job_id, cancel_on_disconnect=True)
+    if sub.result is None:
+        raise timed_out(sub.job_id, sub.task_id)
+    if sub.result["status"] == "completed":
+        return JSON(sub.result["output"])
+    raise failure(sub.result, sub.job_id)

@@ -1,0 +1,58 @@
+"""POST /v1/embeddings: passed through to OpenRouter or OpenAI (the routing rule of
+``ingress/v1/routing.py``), run by the chat pool like a chat completion, charged
+``price_embeddings`` and refunded by the same rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.body import read_json
+from ingress.hooks import pop_webhook_fields, webhook_target
+from ingress.responses import JSON
+from ingress.state import state
+from ingress.submit import submit
+from ingress.v1.answer import failure, timed_out
+from ingress.v1.routing import route_for
+from jobs.names import EMBEDDINGS, EMBEDDINGS_OPENAI
+
+MAX_INPUTS = 2048  # OpenAI's own limit per request
+
+
+class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=200)
+    input: str | list[str] | list[int] | list[list[int]]
+
+    @field_validator("input")
+    @classmethod
+    def _non_empty(cls, v: Any) -> Any:
+        if not v:
+            raise ValueError("input must not be empty")
+        if isinstance(v, list) and len(v) > MAX_INPUTS:
+            raise ValueError(f"at most {MAX_INPUTS} inputs per request")
+        return v
+
+
+async def embeddings(request: Request) -> Response:
+    st = state(request)
+    # The credential first, from the headers: a caller without one costs no body read.
+    who = await st.auth.principal(request, None, public=False)
+    raw = await read_json(request, st.settings.max_body_bytes)
+    hook_fields = pop_webhook_fields(raw)  # ours (completion webhooks), not the provider's
+    req = EmbeddingsRequest.model_validate(raw)
+    r = await route_for(st.db, who.uid, req.model, EMBEDDINGS, EMBEDDINGS_OPENAI)
+    hook = await webhook_target(st.settings, *hook_fields)
+    first = req.input if isinstance(req.input, str) else req.input[0]
+    sub = await submit(st, who, r.kind, model=r.model, prompt=first[:500] if isinstance(first, str) else "",
+                       request={**raw, "model": r.model},
+                       idempotency_key=request.headers.get("idempotency-key"), webhook=hook, wait=True)
+    if sub.result is None:
+        raise timed_out(sub.job_id, sub.task_id)
+    if sub.result["status"] == "completed":
+        return JSON(sub.result["output"])
+    raise failure(sub.result, sub.job_id)

@@ -1,0 +1,97 @@
+"""GET /v1/models: the models the caller's stored keys can reach, in OpenAI's list shape.
+
+OpenRouter's list is public and the same for everyone: cached once (Redis, TTL
+``v1_models_ttl_seconds``). OpenAI's depends on the key's organisation: cached per key (by hash).
+Listing is not a task: it is free, and runs here rather than through a pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.responses import JSON
+from ingress.state import AppState, state
+from ingress.v1.routing import stored_keys
+from jobs import keys
+from jobs.errors import UpstreamError
+from storage.accounts import AccountRepository
+
+
+def _client(request: Request) -> httpx.AsyncClient:
+    app = request.app
+    c: httpx.AsyncClient | None = getattr(app.state, "v1_http", None)
+    if c is None:
+        c = httpx.AsyncClient(timeout=state(request).settings.v1_models_timeout_seconds,
+                              headers={"User-Agent": "SyncNode/0.1"})
+        app.state.v1_http = c
+    return c
+
+
+async def close(app: Starlette) -> None:
+    c: httpx.AsyncClient | None = getattr(app.state, "v1_http", None)
+    if c is not None:
+        await c.aclose()
+        app.state.v1_http = None
+
+
+def _model(m: dict[str, Any], owner: str) -> dict[str, Any]:
+    mid = str(m.get("id", ""))
+    return {**m, "id": mid, "object": "model", "created": int(m.get("created") or 0),
+            "owned_by": m.get("owned_by") or (mid.split("/", 1)[0] if "/" in mid else owner)}
+
+
+async def _fetch(request: Request, provider: str, url: str, key: str) -> list[dict[str, Any]]:
+    try:
+        resp = await _client(request).get(url, headers={"Authorization": f"Bearer {key}"})
+    except httpx.HTTPError as e:
+        raise UpstreamError(f"{provider}: listing models failed ({type(e).__name__})")
+    if resp.status_code >= 300:
+        raise UpstreamError(f"{provider} answered {resp.status_code} to the model listing")
+    try:
+        data = resp.json().get("data")
+    except (ValueError, AttributeError):
+        data = None
+    if not isinstance(data, list):
+        raise UpstreamError(f"{provider}: the model listing was not a list")
+    return [_model(m, provider.lower()) for m in data if isinstance(m, dict)]
+
+
+async def _cached(st: AppState, request: Request, provider: str, scope: str, url: str,
+                  key: str) -> list[dict[str, Any]]:
+    ck = keys.models_cache(provider, scope)
+    hit = await st.redis.get(ck)
+    if hit is not None:
+        out: list[dict[str, Any]] = orjson.loads(hit)
+        return out
+    models = await _fetch(request, provider, url, key)
+    await st.redis.set(ck, orjson.dumps(models), ex=st.settings.v1_models_ttl_seconds)
+    return models
+
+
+async def _key(st: AppState, uid: str, name: str) -> str:
+    ct = await AccountRepository(st.db).provider_key(uid, name)
+    assert ct is not None
+    return st.box.decrypt(ct)
+
+
+async def list_models(request: Request) -> Response:
+    st = state(request)
+    who = await st.auth.principal(request, None, public=False)
+    have = await stored_keys(st.db, who.uid)
+    data: list[dict[str, Any]] = []
+    s = st.settings
+    if "chatgpt_key" in have:
+        key = await _key(st, who.uid, "chatgpt_key")
+        scope = hashlib.sha256(key.encode()).hexdigest()[:32]
+        data += await _cached(st, request, "OpenAI", scope, f"{s.openai_base_url}/models", key)
+    if "openrouter_key" in have:
+        key = await _key(st, who.uid, "openrouter_key")
+        data += await _cached(st, request, "OpenRouter", "all", f"{s.openrouter_base_url}/models", key)
+    return JSON({"object": "list", "data": data})

@@ -1,0 +1,134 @@
+"""POST /v1/moderations: our moderation backends (the moderation pool, through the spine) in
+OpenAI's response shape, plus our honest ``coverage``: which categories were really measured,
+by which backend. A category no backend measured reads 0 / false and is listed as unscored.
+
+``input`` is a string, a list of strings (one result, and one charge, each), or OpenAI's list of
+multimodal parts (``text`` and at most one ``image_url``: one result).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.auth import Principal
+from ingress.body import read_json
+from ingress.hooks import WebhookTarget, pop_webhook_fields, webhook_target
+from ingress.moderation import ModerationRequest, load_image, task_request
+from ingress.responses import JSON
+from ingress.state import AppState, state
+from ingress.submit import ensure_can_pay, paid_work, refusal, submit
+from ingress.v1.answer import failure, timed_out
+from jobs import keys
+from jobs.errors import BadRequest
+from jobs.names import MODERATION
+
+MAX_INPUTS = 32
+# OpenAI's omni-moderation categories: every result names all of them, as OpenAI's does.
+CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
+              "self-harm", "self-harm/intent", "self-harm/instructions", "sexual", "sexual/minors", "violence",
+              "violence/graphic")
+
+
+class ModerationsRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    input: str | list[str] | list[dict[str, Any]] = Field(min_length=1)
+    model: str | None = None
+
+
+def _parts(parts: list[dict[str, Any]]) -> ModerationRequest:
+    texts = [str(p.get("text") or "") for p in parts if p.get("type") == "text"]
+    images = [p.get("image_url") for p in parts if p.get("type") == "image_url"]
+    if len(images) > 1:
+        raise BadRequest("Invalid input: at most one image_url part per input")
+    url = None
+    if images:
+        img = images[0]
+        url = img.get("url") if isinstance(img, dict) else img
+        if not isinstance(url, str) or not url:
+            raise BadRequest("Invalid input: image_url needs a url")
+    if url and url.startswith("data:"):
+        return ModerationRequest(text="\n".join(texts) or None, imageBase64=url)
+    return ModerationRequest(text="\n".join(texts) or None, imageUrl=url)
+
+
+def inputs(req: ModerationsRequest) -> list[ModerationRequest]:
+    if isinstance(req.input, str):
+        return [ModerationRequest(text=req.input)]
+    if all(isinstance(i, dict) for i in req.input):
+        return [_parts(req.input)]  # type: ignore[arg-type]
+    if len(req.input) > MAX_INPUTS:
+        raise BadRequest(f"Invalid input: at most {MAX_INPUTS} strings per request")
+    return [ModerationRequest(text=str(i)) for i in req.input]
+
+
+def result(output: dict[str, Any], th: float, underage: float) -> dict[str, Any]:
+    """Our moderation answer → one OpenAI ``results[]`` item (a category's score is the highest
+    over text and image; applied input types name which of them measured it)."""
+    scores = dict.fromkeys(CATEGORIES, 0.0)
+    applied: dict[str, list[str]] = {c: [] for c in CATEGORIES}
+    coverage: dict[str, Any] = {}
+    for kind in ("text", "image"):
+        sec = output.get(f"{kind}_moderation")
+        if not sec:
+            continue
+        coverage[kind] = sec.get("coverage")
+        scored = set((sec.get("coverage") or {}).get("scored") or [])
+        for c, v in (sec.get("scores") or {}).items():
+            if c in scores and c in scored:
+                scores[c] = max(scores[c], float(v))
+                applied[c].append(kind)
+    cats = {c: scores[c] >= (underage if c == "sexual/minors" else th) for c in CATEGORIES}
+    return {"flagged": any(cats.values()), "categories": cats, "category_scores": scores,
+            "category_applied_input_types": applied, "coverage": coverage}
+
+
+async def _one(st: AppState, who: Principal, m: ModerationRequest, calls: int,
+               hook: WebhookTarget | None) -> dict[str, Any]:
+    img = None
+    if m.imageUrl or m.imageBase64:
+        # Image work before the charge: for no more of the account's requests than it can pay for.
+        async with paid_work(st, who, calls):
+            img = await load_image(st, m)
+    digest = hashlib.sha256(img.data).hexdigest() if img is not None else None
+
+    async def store_blob() -> None:
+        # After the charge, as POST /moderate does: an account that cannot pay pins nothing.
+        assert img is not None and digest is not None
+        await st.redis.set(keys.blob(digest), img.data, ex=st.settings.moderation_blob_ttl_seconds)
+
+    model = st.settings.moderation_openai_model if st.settings.moderation_openai_key else "local"
+    sub = await submit(st, who, MODERATION, model=model, prompt=(m.text or m.imageUrl or "[image]")[:500],
+                       request=task_request(m, img, digest), idempotency_key=None, wait=True,
+                       prepare=store_blob if img is not None else None, webhook=hook)
+    if sub.result is None:
+        raise timed_out(sub.job_id, sub.task_id)
+    if sub.result["status"] != "completed":
+        raise failure(sub.result, sub.job_id)
+    s = st.settings
+    return {"job_id": sub.job_id, "model": model,
+            **result(sub.result["output"], s.moderation_category_threshold, s.moderation_underage_threshold)}
+
+
+async def moderations(request: Request) -> Response:
+    st = state(request)
+    # The credential, then whether the account can pay, from the headers: nothing read before.
+    who = await st.auth.principal(request, None, public=False)
+    calls = await ensure_can_pay(st, who, MODERATION, None)
+    body = await read_json(request, st.settings.max_media_body_bytes)
+    hook_fields = pop_webhook_fields(body)
+    req = ModerationsRequest.model_validate(body)
+    hook = await webhook_target(st.settings, *hook_fields)
+    items = inputs(req)
+    if len(items) > calls:  # one charge per input: all of them must be covered
+        price = MODERATION.price_micros(st.settings)
+        raise refusal(MODERATION, price * len(items), account_exists=True, has_key=True)
+    done = await asyncio.gather(*(_one(st, who, m, calls, hook) for m in items))
+    return JSON({"id": f"modr-{done[0]['job_id']}", "model": done[0]["model"],
+                 "results": [{k: v for k, v in d.items() if k not in ("job_id", "model")} for d in done]})
