@@ -94,9 +94,52 @@ class TaskRepository:
         return ChargeOutcome(row["task_id"], row["account_exists"], row["has_key"], row["low"])
 
     async def charge_many(self, uid: str, items: list[NewTask]) -> list[ChargeOutcome]:
-        """``charge_and_create`` for several tasks of one account in one statement."""
-        assert all(i.uid == uid for i in items)
-        return await self.charge_batch(items)
+        """``charge_and_create`` for several tasks of one account in one statement.
+
+        Tasks are taken in order while the balance covers them (running sum), so a batch can
+        part-succeed exactly as the same requests one by one would. No idempotency keys here:
+        one conflicting key would abort the whole batch (those requests use the single path).
+        """
+        if len(items) == 1:
+            # An idle account's batch of one: the single-row statement is the cheaper plan.
+            return [await self.charge_and_create(items[0])]
+        rows = await self.conn.fetch(
+            """
+            WITH req AS (
+                SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                     $7::jsonb[], $8::bigint[], $9::text[])
+                    WITH ORDINALITY AS r(job_id, kind, pool, model, prompt, request, cost, key_name, ord)
+            ), keyed AS (
+                SELECT req.*, (key_name IS NULL OR EXISTS (
+                    SELECT 1 FROM provider_keys pk WHERE pk.uid = $1 AND pk.name = req.key_name)) AS has_key
+                FROM req
+            ), acct AS (
+                SELECT balance_micros FROM accounts WHERE uid = $1 FOR UPDATE
+            ), fit AS (
+                SELECT keyed.*, sum(cost) FILTER (WHERE has_key) OVER (ORDER BY ord) AS running FROM keyed
+            ), ok AS (
+                SELECT fit.* FROM fit, acct WHERE fit.has_key AND fit.running <= acct.balance_micros
+            ), a AS (
+                UPDATE accounts SET balance_micros = balance_micros - (SELECT sum(cost) FROM ok)
+                WHERE uid = $1 AND EXISTS (SELECT 1 FROM ok)
+                RETURNING recharge_armed AND balance_micros < recharge_below_micros AS low
+            ), t AS (
+                INSERT INTO tasks (job_id, uid, kind, pool, model, prompt, request, cost_micros)
+                SELECT job_id, $1, kind, pool, model, prompt, request, cost FROM ok ORDER BY ord
+                RETURNING id, job_id, cost_micros
+            ), l AS (
+                INSERT INTO ledger (uid, amount_micros, kind, task_id)
+                SELECT $1, -cost_micros, 'charge', id FROM t
+            )
+            SELECT keyed.ord, keyed.has_key, t.id AS task_id, EXISTS (SELECT 1 FROM acct) AS account_exists,
+                   coalesce((SELECT low FROM a), false) AS low
+            FROM keyed LEFT JOIN t USING (job_id) ORDER BY keyed.ord
+            """,
+            uid, [i.job_id for i in items], [i.kind for i in items], [i.pool for i in items],
+            [i.model for i in items], [i.prompt for i in items], [i.request for i in items],
+            [i.cost_micros for i in items], [i.key_name for i in items],
+        )
+        return [ChargeOutcome(r["task_id"], r["account_exists"], r["has_key"], r["low"]) for r in rows]
 
     async def charge_batch(self, items: list[NewTask]) -> list[ChargeOutcome]:
         """``charge_and_create`` for several tasks, of one account or many, in one statement
@@ -109,9 +152,9 @@ class TaskRepository:
         idempotency keys here: one conflicting key would abort the whole batch (those requests
         use the single path).
         """
-        if len(items) == 1:
-            # An idle account's batch of one: the single-row statement is the cheaper plan.
-            return [await self.charge_and_create(items[0])]
+        if len({i.uid for i in items}) == 1:
+            # One account (a hot account, or an idle one's batch of one): the cheaper plans.
+            return await self.charge_many(items[0].uid, items)
         rows = await self.conn.fetch(
             """
             WITH req AS (
