@@ -68,8 +68,12 @@ class Stack:
                            str(self.port), "--no-access-log", "--log-level", "warning"])
         for pool in pools:
             self.spawn(pool, [sys.executable, "-m", "ingress.cli", "worker", pool])
-        _wait_http(f"http://127.0.0.1:{self.port}/healthz")
-        _wait_http(f"http://127.0.0.1:{self.fake_port}/_calls")
+        try:  # a loaded machine can take a while; a stack that never comes up is stopped, not left behind
+            _wait_http(f"http://127.0.0.1:{self.port}/healthz", timeout=120)
+            _wait_http(f"http://127.0.0.1:{self.fake_port}/_calls", timeout=120)
+        except RuntimeError:
+            self.stop()
+            raise
         time.sleep(1.0)  # workers: pools and clients
 
     def spawn(self, name: str, cmd: list[str]) -> None:
