@@ -14,9 +14,11 @@ from starlette.routing import Route
 from billing.client import StripeGateway
 from billing.context import Billing
 from ingress import accounts, billing, cancel, chat, files, health, media, moderation, storage_config, tasks, webhooks
+from ingress.admin_limits import get_limits, post_limits
 from ingress.auth import Authenticator
 from ingress.errors import HANDLERS
 from ingress.hooks import get_secret, list_deliveries, rotate_secret
+from ingress.limits import Limiter
 from ingress.metrics import RequestMetrics, metrics
 from ingress.openapi import openapi
 from ingress.state import AppState
@@ -81,6 +83,9 @@ ROUTES = [
     Route("/v1/models", v1_models.list_models, methods=["GET"]),
     Route("/v1/moderations", v1_moderations.moderations, methods=["POST"]),
     Route("/v1/embeddings", v1_embeddings.embeddings, methods=["POST"]),
+    # Per-account limits (issue 11).
+    Route("/admin/limits", post_limits, methods=["POST"]),
+    Route("/admin/limits", get_limits, methods=["GET"]),
 ]
 
 
@@ -104,6 +109,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             charges=Combiner(lambda key, items: TaskRepository(db).charge_many(key[0], items)),
             billing=Billing(settings, db, gateway, queue) if gateway is not None else None,
         )
+        app.state.sn.limiter = app.state.sn.auth.limiter = Limiter(settings, db, redis)
         try:
             yield
         finally:
