@@ -29,9 +29,11 @@ def arq_failure(raw: bytes | None) -> tuple[str | None, int | None, str | None]:
         return None, None, None
     if not isinstance(r, dict):
         return None, None, None
-    tries = r.get("t")
-    error = r.get("r") if not r.get("s") else None
-    return r.get("f"), tries if isinstance(tries, int) else None, str(error) if error else None
+    tries = r.get("t") if isinstance(r.get("t"), int) else None
+    error = str(r["r"]) if not r.get("s") and r.get("r") else None
+    if tries is not None and error is not None and "retries exceeded" in error:
+        tries -= 1  # arq counted the try it refused to start
+    return r.get("f"), tries, error
 
 
 def record(job_id: str, pool: str, *, function: str | None, tries: int | None, error: str,
