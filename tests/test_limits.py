@@ -179,3 +179,16 @@ async def test_a_leaked_in_flight_slot_expires(client: httpx.AsyncClient, make_a
     r = await client.post(CHAT, headers={**acct.headers, "Prefer": "respond-async"}, json={"model": "m", "prompt": "x"})
     assert r.status_code == 202, r.text
     assert await redis.zrange(keys.in_flight("chat", acct.uid), 0, -1) == [r.json()["job_id"].encode()]
+
+
+async def test_a_full_pool_is_refused_before_an_image_is_fetched(
+        client: httpx.AsyncClient, make_account: MakeAccount, app: Any) -> None:
+    acct = await make_account()
+    await limit(client, acct.uid, in_flight={"moderation": 1})
+    redis = app.state.sn.redis
+    t = int((await redis.time())[0])
+    await redis.zadd(keys.in_flight("moderation", acct.uid), {"running-job": t + 600})
+    # The URL would be refused by the SSRF guard (400) had the request got as far as fetching it.
+    r = await client.post("/moderate", headers=acct.headers, json={"imageUrl": "http://127.0.0.1:9/x.png"})
+    assert_limited(r)
+    assert await charges(app, acct.uid) == 0
