@@ -120,9 +120,12 @@ async def test_admin_limits_refuses_bad_input_and_non_admins(
     assert (await client.post("/admin/limits", json={"uid": acct.uid})).status_code == 403
     assert (await client.post("/admin/limits", headers=acct.headers, json={"uid": acct.uid})).status_code == 403
     assert (await client.get("/admin/limits", headers=acct.headers, params={"uid": acct.uid})).status_code == 403
-    for bad in ({"uid": acct.uid, "rate": {"nope": 1}}, {"uid": acct.uid, "in_flight": {"poll": 1}},
-                {"uid": acct.uid, "rate": {"chat": -1}}, {"uid": acct.uid, "rate": {"chat": "x"}},
-                {"uid": acct.uid, "burst": {"chat": 0}}, {"uid": acct.uid, "surprise": 1}, {"rate": {}}):
+    u = acct.uid
+    bads: list[dict[str, Any]] = [
+        {"uid": u, "rate": {"nope": 1}}, {"uid": u, "in_flight": {"poll": 1}}, {"uid": u, "rate": {"chat": -1}},
+        {"uid": u, "rate": {"chat": "x"}}, {"uid": u, "burst": {"chat": 0}}, {"uid": u, "surprise": 1},
+        {"rate": {}}]
+    for bad in bads:
         r = await client.post("/admin/limits", headers=ADMIN, json=bad)
         assert r.status_code == 400, (bad, r.text)
     r = await client.post("/admin/limits", headers=ADMIN, json={"uid": "no-such-uid", "rate": {"chat": 1}})
