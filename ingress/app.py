@@ -109,7 +109,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             charges=Combiner(lambda key, items: TaskRepository(db).charge_many(key[0], items)),
             billing=Billing(settings, db, gateway, queue) if gateway is not None else None,
         )
-        app.state.sn.limiter = app.state.sn.auth.limiter = Limiter(settings, db, redis)
+        if settings.limits_enabled:
+            app.state.sn.limiter = app.state.sn.auth.limiter = Limiter(settings, db, redis)
         try:
             yield
         finally:

@@ -191,8 +191,10 @@ class Settings(BaseSettings):
     v1_models_timeout_seconds: float = 10.0
 
     # Per-account limits (README "Limits and fairness"); POST /admin/limits overrides them per
-    # account. 0 turns a limit off. Requests per second per route group, a token bucket in Redis
+    # account. 0 turns a limit off; limits_enabled=false all of them (benchmarks measure the
+    # gateway, not the limiter). Requests per second per route group, a token bucket in Redis
     # holding rate × limit_burst_seconds requests (at least 1):
+    limits_enabled: bool = True
     rate_limit_chat: float = Field(20.0, ge=0)
     rate_limit_media: float = Field(10.0, ge=0)
     rate_limit_moderation: float = Field(20.0, ge=0)

@@ -195,3 +195,11 @@ async def test_a_full_pool_is_refused_before_an_image_is_fetched(
     r = await client.post("/moderate", headers=acct.headers, json={"imageUrl": "http://127.0.0.1:9/x.png"})
     assert_limited(r)
     assert await charges(app, acct.uid) == 0
+
+
+async def test_limits_can_be_switched_off_for_benchmarks(app: Any) -> None:
+    from ingress.app import create_app
+
+    off = create_app(app.state.sn.settings.model_copy(update={"limits_enabled": False}))
+    async with off.router.lifespan_context(off):
+        assert off.state.sn.limiter is None and off.state.sn.auth.limiter is None
