@@ -31,7 +31,7 @@ from storage.limits import LimitsRepository
 GROUPS = ("chat", "media", "moderation", "v1", "read", "account")
 IN_FLIGHT_POOLS = ("chat", "media", "moderation")
 
-_READ_PATHS = frozenset({"/prediction-status", "/face-swap/status", "/tasks", "/balance"})
+_READ_PATHS = frozenset({"/prediction-status", "/face-swap/status", "/tasks", "/balance", "/usage"})
 _GROUP_BY_PATH = {"/chat-completion": "chat", "/chatgpt-completion": "chat", "/generate": "media",
                   "/face-swap/run": "media", "/moderate": "moderation", "/": "moderation"}
 
@@ -77,7 +77,7 @@ def route_group(method: str, path: str) -> str:
     if path.startswith("/v1/"):
         return "v1"
     group = _GROUP_BY_PATH.get(path)
-    if group is not None:
+    if group is not None and (method == "POST" or path != "/"):  # GET / is the web UI's home page
         return group
     if method == "GET" and (path in _READ_PATHS or path.startswith("/tasks/")):
         return "read"

@@ -215,6 +215,15 @@ class Settings(BaseSettings):
     dead_letter_max: int = Field(1000, ge=1)
     dead_letter_ttl_seconds: int = Field(7 * 86_400, ge=60)
 
+    # Web UI (issue 9): sessions and sign-in throttling.
+    session_ttl_seconds: int = 14 * 24 * 3600
+    signin_failure_window_seconds: int = 900
+    signin_max_failures_per_account: int = 5
+    signin_max_failures_per_address: int = 30
+    # Where the billing page loads Stripe.js from (only once Stripe is configured); tests point it
+    # at localstripe's copy.
+    stripe_js_url: str = "https://js.stripe.com/v3/"
+
     @field_validator("public_url_")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
