@@ -14,9 +14,11 @@ from starlette.routing import Mount, Route
 from billing.client import StripeGateway
 from billing.context import Billing
 from ingress import accounts, billing, cancel, chat, files, health, media, moderation, storage_config, tasks, webhooks
+from ingress.admin_limits import get_limits, post_limits
 from ingress.auth import Authenticator
 from ingress.errors import HANDLERS
 from ingress.hooks import get_secret, list_deliveries, rotate_secret
+from ingress.limits import Limiter
 from ingress.metrics import RequestMetrics, metrics
 from ingress.openapi import openapi
 from ingress.replies import Replies
@@ -83,6 +85,9 @@ ROUTES = [
     Route("/v1/models", v1_models.list_models, methods=["GET"]),
     Route("/v1/moderations", v1_moderations.moderations, methods=["POST"]),
     Route("/v1/embeddings", v1_embeddings.embeddings, methods=["POST"]),
+    # Per-account limits (issue 11).
+    Route("/admin/limits", post_limits, methods=["POST"]),
+    Route("/admin/limits", get_limits, methods=["GET"]),
     # The web UI (issue 9): the JSON endpoints its pages need, then the pages and their assets.
     Route("/keys", keys.list_keys, methods=["GET"]),
     Route("/keys", keys.create_key, methods=["POST"]),
@@ -125,6 +130,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             billing=Billing(settings, db, gateway, queue) if gateway is not None else None,
             replies=Replies(redis),
         )
+        if settings.limits_enabled:
+            app.state.sn.limiter = app.state.sn.auth.limiter = Limiter(settings, db, redis)
         app.state.sn.replies.start()
         try:
             yield

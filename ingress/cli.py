@@ -235,6 +235,16 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    from ingress import queue_cli
+
+    s = get_settings()
+    if args.queue_cmd != "show":
+        return queue_cli.main_async(args, s, None)
+    with _database(s) as dsn:  # the task row is in Postgres
+        return queue_cli.main_async(args, s, dsn)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="syncnode", description="SyncNode AI API gateway")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -259,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("pool", choices=["chat", "media", "poll", "moderation", "billing", "webhooks"])
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     w.set_defaults(fn=cmd_worker)
+    from ingress.queue_cli import add_parser as add_queue_parser
+
+    add_queue_parser(sub).set_defaults(fn=cmd_queue)
     args = p.parse_args(argv)
     return int(args.fn(args))
 

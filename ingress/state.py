@@ -19,6 +19,7 @@ from storage.tasks import ChargeOutcome, NewTask
 if TYPE_CHECKING:
     from billing.context import Billing
     from ingress.auth import Authenticator
+    from ingress.limits import Limiter
     from ingress.replies import Replies
 
 
@@ -37,6 +38,8 @@ class AppState:
     billing: Billing | None = None
     # Where synchronous requests hear their task ended (None: each waits on its own done list).
     replies: Replies | None = None
+    # Per-account limits (ingress/limits.py); None turns them all off.
+    limiter: Limiter | None = None
 
 
 def state(request: Request) -> AppState:
