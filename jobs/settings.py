@@ -6,6 +6,7 @@ import secrets
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -189,6 +190,12 @@ class Settings(BaseSettings):
     v1_stream_idle_seconds: float = 5.0
     v1_models_ttl_seconds: int = 600
     v1_models_timeout_seconds: float = 10.0
+
+    # Logs and metrics (deploy/PRODUCTION.md). "text" reads well in a terminal (`syncnode up`);
+    # "json" is one object per line for a log pipeline, the production choice.
+    log_format: Literal["text", "json"] = "text"
+    # Every ingress shares one ledger aggregate through Redis for this long (GET /metrics).
+    metrics_ledger_cache_seconds: float = 15.0
 
     @field_validator("public_url_")
     @classmethod
