@@ -39,7 +39,7 @@ FIELDS = ("method", "route", "status", "duration_ms", "function", "outcome", "tr
 _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:=+/-]{1,128}")
 # Loggers that would write what must not be written (request URLs, job arguments) or that
 # repeat, per request or job, what the access and job lines already say.
-_QUIET = ("httpx", "httpcore", "arq.worker", "arq.jobs", "arq.connections")
+_QUIET = ("httpx", "httpcore", "arq")
 _MARK = "_syncnode_handler"
 
 
@@ -54,19 +54,29 @@ def accept_request_id(given: str | None) -> str:
     return new_request_id()
 
 
+_WRITTEN = (*(n for n, _ in _CONTEXT), *FIELDS)
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in (*(n for n, _ in _CONTEXT), *FIELDS):
-        v = getattr(record, name, None)
-        if v is not None:
-            out[name] = v
-    return out
+    d = record.__dict__
+    return {name: d[name] for name in _WRITTEN if d.get(name) is not None}
+
+
+def _utc(created: float) -> str:
+    """ISO 8601 in UTC with milliseconds; the seconds part is formatted once per second."""
+    global _last_second
+    sec = int(created)
+    if sec != _last_second[0]:
+        _last_second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{_last_second[1]}.{int((created - sec) * 1000):03d}Z"
+
+
+_last_second: tuple[int, str] = (-1, "")
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line: dict[str, Any] = {"ts": f"{ts}.{int(record.msecs):03d}Z", "level": record.levelname,
+        line: dict[str, Any] = {"ts": _utc(record.created), "level": record.levelname,
                                 "logger": record.name, "msg": record.getMessage(), **_fields(record)}
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
@@ -129,5 +139,4 @@ def setup(fmt: str = "text", level: str = "INFO", stream: TextIO | None = None) 
 
 def json_line(msg: str, **fields: Any) -> str:
     """A line in the JSON log shape for output that does not go through logging (``syncnode up``)."""
-    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    return orjson.dumps({"ts": f"{ts}Z", "level": "INFO", "msg": msg, **fields}, default=str).decode()
+    return orjson.dumps({"ts": _utc(time.time()), "level": "INFO", "msg": msg, **fields}, default=str).decode()

@@ -234,3 +234,22 @@ async def test_secrets_and_images_never_reach_the_logs(
     for name, secret in [("api key", acct.api_key), ("wrong api key", wrong), *stored.items(),
                          ("image", image[:64]), ("image tail", image[-64:])]:
         assert secret not in everything, f"the {name} was logged"
+
+
+def test_syncnode_up_relays_json_lines_as_they_are() -> None:
+    from ingress.supervisor import Guard, Supervisor
+
+    out = io.StringIO()
+    sup = Supervisor(Guard(out), json_lines=True)
+    child = json.dumps({"ts": "t", "level": "INFO", "logger": "syncnode.job", "msg": "job done", "pool": "chat"})
+    sup._line("chat", child)
+    sup._line("web", "Traceback (most recent call last):")
+    sup._line("system", "chat started (pid 42)")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines[0] == json.loads(child)
+    assert (lines[1]["process"], lines[1]["logger"], lines[1]["msg"]) == (
+        "web", "syncnode.output", "Traceback (most recent call last):")
+    assert (lines[2]["process"], lines[2]["logger"]) == ("system", "syncnode.up")
+    text = io.StringIO()
+    Supervisor(Guard(text))._line("chat", "plain")  # the default: a person reads `syncnode up`
+    assert re.fullmatch(r"\d\d:\d\d:\d\d chat   \| plain\n", text.getvalue())
