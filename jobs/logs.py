@@ -32,7 +32,7 @@ POOL: ContextVar[str | None] = ContextVar("syncnode_pool", default=None)
 _CONTEXT = (("request_id", REQUEST_ID), ("uid", UID), ("job_id", JOB_ID), ("pool", POOL))
 
 # Fields a log call may add with ``extra=``; nothing else a record carries is written out.
-FIELDS = ("method", "route", "status", "duration_ms", "function", "outcome", "tries", "process")
+FIELDS = ("method", "route", "status", "duration_ms", "function", "outcome", "tries")
 
 # A client's X-Request-Id is kept only when it is short and plain: it is written into every log
 # line and response, so newlines, quotes or kilobytes of it would forge or flood log lines.
