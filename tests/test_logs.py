@@ -189,10 +189,11 @@ async def _wait_ready(log_path: Path, proc: subprocess.Popen[bytes]) -> None:
 @pytest.mark.slow
 async def test_secrets_and_images_never_reach_the_logs(
         client: httpx.AsyncClient, app: Any, json_logs: Captured, media_workers: Any, sim: Any,
-        moderation_worker: Any, tmp_path: Path) -> None:
+        moderation_worker: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full run — sign-up, stored keys, chat on both providers, generate, moderation of an image,
-    a wrong key — with the ingress and in-process workers logging at DEBUG and the chat pool in a
-    real process; then every line of both is searched for each secret and for the image."""
+    a wrong key, the web UI's sign-up and sign-in — with the ingress and in-process workers logging at
+    DEBUG and the chat pool in a real process; then every line of both is searched for each secret
+    and for the image."""
     log_path = tmp_path / "chat-worker.log"
     proc = _chat_worker_process(log_path)
     try:
@@ -218,6 +219,20 @@ async def test_secrets_and_images_never_reach_the_logs(
         assert r.status_code == 200, r.text
         wrong = f"sn_{secrets.token_urlsafe(24)}"
         assert (await client.get("/balance", headers={"Authorization": f"Bearer {wrong}"})).status_code == 401
+        # The web UI's credentials: a password, a session cookie, and a wrong password.
+        monkeypatch.setattr(app.state.sn.settings, "open_signup", True)
+        password, email = secrets.token_urlsafe(18), f"{uuid.uuid4().hex}@example.com"
+        origin = {"Origin": "http://gateway.test"}
+        r = await client.post("/ui/signup", json={"email": email, "password": password}, headers=origin)
+        assert r.status_code == 201, r.text
+        ui_key = r.json()["api_key"]
+        r = await client.post("/ui/signin", json={"email": email, "password": password}, headers=origin)
+        assert r.status_code == 200, r.text
+        cookie = next(iter(r.cookies.values()))
+        assert (await client.get("/balance")).status_code == 200  # the session cookie as a credential
+        wrong_password = secrets.token_urlsafe(18)
+        r = await client.post("/ui/signin", json={"email": email, "password": wrong_password}, headers=origin)
+        assert r.status_code == 401, r.text
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -227,13 +242,15 @@ async def test_secrets_and_images_never_reach_the_logs(
     [job] = [x for x in worker_lines if x["logger"] == "syncnode.job" and x.get("job_id") == chat_job]
     assert (job["request_id"], job["uid"], job["pool"], job["outcome"]) == (rid, acct.uid, "chat", "completed")
     routes = {x["route"] for x in json_logs.lines() if x["logger"] == "syncnode.access"}
-    assert {"/accounts", "/api-keys", CHAT, "/chatgpt-completion", "/generate", "/moderate", "/balance"} <= routes
+    assert {"/accounts", "/api-keys", CHAT, "/chatgpt-completion", "/generate", "/moderate", "/balance",
+            "/ui/signup", "/ui/signin"} <= routes
     jobs = [x for x in json_logs.lines() if x["logger"] == "syncnode.job" and x.get("request_id") == rid]
     # The poll jobs were enqueued by the media job, not by the request: they carry its id all the same.
     assert {"media", "poll", "moderation"} <= {x["pool"] for x in jobs}
     everything = json_logs.text() + worker_log
     for name, secret in [("api key", acct.api_key), ("wrong api key", wrong), *stored.items(),
-                         ("image", image[:64]), ("image tail", image[-64:])]:
+                         ("image", image[:64]), ("image tail", image[-64:]), ("password", password),
+                         ("wrong password", wrong_password), ("session cookie", cookie), ("UI api key", ui_key)]:
         assert secret not in everything, f"the {name} was logged"
 
 
