@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 
 from jobs.errors import Forbidden, NotFound, Unauthorized
+from jobs.logs import UID
 from jobs.settings import Settings, to_micros
 from storage.accounts import AccountRepository
 from storage.secrets import API_KEY_PREFIX, hash_api_key
@@ -116,11 +117,13 @@ class Authenticator:
         elif public and self.settings.allow_uid_only and claimed_uid:
             if not await AccountRepository(self.db).exists(claimed_uid):
                 raise NotFound("Unknown uid")
+            UID.set(claimed_uid)
             return Principal(claimed_uid, "uid")
         elif header:
             raise Unauthorized("Authorization header must be 'Bearer <API key or access token>'")
         else:
             raise Unauthorized("Missing credential: send 'Authorization: Bearer <your API key>'")
+        UID.set(p.uid)  # the access line and every log line after this one name the account
         if claimed_uid is not None and claimed_uid != p.uid:
             raise Forbidden("uid does not match the credential's account")
         return p

@@ -23,6 +23,7 @@ import asyncpg
 from redis.asyncio import Redis
 from starlette.requests import Request
 
+from ingress.metrics import rate_limited
 from jobs import keys
 from jobs.errors import RateLimited
 from jobs.settings import Settings
@@ -142,6 +143,7 @@ class Limiter:
             return
         allowed, left, retry, reset = await self._bucket(keys=[keys.rate_bucket(uid, group)], args=[rate, cap])
         if not int(allowed):
+            rate_limited(group)
             raise RateLimited(
                 f"Rate limit: at most {rate:g} requests per second (bursts of {int(cap)}) on {group} routes "
                 "for this account; retry after Retry-After seconds",
@@ -155,6 +157,7 @@ class Limiter:
         ok, _ = await self._admit(keys=[keys.in_flight(pool, uid)],
                                   args=[limit, job_id, self.settings.in_flight_ttl_seconds])
         if not int(ok):
+            rate_limited(f"in_flight_{pool}")
             raise RateLimited(
                 f"Too many tasks in flight: at most {limit} at once on the {pool} pool for this account; "
                 "retry when one finishes",
@@ -169,6 +172,7 @@ class Limiter:
         """Refuse early (before a body's costly work) an account whose pool is already full."""
         limit = (await self.limits(uid)).in_flight.get(pool, 0)
         if limit > 0 and await self.redis.zcount(keys.in_flight(pool, uid), time.time(), "+inf") >= limit:
+            rate_limited(f"in_flight_{pool}")
             raise RateLimited(
                 f"Too many tasks in flight: at most {limit} at once on the {pool} pool for this account; "
                 "retry when one finishes",

@@ -6,6 +6,7 @@ import secrets
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -218,6 +219,12 @@ class Settings(BaseSettings):
     # Dead letters (syncnode:dead:<pool>): at most this many per pool, each kept this long.
     dead_letter_max: int = Field(1000, ge=1)
     dead_letter_ttl_seconds: int = Field(7 * 86_400, ge=60)
+
+    # Logs and metrics (deploy/PRODUCTION.md). "text" reads well in a terminal (`syncnode up`);
+    # "json" is one object per line for a log pipeline, the production choice.
+    log_format: Literal["text", "json"] = "text"
+    # Every ingress shares one ledger aggregate through Redis for this long (GET /metrics).
+    metrics_ledger_cache_seconds: float = 15.0
 
     # Web UI (issue 9): sessions and sign-in throttling.
     session_ttl_seconds: int = 14 * 24 * 3600

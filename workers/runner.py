@@ -19,6 +19,7 @@ from arq import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from jobs import keys
+from jobs.logs import UID
 from storage.status import PUBLIC_STATUS
 from storage.tasks import TERMINAL, TaskRepository
 from workers.context import WorkerContext
@@ -125,6 +126,7 @@ async def _run(w: WorkerContext, job_id: str, key_name: str | None, work: Work) 
     if row is None:
         log.warning("job %s has no task row; dropped", job_id)
         return "missing"
+    UID.set(row["uid"])  # this job's log lines name the account (workers/tracing.py resets it)
     if row["status"] in TERMINAL:
         await announce(w, job_id)
         return "duplicate"
