@@ -107,3 +107,11 @@ def models_cache(provider: str, scope: str) -> str:
 
 
 __all__ += ["chat_stream", "stream_cancel", "models_cache"]
+
+
+def webhook_lookups(uid: str) -> str:
+    """STRING counter with TTL: an account's webhook address lookups under way at submit."""
+    return f"syncnode:webhook-lookups:{uid}"
+
+
+__all__ += ["webhook_lookups"]

@@ -177,6 +177,16 @@ class Settings(BaseSettings):
     # How long a rotated-out signing secret keeps signing (POST /webhook-secret/rotate).
     webhook_secret_overlap_seconds: int = 86_400
 
+    # Webhook targets (README "Webhooks"). Their own allow list, never SYNCNODE_FETCH_ALLOW: hosts
+    # the operator lets storage and moderation fetches reach must not be POSTed to by any user.
+    webhook_allow: str = ""
+    # Checking a target's address at submit: at most this many lookups of one account at once
+    # (fewer when its balance pays for fewer calls), each given up after this long.
+    webhook_lookups_per_account: int = 4
+    webhook_lookup_timeout_seconds: float = 3.0
+    # Threads for those lookups, apart from the loop's default pool (argon2 sign-ins use that).
+    webhook_lookup_threads: int = 4
+
     # OpenAI-compatible API under /v1 (docs in README "Use it from the OpenAI SDKs").
     price_embeddings: Decimal = Decimal("0.02")
     # A streamed task's Redis Stream: at most this many entries, kept this long after its last one.
@@ -215,6 +225,10 @@ class Settings(BaseSettings):
     @property
     def fetch_allow_list(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.fetch_allow.split(",") if h.strip())
+
+    @property
+    def webhook_allow_list(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.webhook_allow.split(",") if h.strip())
 
     def master_key_value(self) -> str:
         """The master key; in dev (embedded databases) one is generated into the data dir."""
