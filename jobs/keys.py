@@ -115,3 +115,16 @@ def webhook_lookups(uid: str) -> str:
 
 
 __all__ += ["webhook_lookups"]
+
+
+def stream_relays(job_id: str) -> str:
+    """STRING counter with TTL: SSE relays of one streamed task open at once (all ingresses)."""
+    return f"syncnode:relays:task:{job_id}"
+
+
+def account_relays(uid: str) -> str:
+    """STRING counter with TTL: SSE relays of one account's streamed tasks open at once."""
+    return f"syncnode:relays:account:{uid}"
+
+
+__all__ += ["stream_relays", "account_relays"]

@@ -200,6 +200,10 @@ class Settings(BaseSettings):
     v1_models_ttl_seconds: int = 600
     v1_models_timeout_seconds: float = 10.0
 
+    # Open relays of streamed tasks (GET /v1/tasks/{id}/stream is free): beyond these a 429.
+    v1_stream_relays_per_task: int = 4
+    v1_stream_relays_per_account: int = 20
+
     # Web UI (issue 9): sessions and sign-in throttling.
     session_ttl_seconds: int = 14 * 24 * 3600
     signin_failure_window_seconds: int = 900

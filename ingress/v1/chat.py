@@ -70,7 +70,7 @@ async def chat_completions(request: Request) -> Response:
     if is_async:
         return relay.accepted(st, sub.task_id, sub.job_id, req.stream)
     if req.stream:
-        return await relay.open_stream(st, sub.task_id, sub.job_id, cancel_on_disconnect=True)
+        return await relay.open_stream(st, sub.task_id, sub.job_id, uid=who.uid, cancel_on_disconnect=True)
     if sub.result is None:
         raise timed_out(sub.job_id, sub.task_id)
     if sub.result["status"] == "completed":
