@@ -203,6 +203,10 @@ class Settings(BaseSettings):
     # Open relays of streamed tasks (GET /v1/tasks/{id}/stream is free): beyond these a 429.
     v1_stream_relays_per_task: int = 4
     v1_stream_relays_per_account: int = 20
+    # The ingress's Redis pool: connections at most (each waiting sync call holds one), and how
+    # long a request waits for a free one before a 503.
+    redis_max_connections: int = 10_000
+    redis_pool_timeout_seconds: float = 5.0
 
     # Web UI (issue 9): sessions and sign-in throttling.
     session_ttl_seconds: int = 14 * 24 * 3600

@@ -91,3 +91,22 @@ async def test_relays_of_one_task_share_one_blocking_read(gateway: str, funded: 
         assert [s.status_code for s in [first, *more]] == [200] * cap
         many = await blocked()
     assert max(many) <= max(one), (one, many)
+
+
+async def test_the_ingress_redis_pool_is_bounded_and_sync_calls_wait_for_it(
+        funded: Account, chat_worker: Any) -> None:
+    """Each waiting sync call holds a connection (BLPOP): with a pool of 4, ten at once take turns
+    instead of opening ten connections, and all of them are answered."""
+    from ingress.app import create_app
+    from tests.fixtures.v1 import GatewayThread
+
+    app = create_app(get_settings().model_copy(update={"redis_max_connections": 4,
+                                                       "redis_pool_timeout_seconds": 30.0}))
+    with GatewayThread(app) as server:
+        async with httpx.AsyncClient(timeout=60, headers=funded.headers) as c:
+            rs = await asyncio.gather(*(c.post(f"{server.url}/chat-completion", json={
+                "model": "slow-0.5", "prompt": f"turn {i}"}) for i in range(10)))
+        pool = app.state.sn.redis.connection_pool
+        made = len(pool._available_connections) + len(pool._in_use_connections)
+    assert [r.status_code for r in rs] == [200] * 10, rs[0].text
+    assert made <= 4
