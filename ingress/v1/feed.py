@@ -43,9 +43,10 @@ class Feed:
         self.ids: list[tuple[int, ...]] = []
 
     def after(self, last_id: str) -> list[Entry] | None:
-        """The kept entries after ``last_id``; None when it is behind what the feed kept."""
+        """The kept entries after ``last_id``; None when it is behind what the feed kept (or the
+        reader died of something unforeseen: the relay then reads for itself)."""
         last = entry_key(last_id)
-        if self.start is None or last < self.start:
+        if self.start is None or last < self.start or (self.task is not None and self.task.done()):
             return None
         return self.entries[bisect.bisect_right(self.ids, last):]
 
