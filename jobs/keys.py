@@ -107,3 +107,11 @@ def models_cache(provider: str, scope: str) -> str:
 
 
 __all__ += ["chat_stream", "stream_cancel", "models_cache"]
+
+
+def card_attempts(action: str, scope: str, who: str) -> str:
+    """STRING counter with TTL: card saves or setups ("attach"/"setup") by one account or address."""
+    return f"syncnode:card-{action}:{scope}:{who}"
+
+
+__all__ += ["card_attempts"]
