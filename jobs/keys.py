@@ -140,3 +140,11 @@ def worker_health(pool: str, token: str) -> str:
 
 
 __all__ += ["IN_FLIGHT_PREFIX", "rate_bucket", "in_flight", "dead", "last_error", "worker_health"]
+
+
+def card_attempts(action: str, scope: str, who: str) -> str:
+    """STRING counter with TTL: card saves or setups ("attach"/"setup") by one account or address."""
+    return f"syncnode:card-{action}:{scope}:{who}"
+
+
+__all__ += ["card_attempts"]

@@ -231,6 +231,16 @@ class Settings(BaseSettings):
     # at localstripe's copy.
     stripe_js_url: str = "https://js.stripe.com/v3/"
 
+    # Billing review fixes: no new auto-recharge this long after one was credited, unless the
+    # balance cannot pay the call that asked for it; saving cards and starting a card setup are
+    # limited per account and per client address in a fixed window (card-testing), declines counted.
+    recharge_cooldown_seconds: float = Field(300.0, ge=0)
+    card_attach_max_per_account: int = Field(5, ge=1)
+    card_attach_max_per_address: int = Field(20, ge=1)
+    card_setup_max_per_account: int = Field(10, ge=1)
+    card_setup_max_per_address: int = Field(40, ge=1)
+    card_limit_window_seconds: int = Field(86_400, ge=1)
+
     @field_validator("public_url_")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
