@@ -122,8 +122,12 @@ async def post_api_keys(request: Request) -> Response:
         if value is None or value == "":
             updates[name] = None
             continue
-        if not isinstance(value, str) or len(value) > 1000 or value.strip() != value or " " in value:
-            raise BadRequest(f"Invalid {name}: must be a key string without spaces (at most 1000 characters)")
+        # Printable ASCII only: a key goes into an HTTP header, where a newline or a non-ASCII
+        # character makes the client raise an error that quotes the key back.
+        if not isinstance(value, str) or len(value) > 1000 or not (value.isascii() and value.isprintable()) \
+                or " " in value:
+            raise BadRequest(f"Invalid {name}: must be a key string of printable ASCII without spaces "
+                             "(at most 1000 characters)")
         updates[name] = (st.box.encrypt(value), mask(value))
     if not updates:
         raise BadRequest(f"Send at least one of {', '.join(PROVIDER_KEY_NAMES)}")

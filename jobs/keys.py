@@ -107,3 +107,36 @@ def models_cache(provider: str, scope: str) -> str:
 
 
 __all__ += ["chat_stream", "stream_cancel", "models_cache"]
+
+
+# Per-account limits and dead letters (issue 11).
+IN_FLIGHT_PREFIX = "syncnode:inflight:"
+
+
+def rate_bucket(uid: str, group: str) -> str:
+    """HASH tokens/ts with TTL: an account's token bucket for one route group (ingress/limits.py)."""
+    return f"syncnode:rate:{group}:{uid}"
+
+
+def in_flight(pool: str, uid: str) -> str:
+    """ZSET of an account's task job ids in flight on a pool, scored by when each stops counting
+    (a leak's bound); a final status removes its member (storage/status.py)."""
+    return f"{IN_FLIGHT_PREFIX}{pool}:{uid}"
+
+
+def dead(pool: str) -> str:
+    """ZSET of JSON dead-letter records (jobs arq gave up on), scored by ms time; capped, expiring."""
+    return f"syncnode:dead:{pool}"
+
+
+def last_error(job_id: str) -> str:
+    """STRING with TTL: why a task job's latest try was retried (kept for its dead letter)."""
+    return f"syncnode:last-error:{job_id}"
+
+
+def worker_health(pool: str, token: str) -> str:
+    """STRING with TTL: one worker's heartbeat (arq's own health-check key is shared by the pool)."""
+    return f"{health_check(pool)}:{token}"
+
+
+__all__ += ["IN_FLIGHT_PREFIX", "rate_bucket", "in_flight", "dead", "last_error", "worker_health"]

@@ -6,6 +6,7 @@ import secrets
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -189,6 +190,37 @@ class Settings(BaseSettings):
     v1_stream_idle_seconds: float = 5.0
     v1_models_ttl_seconds: int = 600
     v1_models_timeout_seconds: float = 10.0
+
+    # Per-account limits (README "Limits and fairness"); POST /admin/limits overrides them per
+    # account. 0 turns a limit off; limits_enabled=false all of them (benchmarks measure the
+    # gateway, not the limiter). Requests per second per route group, a token bucket in Redis
+    # holding rate × limit_burst_seconds requests (at least 1):
+    limits_enabled: bool = True
+    rate_limit_chat: float = Field(20.0, ge=0)
+    rate_limit_media: float = Field(10.0, ge=0)
+    rate_limit_moderation: float = Field(20.0, ge=0)
+    rate_limit_v1: float = Field(20.0, ge=0)
+    rate_limit_read: float = Field(50.0, ge=0)
+    rate_limit_account: float = Field(10.0, ge=0)
+    limit_burst_seconds: float = Field(5.0, gt=0)
+    # Tasks of one account in flight (charged, not yet finished) per pool: what keeps one
+    # account's flood from filling a pool that others share.
+    in_flight_chat: int = Field(50, ge=0)
+    in_flight_media: int = Field(20, ge=0)
+    in_flight_moderation: int = Field(20, ge=0)
+    # A slot a crash leaked (no final status published) is free again after this long.
+    in_flight_ttl_seconds: int = Field(1800, ge=1)
+    # How long an ingress keeps an account's overrides before reading them again.
+    limits_cache_seconds: float = Field(5.0, ge=0)
+    # Dead letters (syncnode:dead:<pool>): at most this many per pool, each kept this long.
+    dead_letter_max: int = Field(1000, ge=1)
+    dead_letter_ttl_seconds: int = Field(7 * 86_400, ge=60)
+
+    # Logs and metrics (deploy/PRODUCTION.md). "text" reads well in a terminal (`syncnode up`);
+    # "json" is one object per line for a log pipeline, the production choice.
+    log_format: Literal["text", "json"] = "text"
+    # Every ingress shares one ledger aggregate through Redis for this long (GET /metrics).
+    metrics_ledger_cache_seconds: float = 15.0
 
     # Web UI (issue 9): sessions and sign-in throttling.
     session_ttl_seconds: int = 14 * 24 * 3600
