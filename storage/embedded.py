@@ -291,10 +291,23 @@ class EmbeddedRedis:
     def password_file(self) -> Path:
         return self.data_dir / "redis.password"
 
+    def _url(self, port: int) -> str:
+        pw = read_secret(self.password_file)
+        return f"redis://{':' + pw + '@' if pw else ''}127.0.0.1:{port}/0"
+
     @property
     def url(self) -> str:
-        pw = read_secret(self.password_file)
-        return f"redis://{':' + pw + '@' if pw else ''}127.0.0.1:{self.port}/0"
+        return self._url(self.port)
+
+    def running_url(self) -> str | None:
+        """URL (password included) of a server another process runs on this directory, if one runs."""
+        pid = procs.read_pid(self.pidfile)
+        if pid is None or not procs.runs(pid, "redis-server", "valkey-server"):
+            return None
+        try:
+            return self._url(int((self.data_dir / "port").read_text().strip()))
+        except (OSError, ValueError):
+            return None
 
     @property
     def pidfile(self) -> Path:
@@ -317,6 +330,7 @@ class EmbeddedRedis:
         preexec = procs.die_with_parent(signal.SIGTERM) if self.die_with_parent else None
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, preexec_fn=preexec)
         _wait_port(self.port, self.proc, "Redis", self.data_dir / "redis.log")
+        (self.data_dir / "port").write_text(f"{self.port}\n")  # Redis retitles itself: argv has no --port
         return self.url
 
     def stop(self) -> None:

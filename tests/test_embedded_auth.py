@@ -60,6 +60,7 @@ def test_fresh_servers_require_a_password_kept_in_private_files(tmp_path: Path) 
         assert pg.running_dsn() == dsn  # what `syncnode accounts create` uses next to a running `up`
 
         assert redis.Redis.from_url(url).ping()
+        assert EmbeddedRedis(tmp_path / "redis").running_url() == url  # what `syncnode queue` connects to
         with pytest.raises(redis.exceptions.AuthenticationError):
             redis.Redis(host="127.0.0.1", port=rd.port).ping()
         with pytest.raises(redis.exceptions.AuthenticationError):
