@@ -331,6 +331,10 @@ class EmbeddedRedis:
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, preexec_fn=preexec)
         _wait_port(self.port, self.proc, "Redis", self.data_dir / "redis.log")
         (self.data_dir / "port").write_text(f"{self.port}\n")  # Redis retitles itself: argv has no --port
+        # Redis writes its pid file only after it listens; stop_stale needs it.
+        deadline = time.monotonic() + 5
+        while procs.read_pid(self.pidfile) is None and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         return self.url
 
     def stop(self) -> None:
