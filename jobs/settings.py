@@ -259,6 +259,16 @@ class Settings(BaseSettings):
     card_setup_max_per_address: int = Field(40, ge=1)
     card_limit_window_seconds: int = Field(86_400, ge=1)
 
+    # Security review 2: caps on what one account or one client address can pile up.
+    # Sessions per account (the oldest is ended beyond this) and live API keys per account.
+    max_sessions_per_account: int = 20
+    max_api_keys_per_account: int = 50
+    # Open sign-up grants starting_balance each time: sign-ups per client address per window.
+    signup_max_per_address: int = 3
+    signup_window_seconds: int = 3600
+    # Concurrent argon2 hashes/verifications per process (64 MiB and ~0.1 s of CPU each).
+    password_hash_concurrency: int = 2
+
     @field_validator("public_url_")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
