@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
@@ -116,8 +116,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         assert settings.database_url and settings.redis_url, "DATABASE_URL and REDIS_URL must be set"
         db = await create_pool(settings.database_url, min_size=4, max_size=40)
-        # BLPOP waits hold a connection each: no cap beyond the OS's.
-        redis = Redis.from_url(settings.redis_url, max_connections=10_000)
+        # BLPOP waits hold a connection each, so the pool's size is how many sync calls can wait at
+        # once; beyond it a request waits for a connection (then a 503), never more connections.
+        redis = Redis.from_pool(BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections,
+            timeout=settings.redis_pool_timeout_seconds))
         queue = JobQueue(redis, settings.status_ttl_seconds)
         gateway = StripeGateway(settings) if settings.stripe_secret_key is not None else None
         app.state.sn = AppState(

@@ -65,7 +65,8 @@ class Authenticator:
     def __init__(self, settings: Settings, db: asyncpg.Pool, redis: Redis | None = None) -> None:
         self.settings = settings
         self.db = db
-        self.sessions = SessionStore(redis, settings.session_ttl_seconds) if redis is not None else None
+        self.sessions = SessionStore(redis, settings.session_ttl_seconds,
+                                     settings.max_sessions_per_account) if redis is not None else None
         self._keys = _TTLCache(50_000, 60.0)
         self._provisioned = _TTLCache(50_000, 3600.0)
         self._jwks: jwt.PyJWKSet | None = None

@@ -247,7 +247,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     inst = Instance(s.data_dir)
     pid = stop_running(inst)
     try:
-        inst.acquire()  # held while cleaning, so an `up` starting meanwhile keeps its servers
+        inst.acquire(record=False)  # held while cleaning, so an `up` starting meanwhile keeps its servers
     except AlreadyRunning as e:
         print(e, file=sys.stderr)
         return 1

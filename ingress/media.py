@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from ingress.body import read_json
 from ingress.chat import accepted
-from ingress.hooks import pop_webhook_fields, webhook_target
+from ingress.hooks import checked_webhook, pop_webhook_fields
 from ingress.image_input import DecodeLimits, ImageBytes, check_decodes, decode_limits, probe
 from ingress.state import state
 from ingress.submit import body_hash, ensure_can_pay, paid_work, replay, submit
@@ -104,16 +104,21 @@ def _input_map(raw: str) -> dict[str, str]:
 async def generate(request: Request) -> Response:
     st = state(request)
     early = await st.auth.early(request, public=True)
+    idempotency_key = request.headers.get("idempotency-key")
+    calls: int | None = None
     if early is not None and _larger_than(request, st.settings.max_body_bytes):
         # A 15 MiB body is read only for an account that can pay for the call. A body no larger
         # than a chat call's costs less to read than the look-up that would refuse it first, and
         # the charge refuses a caller who cannot pay all the same.
-        await ensure_can_pay(st, early, GENERATE, request.headers.get("idempotency-key"))
+        calls = await ensure_can_pay(st, early, GENERATE, idempotency_key)
     body = await read_json(request, st.settings.max_media_body_bytes)
     hook_fields = pop_webhook_fields(body)
     req = GenerateRequest.model_validate(body)
     who = await st.auth.confirm(request, early, req.uid, public=True)
-    hook = await webhook_target(st.settings, *hook_fields)
+    if calls is None and hook_fields[0] is not None:
+        # A webhook's lookups are work done before the charge: only for a caller who can pay.
+        calls = await ensure_can_pay(st, who, GENERATE, idempotency_key)
+    hook = await checked_webhook(st, who.uid, calls or 0, hook_fields)
     prompt = req.input.get("prompt")
     sub = await submit(st, who, GENERATE, model=req.model, prompt=str(prompt)[:500] if prompt else None,
                        request={"model": req.model, "input": req.input},
@@ -130,9 +135,9 @@ async def face_swap(request: Request) -> Response:
     hook_fields = pop_webhook_fields(body)
     req = FaceSwapRequest.model_validate(body)
     who = await st.auth.confirm(request, early, req.uid, public=True)
-    hook = await webhook_target(st.settings, *hook_fields)
     if early is None:  # uid-only mode: the body named the account
         calls = await ensure_can_pay(st, who, FACE_SWAP, idempotency_key)
+    hook = await checked_webhook(st, who.uid, calls, hook_fields)
     request_hash = body_hash(FACE_SWAP, req.model_dump(mode="json"), hook)
     sub = await replay(st, who, idempotency_key, request_hash, wait=False)
     if sub is not None:

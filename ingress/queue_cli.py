@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 from jobs import keys
 from jobs.serialize import loads
 from jobs.settings import Settings
-from storage import procs
 from storage.deadletters import DeadLetters
+from storage.embedded import EmbeddedRedis
 from storage.tasks import TaskRepository
 
 NOT_RERUNNABLE = "dead: not re-runnable (its task was failed and refunded when arq gave up on it)"
@@ -36,14 +36,8 @@ def redis_url(settings: Settings) -> str | None:
     """REDIS_URL, else the embedded Redis a ``syncnode up`` of this data directory runs."""
     if settings.redis_url:
         return settings.redis_url
-    pid = procs.read_pid(Path(settings.data_dir).resolve() / "redis" / "redis.pid")
-    if pid is None or not procs.runs(pid, "redis-server", "valkey-server"):
-        return None
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        return f"redis://127.0.0.1:{int(argv[argv.index(b'--port') + 1])}/0"
-    except (OSError, ValueError, IndexError):
-        return None
+    # Its password and port are kept in its data directory (the server requires the password).
+    return EmbeddedRedis(Path(settings.data_dir) / "redis").running_url()
 
 
 def _text(v: bytes | None) -> str | None:

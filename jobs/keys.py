@@ -114,6 +114,26 @@ def models_cache(provider: str, scope: str) -> str:
 __all__ += ["chat_stream", "stream_cancel", "models_cache"]
 
 
+def webhook_lookups(uid: str) -> str:
+    """STRING counter with TTL: an account's webhook address lookups under way at submit."""
+    return f"syncnode:webhook-lookups:{uid}"
+
+
+__all__ += ["webhook_lookups"]
+
+
+def stream_relays(job_id: str) -> str:
+    """STRING counter with TTL: SSE relays of one streamed task open at once (all ingresses)."""
+    return f"syncnode:relays:task:{job_id}"
+
+
+def account_relays(uid: str) -> str:
+    """STRING counter with TTL: SSE relays of one account's streamed tasks open at once."""
+    return f"syncnode:relays:account:{uid}"
+
+
+__all__ += ["stream_relays", "account_relays"]
+
 # Per-account limits and dead letters (issue 11).
 IN_FLIGHT_PREFIX = "syncnode:inflight:"
 
@@ -145,3 +165,11 @@ def worker_health(pool: str, token: str) -> str:
 
 
 __all__ += ["IN_FLIGHT_PREFIX", "rate_bucket", "in_flight", "dead", "last_error", "worker_health"]
+
+
+def card_attempts(action: str, scope: str, who: str) -> str:
+    """STRING counter with TTL: card saves or setups ("attach"/"setup") by one account or address."""
+    return f"syncnode:card-{action}:{scope}:{who}"
+
+
+__all__ += ["card_attempts"]

@@ -93,7 +93,7 @@ async def test_deleting_a_task_in_progress_is_409(client: httpx.AsyncClient, fun
 
 async def test_billing_threshold_and_card_features(client: httpx.AsyncClient, funded: Account) -> None:
     r = await client.get("/billing-threshold", headers=funded.headers)
-    assert r.json() == {"threshold": 50.0, "recharge_below": 0.01, "enabled": True, "card_on_file": False,
+    assert r.json() == {"threshold": 50.0, "recharge_below": 0.01, "enabled": False, "card_on_file": False,
                         "failures": 0, "disabled_reason": None}
     r = await client.post("/billing-threshold", headers=funded.headers, json={"threshold": 25})
     assert r.status_code == 200 and r.json()["threshold"] == 25.0
