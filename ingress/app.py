@@ -7,6 +7,9 @@ import logging
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
@@ -91,8 +94,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         assert settings.database_url and settings.redis_url, "DATABASE_URL and REDIS_URL must be set"
         db = await create_pool(settings.database_url, min_size=4, max_size=40)
-        # BLPOP waits hold a connection each: no cap beyond the OS's.
-        redis = Redis.from_url(settings.redis_url, max_connections=10_000)
+        # BLPOP waits hold a connection each: no cap beyond the OS's. A Redis that is down answers
+        # 503 at once (refused) or after the connect timeout; reads are bounded just above the
+        # longest BLPOP (a sync wait). One retry on a fresh connection: after a Redis restart the
+        # pool's idle connections are dead, and the first command on one must not fail the request.
+        redis = Redis.from_url(settings.redis_url, max_connections=10_000,
+                               socket_connect_timeout=settings.redis_connect_timeout_seconds,
+                               socket_timeout=settings.sync_timeout_seconds + 10, socket_keepalive=True,
+                               retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
         queue = JobQueue(redis, settings.status_ttl_seconds)
         gateway = StripeGateway(settings) if settings.stripe_secret_key is not None else None
         app.state.sn = AppState(

@@ -80,7 +80,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     uvloop.install()
     settings_cls = POOL_SETTINGS[args.pool]
     worker = SyncNodeWorker(**get_kwargs(settings_cls), pool_name=args.pool,
-                            lease_seconds=s.job_lease_seconds, burst=args.burst)
+                            lease_seconds=s.job_lease_seconds, burst=args.burst,
+                            shutdown_grace_seconds=s.shutdown_grace_seconds)
     worker.run()
     return 0
 

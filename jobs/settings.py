@@ -190,6 +190,15 @@ class Settings(BaseSettings):
     v1_models_ttl_seconds: int = 600
     v1_models_timeout_seconds: float = 10.0
 
+    # Restarts and shutdown (issue 11, README "Restarts and shutdown").
+    # SIGTERM: a worker stops taking jobs and lets the running ones finish for this long (then
+    # cancels the rest, which arq puts back on the queue); the ingress answers in-flight requests
+    # for this long. `syncnode up` waits this long (plus a margin) before SIGKILL.
+    shutdown_grace_seconds: float = 30.0
+    # The ingress's Redis client: a server that does not answer a connect in this long is down
+    # (503), not a hang. Reads are bounded by the sync timeout plus this (BLPOP waits that long).
+    redis_connect_timeout_seconds: float = 2.0
+
     @field_validator("public_url_")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
