@@ -212,11 +212,12 @@ class SyncNodeWorker(Worker):
                 default_queue_name=self.queue_name,
                 expires_extra_ms=self.expires_extra_ms,
             )
-        log.info("worker for pool %s: %s", self.pool_name, ", ".join(self.functions))
         await log_redis_info(self.pool, log.info)
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
+        # Logged once started up: tests and operators read it as "ready".
+        log.info("worker for pool %s: %s", self.pool_name, ", ".join(self.functions))
         lease = asyncio.create_task(self._lease_loop())
         block = 0.0
         try:
