@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ingress.instance import down_command
-from ingress.supervisor import Guard, Shutdown, Supervisor
+from ingress.supervisor import STOP_MARGIN_SECONDS, Guard, Shutdown, Supervisor
 from jobs.settings import Settings, get_settings
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
 
@@ -106,7 +107,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if stopped:
             guard.say(f"Stopped the {' and '.join(stopped)} a previous `syncnode up` left running "
                       f"in {shown(s.data_dir)}\n")
-        return _up(args, s, stack, Supervisor(guard))
+        return _up(args, s, stack, Supervisor(guard, s.shutdown_grace_seconds + STOP_MARGIN_SECONDS))
     except Shutdown:
         return 0
     except EmbeddedServerError as e:
@@ -138,7 +139,8 @@ def _up(args: argparse.Namespace, s: Settings, stack: list[EmbeddedPostgres | Em
     asyncio.run(migrate(env["DATABASE_URL"]))
     py = sys.executable
     sup.add("web", [py, "-m", "uvicorn", "ingress.app:create_app", "--factory", "--host", "127.0.0.1",
-                    "--port", str(port), "--no-access-log"], env)
+                    "--port", str(port), "--no-access-log",
+                    "--timeout-graceful-shutdown", str(math.ceil(s.shutdown_grace_seconds))], env)
     for pool in POOL_SETTINGS:
         sup.add(pool, [py, "-m", "ingress.cli", "worker", pool], env)
     url = s.public_url_ or f"http://localhost:{port}"
