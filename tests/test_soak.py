@@ -26,7 +26,7 @@ async def test_rss_is_flat_under_a_minute_of_steady_load(workers: Cluster) -> No
     c = workers
     worker = c.start_worker("chat")
     assert c.web is not None
-    acct = c.account(balance=100_000)
+    acct = c.account()
     headers = {"Authorization": acct["Authorization"]}
     answered: list[int] = []
     start = time.monotonic()
