@@ -119,3 +119,7 @@ async def test_admin_credit_moves_money_through_the_ledger(client: httpx.AsyncCl
     assert r.status_code == 403
     assert await audit(app, funded.uid) == (6_500_000, 6_500_000)
     assert (await client.get("/balance", headers=funded.headers)).json() == {"balance": 6.5}
+    # Past 2^31 micro-dollars ($2,147.48): the amount is a bigint all through the statement.
+    r = await client.post("/admin/credit", headers=admin, json={"uid": funded.uid, "amount": 900_000})
+    assert r.json() == {"balance": 900_006.5}
+    assert await audit(app, funded.uid) == (900_006_500_000, 900_006_500_000)
