@@ -32,7 +32,7 @@ ENDPOINTS: list[tuple[str, str, str, type[BaseModel] | None, bool]] = [
     ("get", "/api-keys", "Stored provider keys, masked", None, False),
     ("post", "/api-keys", "Store provider keys (openrouter_key, chatgpt_key, replicate_key, huggingface_key)",
      None, False),
-    ("get", "/tasks", "Task history (query: page, size)", None, False),
+    ("get", "/tasks", "Task history (query: page, size, kind, status)", None, False),
     ("get", "/tasks/{id}", "One task", None, False),
     ("delete", "/tasks/{id}", "Delete a finished task from the history", None, False),
     ("get", "/billing-history", "Ledger entries with the balance after each, newest first "
@@ -60,6 +60,12 @@ ENDPOINTS: list[tuple[str, str, str, type[BaseModel] | None, bool]] = [
      None, False),
     ("post", "/webhook-secret/rotate", "New signing secret; the previous one also signs for 24 h", None, False),
     ("get", "/tasks/{id}/deliveries", "Completion webhook deliveries of a task, every attempt", None, False),
+    # The web UI's endpoints (issue 9); a session cookie + X-CSRF-Token also authenticates.
+    ("get", "/keys", "Your SyncNode API keys, by prefix", None, False),
+    ("post", "/keys", "Create a SyncNode API key (shown once)", None, False),
+    ("delete", "/keys/{prefix}", "Revoke the API key with this prefix", None, False),
+    ("get", "/usage", "Balance, net spend per day (query: days, default 30) and task counts by status", None,
+     False),
 ]
 
 
