@@ -188,7 +188,7 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
 
 
 async def _withdraw(st: AppState, task_id: int, job_id: str) -> Submitted:
-    """The rule: a 503 costs nothing (README "Restarts and shutdown"). Clients and SDKs retry a
+    """The rule: a 503 costs nothing (README "Restarts, scale-out and shutdown"). Clients and SDKs retry a
     503, so a charge kept behind one would be paid twice. The enqueue (or the wait) failed after
     the charge: the task is failed and refunded before answering. If a worker did get the job
     and finished first, that result is the answer; a worker that reads the task after this does
