@@ -19,11 +19,28 @@ MICROS_PER_CENT = 10_000
 
 
 def to_cents(micros: int) -> int:
-    return micros // MICROS_PER_CENT
+    """Exact: an amount finer than a cent is refused, never rounded (the card would pay less
+    than the ledger credits)."""
+    cents, rest = divmod(micros, MICROS_PER_CENT)
+    if rest:
+        raise ValueError(f"{micros} micro-dollars is not a whole number of cents")
+    return cents
 
 
 def from_cents(cents: int) -> int:
     return cents * MICROS_PER_CENT
+
+
+def received_micros(pi: Any) -> int:
+    """What Stripe says a PaymentIntent (an SDK object or an event's dict) received.
+
+    ``amount_received`` is always there on Stripe; a fake without it counts as the amount asked.
+    """
+    def field(name: str) -> Any:
+        return pi.get(name) if isinstance(pi, dict) else getattr(pi, name, None)
+
+    got = field("amount_received")
+    return from_cents(int(field("amount") if got is None else got))
 
 
 class StripeGateway:

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import stripe
 
-from billing.client import is_decline, message_of, needs_authentication, translate
+from billing.client import is_decline, message_of, needs_authentication, received_micros, translate
 from billing.context import Billing
 from billing.recharge import after_recharge
 from jobs.errors import Conflict, PaymentRequired
@@ -64,8 +64,10 @@ async def topup(b: Billing, uid: str, amount_micros: int, idempotency_key: str |
 
 async def recharge(b: Billing, uid: str, need_micros: int = 0, retry: bool = False) -> Outcome | None:
     """Recharge if the account still needs it and nothing else is recharging it; None if not."""
+    s = b.settings
     row = await PaymentRepository(b.db).start_recharge(
-        uid, to_micros(b.settings.recharge_amount), need_micros, b.lease_seconds, retry)
+        uid, to_micros(s.recharge_amount), need_micros, b.lease_seconds, retry,
+        min_micros=to_micros(s.topup_min), max_micros=to_micros(s.topup_max), cooldown_s=s.recharge_cooldown_seconds)
     if row is None:
         return None
     return await drive(b, row)
@@ -152,7 +154,7 @@ async def settle(b: Billing, row: asyncpg.Record, pi: Any) -> Outcome:
     repo = PaymentRepository(b.db)
     status = pi.status
     if status == "succeeded":
-        credited, balance = await repo.credit(pi.id)
+        credited, balance = await credit(repo, row, pi)
         out = outcome_of(row, status="succeeded", payment_intent=pi.id, error=None, balance_micros=balance)
         return await after_settled(b, out, credited)
     if status == "requires_action":
@@ -168,6 +170,17 @@ async def settle(b: Billing, row: asyncpg.Record, pi: Any) -> Outcome:
     # processing / requires_confirmation: Stripe has not decided; the reconciliation will look again.
     await repo.release(row["id"])
     return outcome_of(row, status="pending", payment_intent=pi.id)
+
+
+async def credit(repo: PaymentRepository, row: asyncpg.Record, pi: Any) -> tuple[bool, int | None]:
+    """Credit what Stripe received; a difference from what we asked for is logged and kept
+    (the payment's ``received_micros`` and the ledger row's reason), never passed over."""
+    received = received_micros(pi)
+    pid = pi["id"] if isinstance(pi, dict) else pi.id
+    if received != row["amount_micros"]:
+        log.warning("payment %s (%s): Stripe received %s micro-dollars, %s were asked for; crediting what "
+                    "was received", row["id"], pid, received, row["amount_micros"])
+    return await repo.credit(pid, received)
 
 
 async def after_settled(b: Billing, out: Outcome, changed: bool) -> Outcome:

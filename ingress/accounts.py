@@ -16,13 +16,14 @@ from ingress.params import int_param
 from ingress.responses import JSON
 from ingress.schemas import AccountCreate, AdminCredit
 from ingress.state import AppState, state
-from jobs.errors import BadRequest, Forbidden, NotFound
+from jobs.errors import BadRequest, Forbidden, NotFound, RateLimited
 from jobs.names import PROVIDER_KEY_NAMES
 from jobs.settings import to_dollars, to_micros
 from storage.accounts import AccountRepository
 from storage.db import Conn
 from storage.ledger import LedgerRepository
 from storage.secrets import hash_api_key, mask, new_api_key
+from storage.sessions import FailureCounter
 
 
 def _is_admin(st: AppState, request: Request) -> bool:
@@ -51,12 +52,26 @@ async def create_account(db: Conn, email: str | None,
     return {"uid": uid, "api_key": key, "balance": to_dollars(balance)}
 
 
+async def signup_allowance(st: AppState, request: Request) -> None:
+    """Count one open sign-up for the client's address: each is granted starting_balance, so an
+    address gets signup_max_per_address per window (429 beyond). Admins are not counted."""
+    s, address = st.settings, request.client.host if request.client else "unknown"
+    wait = await FailureCounter(st.redis, s.signup_window_seconds).reserve(
+        [("signup", address, s.signup_max_per_address)])
+    if wait:
+        raise RateLimited(f"Too many sign-ups from this address: try again in {wait} s",
+                          headers={"Retry-After": str(wait)})
+
+
 async def post_accounts(request: Request) -> Response:
     st = state(request)
-    if not (st.settings.open_signup or _is_admin(st, request)):
+    admin = _is_admin(st, request)
+    if not (st.settings.open_signup or admin):
         raise Forbidden("Sign-up is closed: an admin token is required (or set SYNCNODE_OPEN_SIGNUP=true)")
     body = AccountCreate.model_validate(await read_json(request, 64 << 10)
                                         if request.headers.get("content-length") not in (None, "0") else {})
+    if not admin:
+        await signup_allowance(st, request)
     async with st.db.acquire() as conn, conn.transaction():
         created = await create_account(conn, body.email, st.settings.starting_balance)
     return JSON(created, status_code=201)
@@ -107,8 +122,12 @@ async def post_api_keys(request: Request) -> Response:
         if value is None or value == "":
             updates[name] = None
             continue
-        if not isinstance(value, str) or len(value) > 1000 or value.strip() != value or " " in value:
-            raise BadRequest(f"Invalid {name}: must be a key string without spaces (at most 1000 characters)")
+        # Printable ASCII only: a key goes into an HTTP header, where a newline or a non-ASCII
+        # character makes the client raise an error that quotes the key back.
+        if not isinstance(value, str) or len(value) > 1000 or not (value.isascii() and value.isprintable()) \
+                or " " in value:
+            raise BadRequest(f"Invalid {name}: must be a key string of printable ASCII without spaces "
+                             "(at most 1000 characters)")
         updates[name] = (st.box.encrypt(value), mask(value))
     if not updates:
         raise BadRequest(f"Send at least one of {', '.join(PROVIDER_KEY_NAMES)}")

@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 
 from billing.client import StripeGateway
 from billing.context import Billing
 from ingress import accounts, billing, cancel, chat, files, health, media, moderation, storage_config, tasks, webhooks
+from ingress.access import Gateway
+from ingress.admin_limits import get_limits, post_limits
 from ingress.auth import Authenticator
 from ingress.errors import HANDLERS
 from ingress.hooks import get_secret, list_deliveries, rotate_secret
-from ingress.metrics import RequestMetrics, metrics
+from ingress.limits import Limiter
+from ingress.metrics import metrics
 from ingress.openapi import openapi
 from ingress.state import AppState
 from ingress.stripe_webhooks import stripe_webhook
@@ -30,6 +31,7 @@ from ingress.v1 import models as v1_models
 from ingress.v1 import moderations as v1_moderations
 from ingress.v1 import relay as v1_relay
 from ingress.web import keys, pages, signin, usage
+from jobs import logs
 from jobs.batch import Combiner
 from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings
@@ -85,6 +87,9 @@ ROUTES = [
     Route("/v1/models", v1_models.list_models, methods=["GET"]),
     Route("/v1/moderations", v1_moderations.moderations, methods=["POST"]),
     Route("/v1/embeddings", v1_embeddings.embeddings, methods=["POST"]),
+    # Per-account limits (issue 11).
+    Route("/admin/limits", post_limits, methods=["POST"]),
+    Route("/admin/limits", get_limits, methods=["GET"]),
     # The web UI (issue 9): the JSON endpoints its pages need, then the pages and their assets.
     Route("/keys", keys.list_keys, methods=["GET"]),
     Route("/keys", keys.create_key, methods=["POST"]),
@@ -113,14 +118,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         assert settings.database_url and settings.redis_url, "DATABASE_URL and REDIS_URL must be set"
         db = await create_pool(settings.database_url, min_size=4, max_size=40)
-        # BLPOP waits hold a connection each: no cap beyond the OS's. A Redis that is down answers
-        # 503 at once (refused) or after the connect timeout; reads are bounded just above the
-        # longest BLPOP (a sync wait). One retry on a fresh connection: after a Redis restart the
-        # pool's idle connections are dead, and the first command on one must not fail the request.
-        redis = Redis.from_url(settings.redis_url, max_connections=10_000,
-                               socket_connect_timeout=settings.redis_connect_timeout_seconds,
-                               socket_timeout=settings.sync_timeout_seconds + 10, socket_keepalive=True,
-                               retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
+        # BLPOP waits hold a connection each, so the pool's size is how many sync calls can wait at
+        # once; beyond it a request waits for a connection (then a 503), never more connections.
+        # A Redis that is down answers 503 at once (refused) or after the connect timeout; reads are
+        # bounded just above the longest BLPOP (a sync wait). One retry on a fresh connection: after
+        # a Redis restart the pool's idle connections are dead, and the first command on one must
+        # not fail the request.
+        redis = Redis.from_pool(BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections,
+            timeout=settings.redis_pool_timeout_seconds,
+            socket_connect_timeout=settings.redis_connect_timeout_seconds,
+            socket_timeout=settings.sync_timeout_seconds + 10, socket_keepalive=True,
+            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError]))
         queue = JobQueue(redis, settings.status_ttl_seconds)
         gateway = StripeGateway(settings) if settings.stripe_secret_key is not None else None
         app.state.sn = AppState(
@@ -132,6 +141,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             charges=Combiner(lambda key, items: TaskRepository(db).charge_many(key[0], items)),
             billing=Billing(settings, db, gateway, queue) if gateway is not None else None,
         )
+        if settings.limits_enabled:
+            app.state.sn.limiter = app.state.sn.auth.limiter = Limiter(settings, db, redis)
         try:
             yield
         finally:
@@ -141,10 +152,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await redis.aclose()
             await db.close()
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return Starlette(
+    logs.setup(settings.log_format, settings.log_level)
+    # Gateway: Starlette whose outermost layer is the access log, request id and request metrics.
+    return Gateway(
         routes=ROUTES,
-        middleware=[Middleware(RequestMetrics)],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

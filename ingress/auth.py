@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 
 from jobs.errors import Forbidden, NotFound, Unauthorized
+from jobs.logs import UID
 from jobs.settings import Settings, to_micros
 from storage.accounts import AccountRepository
 from storage.secrets import API_KEY_PREFIX, hash_api_key
@@ -24,6 +25,9 @@ from storage.web import LoginRepository
 
 # The web UI's session cookie (ingress/web): a credential for the JSON API when no header is sent.
 SESSION_COOKIE = "sn_session"
+
+if TYPE_CHECKING:
+    from ingress.limits import Limiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +65,15 @@ class Authenticator:
     def __init__(self, settings: Settings, db: asyncpg.Pool, redis: Redis | None = None) -> None:
         self.settings = settings
         self.db = db
-        self.sessions = SessionStore(redis, settings.session_ttl_seconds) if redis is not None else None
+        self.sessions = SessionStore(redis, settings.session_ttl_seconds,
+                                     settings.max_sessions_per_account) if redis is not None else None
         self._keys = _TTLCache(50_000, 60.0)
         self._provisioned = _TTLCache(50_000, 3600.0)
         self._jwks: jwt.PyJWKSet | None = None
         self._jwks_at = 0.0
         self._jwks_lock = asyncio.Lock()
+        # Requests per second per account (ingress/limits.py), taken once per authenticated request.
+        self.limiter: Limiter | None = None
 
     def require_credential(self, request: Request, *, public: bool) -> None:
         """Refuse a request that cannot authenticate before its body is read (401, not 400/413)."""
@@ -93,7 +100,15 @@ class Authenticator:
         return early
 
     async def principal(self, request: Request, claimed_uid: str | None, *, public: bool) -> Principal:
-        """Authenticate, then check a uid named in the body or query is the caller's own."""
+        """Authenticate, then check a uid named in the body or query is the caller's own; then
+        take one request of the account's rate limit (429 before any body is read)."""
+        p = await self._principal(request, claimed_uid, public=public)
+        if self.limiter is not None and not request.scope.get("syncnode.rate_checked"):
+            request.scope["syncnode.rate_checked"] = True
+            await self.limiter.check_rate(request, p.uid)
+        return p
+
+    async def _principal(self, request: Request, claimed_uid: str | None, *, public: bool) -> Principal:
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
         if token:
@@ -103,11 +118,13 @@ class Authenticator:
         elif public and self.settings.allow_uid_only and claimed_uid:
             if not await AccountRepository(self.db).exists(claimed_uid):
                 raise NotFound("Unknown uid")
+            UID.set(claimed_uid)
             return Principal(claimed_uid, "uid")
         elif header:
             raise Unauthorized("Authorization header must be 'Bearer <API key or access token>'")
         else:
             raise Unauthorized("Missing credential: send 'Authorization: Bearer <your API key>'")
+        UID.set(p.uid)  # the access line and every log line after this one name the account
         if claimed_uid is not None and claimed_uid != p.uid:
             raise Forbidden("uid does not match the credential's account")
         return p

@@ -15,13 +15,14 @@ from starlette.responses import Response
 from billing import cards, payments
 from billing.context import Billing
 from ingress.body import read_json
+from ingress.card_limits import count_card_attempt
 from ingress.responses import JSON
 from ingress.state import AppState, state
 from jobs.errors import BadRequest, PaymentRequired
 from jobs.settings import to_dollars, to_micros
 from storage.billing import BillingRepository
 
-_MAX_THRESHOLD = Decimal("10000")
+_CENT = Decimal("0.01")
 
 
 def _billing(st: AppState) -> Billing:
@@ -45,7 +46,7 @@ async def _query_principal(request: Request) -> tuple[AppState, str]:
     return st, who.uid
 
 
-def _dollars(body: dict[str, Any], name: str, lo: Decimal, hi: Decimal) -> int | None:
+def _dollars(body: dict[str, Any], name: str, lo: Decimal, hi: Decimal, cents: bool = False) -> int | None:
     raw = body.get(name)
     if raw is None:
         return None
@@ -55,6 +56,10 @@ def _dollars(body: dict[str, Any], name: str, lo: Decimal, hi: Decimal) -> int |
         raise BadRequest(f"Invalid {name}: must be a number of dollars")
     if isinstance(raw, bool) or not amount.is_finite() or not lo <= amount <= hi:
         raise BadRequest(f"Invalid {name}: must be between {lo} and {hi} dollars")
+    # Checked on the decimal as sent: a card is charged in cents, so an amount finer than a
+    # cent would be charged one thing and credited another.
+    if cents and amount != amount.quantize(_CENT):
+        raise BadRequest(f"Invalid {name}: whole cents only")
     return to_micros(amount)
 
 
@@ -80,15 +85,32 @@ async def get_threshold(request: Request) -> Response:
 
 async def post_threshold(request: Request) -> Response:
     st, uid, body = await _body_principal(request)
-    amount = _dollars(body, "threshold", Decimal("1"), _MAX_THRESHOLD)
-    below = _dollars(body, "recharge_below", Decimal("0"), _MAX_THRESHOLD)
+    lo, hi = st.settings.topup_min, st.settings.topup_max
+    # The recharge amount is a card payment like a top-up: the same bounds, whole cents.
+    amount = _dollars(body, "threshold", lo, hi, cents=True)
+    below = _dollars(body, "recharge_below", Decimal("0"), hi)
     enabled = body.get("enabled")
     if enabled is not None and not isinstance(enabled, bool):
         raise BadRequest("Invalid enabled: must be true or false")
     if amount is None and below is None and enabled is None:
         raise BadRequest("Missing threshold parameter (or recharge_below, enabled)")
+    await _check_below_amount(st, uid, amount, below)
     await BillingRepository(st.db).set_recharge(uid, amount, below, enabled, to_micros(st.settings.recharge_trigger))
     return JSON(await _threshold_view(st, uid))
+
+
+async def _check_below_amount(st: AppState, uid: str, amount: int | None, below: int | None) -> None:
+    """A floor at or above the amount would leave the balance under it after every recharge,
+    so each paid call would charge the card again."""
+    if amount is None and below is None:
+        return
+    p = await BillingRepository(st.db).profile(uid)
+    assert p is not None
+    amount = amount or p["recharge_amount_micros"] or to_micros(st.settings.recharge_amount)
+    below = below if below is not None else p["recharge_below_micros"]
+    if below is not None and below >= amount:
+        raise BadRequest(f"Invalid recharge_below: must be below the recharge amount (threshold, "
+                         f"{to_dollars(amount)} dollars)")
 
 
 async def card_setup(request: Request) -> Response:
@@ -97,7 +119,9 @@ async def card_setup(request: Request) -> Response:
         st, uid = await _query_principal(request)
     else:
         st, uid, _ = await _body_principal(request)
-    return JSON(await cards.setup_intent(_billing(st), uid))
+    b = _billing(st)
+    await count_card_attempt(st, request, uid, "setup")
+    return JSON(await cards.setup_intent(b, uid))
 
 
 async def get_card(request: Request) -> Response:
@@ -110,7 +134,9 @@ async def post_card(request: Request) -> Response:
     pm = body.get("payment_method")
     if not isinstance(pm, str) or not pm.startswith("pm_") or len(pm) > 255:
         raise BadRequest("Invalid payment_method: must be a Stripe PaymentMethod id (pm_…)")
-    return JSON(await cards.attach_card(_billing(st), uid, pm))
+    b = _billing(st)
+    await count_card_attempt(st, request, uid, "attach")
+    return JSON(await cards.attach_card(b, uid, pm))
 
 
 async def delete_card(request: Request) -> Response:

@@ -8,11 +8,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.body import read_json
-from ingress.hooks import pop_webhook_fields, webhook_target
+from ingress.hooks import checked_webhook, pop_webhook_fields
 from ingress.responses import JSON
 from ingress.schemas import ChatRequest
 from ingress.state import AppState, state
-from ingress.submit import Submitted, status_url, submit
+from ingress.submit import Submitted, ensure_can_pay, status_url, submit
 from jobs.errors import BadRequest, GatewayTimeout, UpstreamError
 from jobs.names import CHAT, CHATGPT, TaskKind
 from jobs.settings import to_dollars
@@ -52,10 +52,13 @@ async def _chat(request: Request, kind: TaskKind) -> Response:
     hook_fields = pop_webhook_fields(body)
     req = ChatRequest.model_validate(body)
     who = await st.auth.confirm(request, early, req.uid, public=True)
-    hook = await webhook_target(st.settings, *hook_fields)
+    idempotency_key = request.headers.get("idempotency-key")
+    # A webhook's address lookup is work: only for a caller who can pay (the charge stays the guard).
+    calls = await ensure_can_pay(st, who, kind, idempotency_key) if hook_fields[0] is not None else 1
+    hook = await checked_webhook(st, who.uid, calls, hook_fields)
     wait = not wants_async(request)
     sub = await submit(st, who, kind, model=req.model, prompt=req.prompt_text(),
-                       request=req.provider_body(), idempotency_key=request.headers.get("idempotency-key"),
+                       request=req.provider_body(), idempotency_key=idempotency_key,
                        wait=wait, webhook=hook)
     if not wait:
         return accepted(st, sub.job_id)

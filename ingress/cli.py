@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import math
 import os
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 
 from ingress.instance import down_command
 from ingress.supervisor import STOP_MARGIN_SECONDS, Guard, Shutdown, Supervisor
+from jobs import logs
 from jobs.settings import Settings, get_settings
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
 
@@ -134,8 +134,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.settings import POOL_SETTINGS
 
     s = get_settings()
-    logging.basicConfig(level=s.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("arq").setLevel(max(logging.WARNING, logging.getLevelName(s.log_level)))
+    if args.check:
+        return _check_worker(args.pool, s)
+    logs.setup(s.log_format, s.log_level)
     uvloop.install()
     settings_cls = POOL_SETTINGS[args.pool]
     worker = SyncNodeWorker(**get_kwargs(settings_cls), pool_name=args.pool,
@@ -145,10 +146,38 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_worker(pool: str, s: Settings) -> int:
+    """Exit 0 when a worker of ``pool`` wrote its health key lately (arq's ``--check``, our key names)."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    from jobs import keys
+
+    async def go() -> bytes | None:
+        redis = Redis.from_url(s.redis_url or "redis://127.0.0.1:6379", socket_timeout=5)
+        try:
+            value: bytes | None = await redis.get(keys.health_check(pool))
+            return value
+        finally:
+            await redis.aclose()
+
+    try:
+        seen = asyncio.run(go())
+    except (OSError, RedisError) as e:
+        print(f"{pool}: Redis unreachable: {e}", file=sys.stderr)
+        return 1
+    if seen is None:
+        print(f"{pool}: no worker has reported in the last health-check interval", file=sys.stderr)
+        return 1
+    print(f"{pool}: {seen.decode(errors='replace')}")
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from ingress.instance import AlreadyRunning, Instance, clean_stale, shown
 
     s = get_settings()
+    logs.setup(s.log_format, s.log_level)
     guard = Guard(sys.stdout)
     guard.install()  # before anything starts: a Ctrl-C during start-up must stop what did start
     inst = Instance(s.data_dir)
@@ -165,7 +194,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if stopped:
             guard.say(f"Stopped the {' and '.join(stopped)} a previous `syncnode up` left running "
                       f"in {shown(s.data_dir)}\n")
-        return _up(args, s, stack, Supervisor(guard, s.shutdown_grace_seconds + STOP_MARGIN_SECONDS))
+        return _up(args, s, stack, Supervisor(guard, json_lines=s.log_format == "json",
+                                              grace=s.shutdown_grace_seconds + STOP_MARGIN_SECONDS))
     except Shutdown:
         return 0
     except EmbeddedServerError as e:
@@ -221,7 +251,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     inst = Instance(s.data_dir)
     pid = stop_running(inst)
     try:
-        inst.acquire()  # held while cleaning, so an `up` starting meanwhile keeps its servers
+        inst.acquire(record=False)  # held while cleaning, so an `up` starting meanwhile keeps its servers
     except AlreadyRunning as e:
         print(e, file=sys.stderr)
         return 1
@@ -236,6 +266,16 @@ def cmd_down(args: argparse.Namespace) -> int:
     else:
         print(f"Stopped SyncNode (pid {pid}) running from {shown(s.data_dir)}")
     return 0
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from ingress import queue_cli
+
+    s = get_settings()
+    if args.queue_cmd != "show":
+        return queue_cli.main_async(args, s, None)
+    with _database(s) as dsn:  # the task row is in Postgres
+        return queue_cli.main_async(args, s, dsn)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,7 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("worker", help="run one worker of a pool")
     w.add_argument("pool", choices=["chat", "media", "poll", "moderation", "billing", "webhooks"])
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w.add_argument("--check", action="store_true",
+                   help="health check: exit 0 if a worker of the pool reported lately, else 1")
     w.set_defaults(fn=cmd_worker)
+    from ingress.queue_cli import add_parser as add_queue_parser
+
+    add_queue_parser(sub).set_defaults(fn=cmd_queue)
     args = p.parse_args(argv)
     return int(args.fn(args))
 

@@ -3,13 +3,23 @@ task-creating call accepts, the signing secret (GET /webhook-secret, POST /webho
 and the delivery log (GET /tasks/{id}/deliveries). Delivery itself is ``workers/webhooks.py``.
 
 A target is checked before the charge, so a refused one costs nothing and is never called: https
-(http only for a ``SYNCNODE_FETCH_ALLOW`` host), and every address its host resolves to public,
+(http only for a ``SYNCNODE_WEBHOOK_ALLOW`` host), and every address its host resolves to public,
 by the same rules as every other user-supplied URL (``jobs.fetch``). The worker checks again at
 connect time and connects to the address it checked (DNS may answer differently later).
+
+Webhooks have their own allow list: ``SYNCNODE_FETCH_ALLOW`` names internal hosts the operator
+lets storage and moderation reach, and any user could otherwise POST to them and read the status
+code from the delivery log. The lookup is work done before the charge, so (``checked_webhook``)
+only for a caller who can pay, a few at once per account, with a timeout, on threads of its own:
+a DNS server that never answers must not hold the loop's default pool, which sign-ins hash on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from typing import Any
 
 import httpx
@@ -17,9 +27,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.responses import JSON
-from ingress.state import state
+from ingress.slots import slot
+from ingress.state import AppState, state
 from ingress.tasks import _task_id
-from jobs.errors import BadRequest, NotFound
+from jobs import keys
+from jobs.errors import BadRequest, NotFound, RateLimited
 from jobs.fetch import FetchRefused, Resolver, check_literal, vetted_addresses
 from jobs.settings import Settings
 from storage.tasks import TaskRepository
@@ -71,16 +83,58 @@ async def _checked_url(settings: Settings, raw: str, resolver: Resolver | None) 
     if not url.host or url.userinfo or url.scheme not in ("http", "https"):
         raise BadRequest("Invalid webhook: expected https://host/path (no user name or password)")
     port = url.port or (443 if url.scheme == "https" else 80)
-    allow = settings.fetch_allow_list
+    allow = settings.webhook_allow_list
     host = url.host.lower()
     if url.scheme == "http" and f"{host}:{port}" not in allow and f"[{host}]:{port}" not in allow:
-        raise BadRequest("Invalid webhook: must be an https URL (http only for hosts in SYNCNODE_FETCH_ALLOW)")
+        raise BadRequest("Invalid webhook: must be an https URL (http only for hosts in SYNCNODE_WEBHOOK_ALLOW)")
     try:
         check_literal(url.host, port, allow)
         await vetted_addresses(url.host, port, allow, resolver)
     except FetchRefused as e:
         raise BadRequest(f"Invalid webhook: {e}")
     return str(url)
+
+
+async def checked_webhook(st: AppState, uid: str, calls: int, fields: tuple[Any, Any]) -> WebhookTarget | None:
+    """``webhook_target`` for a caller ``ensure_can_pay`` let through (``calls``: how many calls
+    its balance covers): at most that many of its lookups at once, capped by
+    ``webhook_lookups_per_account``; a 429 beyond."""
+    webhook, events = fields
+    s = st.settings
+    if webhook is None:
+        return await webhook_target(s, webhook, events)
+    limit = max(1, min(calls, s.webhook_lookups_per_account))
+    async with slot(st.redis, keys.webhook_lookups(uid), s.webhook_lookup_timeout_seconds + 5) as held:
+        if held > limit:
+            raise RateLimited(f"At most {limit} webhook checks at once for this account; retry when one finishes",
+                              headers={"Retry-After": "1"})
+        return await webhook_target(s, webhook, events, lookup_resolver(s.webhook_lookup_threads,
+                                                                         s.webhook_lookup_timeout_seconds))
+
+
+@cache
+def _lookup_pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max(1, threads), thread_name_prefix="webhook-dns")
+
+
+def lookup_resolver(threads: int, timeout: float) -> Resolver:
+    """The OS resolver on a pool of its own, given up after ``timeout`` (the thread itself stays
+    busy until the OS gives up: the pool's size bounds how many can hang at once)."""
+    async def resolve(host: str, port: int) -> list[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                infos = await loop.run_in_executor(_lookup_pool(threads), _getaddrinfo, host, port)
+        except TimeoutError:
+            raise FetchRefused(f"cannot resolve host {host!r}: no answer within {timeout:g} s")
+        except socket.gaierror as e:
+            raise FetchRefused(f"cannot resolve host {host!r}: {e.strerror}")
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+    return resolve
+
+
+def _getaddrinfo(host: str, port: int) -> list[Any]:
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
 async def get_secret(request: Request) -> Response:

@@ -77,8 +77,11 @@ class Instance:
     def recorded_pid(self) -> int | None:
         return procs.read_pid(self.path)
 
-    def acquire(self) -> bool:
-        """Take the lock and record our pid; raise AlreadyRunning. True if a stale one was found."""
+    def acquire(self, *, record: bool = True) -> bool:
+        """Take the lock and record our pid; raise AlreadyRunning. True if a stale one was found.
+
+        ``down`` takes the lock only to clean up and records nothing (``record=False``): the pid
+        file names a running ``up`` or nobody, so a second ``down`` never signals the first."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         f = _try_lock(self.path)
         if f is None:
@@ -87,7 +90,8 @@ class Instance:
         stale = bool(f.read().strip())
         f.seek(0)
         f.truncate()
-        f.write(f"{os.getpid()}\n")
+        if record:
+            f.write(f"{os.getpid()}\n")
         f.flush()
         self._file = f
         return stale
@@ -120,17 +124,36 @@ def clean_stale(data_dir: Path) -> list[str]:
     return stopped
 
 
+def is_up(pid: int) -> bool:
+    """True if ``pid`` is a live ``syncnode up`` (``syncnode up`` or ``python -m ingress.cli up``):
+    a pid file may name a reused pid, and only an ``up`` is ever signalled."""
+    if not procs.alive(pid):
+        return False
+    try:
+        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return procs.runs(pid, "syncnode", "python", "Python")  # no /proc: the program name is all we have
+    cli = any(os.path.basename(a) == "syncnode" or a == "ingress.cli" for a in argv)
+    return cli and "up" in argv
+
+
 def stop_running(inst: Instance, timeout: float = 60.0) -> int | None:
-    """SIGTERM the ``up`` holding the lock and wait until it let go (SIGKILL past ``timeout``)."""
+    """SIGTERM the ``up`` holding the lock and wait until it let go (SIGKILL past ``timeout``).
+
+    A lock held by something that is not an ``up`` (a ``down`` cleaning up, or a pid file naming
+    another process) is waited for, never signalled."""
     pid = inst.running_pid()
     if pid is None:
         return None
-    if pid > 0:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout
+    if pid <= 0 or not is_up(pid):
         while inst.running_pid() is not None and time.monotonic() < deadline:
             time.sleep(0.1)
-        if inst.running_pid() is not None:
-            os.kill(pid, signal.SIGKILL)
-            procs.wait_gone(pid, 5.0)
+        return None
+    os.kill(pid, signal.SIGTERM)
+    while inst.running_pid() is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if inst.running_pid() is not None and is_up(pid):
+        os.kill(pid, signal.SIGKILL)
+        procs.wait_gone(pid, 5.0)
     return pid

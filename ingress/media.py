@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from ingress.body import read_json
 from ingress.chat import accepted
-from ingress.hooks import pop_webhook_fields, webhook_target
+from ingress.hooks import checked_webhook, pop_webhook_fields
 from ingress.image_input import DecodeLimits, ImageBytes, check_decodes, decode_limits, probe
 from ingress.state import state
 from ingress.submit import body_hash, ensure_can_pay, paid_work, replay, submit
@@ -98,13 +98,16 @@ def _input_map(raw: str) -> dict[str, str]:
 async def generate(request: Request) -> Response:
     st = state(request)
     early = await st.auth.early(request, public=True)
-    if early is not None:  # a 15 MiB body is read only for an account that can pay for the call
-        await ensure_can_pay(st, early, GENERATE, request.headers.get("idempotency-key"))
+    idempotency_key = request.headers.get("idempotency-key")
+    # A 15 MiB body is read only for an account that can pay for the call.
+    calls = await ensure_can_pay(st, early, GENERATE, idempotency_key) if early else 0
     body = await read_json(request, st.settings.max_media_body_bytes)
     hook_fields = pop_webhook_fields(body)
     req = GenerateRequest.model_validate(body)
     who = await st.auth.confirm(request, early, req.uid, public=True)
-    hook = await webhook_target(st.settings, *hook_fields)
+    if early is None and hook_fields[0] is not None:  # uid-only mode: the body named the account
+        calls = await ensure_can_pay(st, who, GENERATE, idempotency_key)
+    hook = await checked_webhook(st, who.uid, calls, hook_fields)
     prompt = req.input.get("prompt")
     sub = await submit(st, who, GENERATE, model=req.model, prompt=str(prompt)[:500] if prompt else None,
                        request={"model": req.model, "input": req.input},
@@ -121,9 +124,9 @@ async def face_swap(request: Request) -> Response:
     hook_fields = pop_webhook_fields(body)
     req = FaceSwapRequest.model_validate(body)
     who = await st.auth.confirm(request, early, req.uid, public=True)
-    hook = await webhook_target(st.settings, *hook_fields)
     if early is None:  # uid-only mode: the body named the account
         calls = await ensure_can_pay(st, who, FACE_SWAP, idempotency_key)
+    hook = await checked_webhook(st, who.uid, calls, hook_fields)
     request_hash = body_hash(FACE_SWAP, req.model_dump(mode="json"), hook)
     sub = await replay(st, who, idempotency_key, request_hash, wait=False)
     if sub is not None:

@@ -1,23 +1,28 @@
-"""GET /metrics: the ingress's own request metrics plus what workers flushed to Redis."""
+"""GET /metrics: the ingress's own request metrics plus what workers flushed to Redis.
+
+A scrape costs one Redis pipeline (``jobs.metrics.snapshot``) and, at most once per
+``SYNCNODE_METRICS_LEDGER_CACHE_SECONDS`` across every ingress, one aggregate over the ledger.
+"""
 
 from __future__ import annotations
 
 import hmac
-import time
+import logging
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingress.state import state
-from jobs import keys
+from ingress.state import AppState, state
 from jobs.errors import Unauthorized
-from jobs.metrics import BUCKETS, DURATION, JOBS, PROVIDER_ERRORS, snapshot
+from jobs.metrics import BUCKETS, DURATION, JOBS, PROVIDER_ERRORS, WAIT, Snapshot, cache_ledger, snapshot
+from jobs.settings import to_dollars
+from storage.ledger import LedgerRepository
+
+log = logging.getLogger("syncnode.metrics")
 
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter("syncnode_http_requests", "HTTP requests by route and status",
@@ -25,67 +30,86 @@ REQUESTS = Counter("syncnode_http_requests", "HTTP requests by route and status"
 LATENCY = Histogram("syncnode_http_request_duration_seconds", "HTTP request latency by route",
                     ["route"], registry=REGISTRY,
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
+# Incremented by the per-account limits (429) with the route group or pool the limit is on.
+RATE_LIMITED = Counter("syncnode_rate_limited", "Requests refused by a per-account limit (429)",
+                       ["group"], registry=REGISTRY)
 
 
-class RequestMetrics:
-    """Pure ASGI middleware: counts every response by its route template, not its raw path."""
+def rate_limited(group: str) -> None:
+    RATE_LIMITED.labels(group).inc()
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
+def _split(field: str, n: int) -> list[str] | None:
+    parts = field.split("|")
+    return parts if len(parts) == n else None
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
 
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            REQUESTS.labels(route, scope["method"], str(status)).inc()
-            LATENCY.labels(route).observe(time.perf_counter() - start)
+def _histogram(name: str, doc: str, labels: list[str], fields: dict[str, float]) -> HistogramMetricFamily:
+    """Cumulative buckets from the per-bucket counts workers flush ("<labels>|<le>", "<labels>|sum")."""
+    h = HistogramMetricFamily(name, doc, labels=labels)
+    series = sorted({f.rsplit("|", 1)[0] for f in fields if _split(f, len(labels) + 1)})
+    for s in series:
+        acc, buckets = 0.0, list[tuple[str, float]]()
+        for le in [*map(str, BUCKETS), "+Inf"]:
+            acc += fields.get(f"{s}|{le}", 0.0)
+            buckets.append((le, acc))
+        h.add_metric(s.split("|"), buckets, fields.get(f"{s}|sum", 0.0))
+    return h
 
 
 class _Snapshot(Collector):
-    def __init__(self, depths: dict[str, int], snap: dict[str, dict[str, float]]) -> None:
-        self.depths, self.snap = depths, snap
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
 
     def collect(self) -> Iterator[Metric]:
-        g = GaugeMetricFamily("syncnode_queue_depth", "Jobs waiting or running, per pool", labels=["pool"])
-        for pool, depth in self.depths.items():
-            g.add_metric([pool], depth)
-        yield g
-        jobs = CounterMetricFamily("syncnode_jobs", "Jobs finished by workers",
-                                   labels=["pool", "function", "outcome"])
-        for field, n in self.snap[JOBS].items():
-            jobs.add_metric(field.split("|"), n)
+        yield from self._queues()
+        c = self.snap.counters
+        jobs = CounterMetricFamily("syncnode_jobs", "Jobs finished by workers", labels=["pool", "function", "outcome"])
+        for field, n in c[JOBS].items():
+            if parts := _split(field, 3):
+                jobs.add_metric(parts, n)
         yield jobs
-        errs = CounterMetricFamily("syncnode_provider_errors", "Provider call failures",
-                                   labels=["provider", "kind"])
-        for field, n in self.snap[PROVIDER_ERRORS].items():
-            errs.add_metric(field.split("|"), n)
+        errs = CounterMetricFamily("syncnode_provider_errors",
+                                   "Provider call failures by HTTP status (or transport error when no answer)",
+                                   labels=["provider", "status"])
+        for field, n in c[PROVIDER_ERRORS].items():
+            if parts := _split(field, 2):
+                errs.add_metric(parts, n)
         yield errs
-        yield from self._durations()
+        yield _histogram("syncnode_job_duration_seconds", "Job run time per pool and function",
+                         ["pool", "function"], c[DURATION])
+        yield _histogram("syncnode_job_wait_seconds", "Time a job waited on its queue after it was due",
+                         ["pool"], c[WAIT])
+        yield from self._ledger()
 
-    def _durations(self) -> Iterator[Metric]:
-        h = HistogramMetricFamily("syncnode_job_duration_seconds", "Job run time per pool", labels=["pool"])
-        d = self.snap[DURATION]
-        pools = {f.split("|")[0] for f in d}
-        for pool in sorted(pools):
-            acc, buckets = 0.0, list[tuple[str, float]]()
-            for le in [*map(str, BUCKETS), "+Inf"]:
-                acc += d.get(f"{pool}|{le}", 0.0)
-                buckets.append((le, acc))
-            h.add_metric([pool], buckets, d.get(f"{pool}|sum", 0.0))
-        yield h
+    def _queues(self) -> Iterator[Metric]:
+        fams = {
+            "depth": GaugeMetricFamily("syncnode_queue_depth", "Jobs queued, deferred or running, per pool",
+                                       labels=["pool"]),
+            "deferred": GaugeMetricFamily("syncnode_queue_deferred", "Jobs scheduled for later, per pool",
+                                          labels=["pool"]),
+            "oldest_wait_s": GaugeMetricFamily("syncnode_queue_oldest_age_seconds",
+                                               "How long the longest-waiting due job (not running) has waited",
+                                               labels=["pool"]),
+            "dead": GaugeMetricFamily("syncnode_dead_letters", "Jobs in the pool's dead-letter queue",
+                                      labels=["pool"]),
+        }
+        for pool, stats in self.snap.pools.items():
+            for attr, fam in fams.items():
+                fam.add_metric([pool], getattr(stats, attr))
+        yield from fams.values()
+
+    def _ledger(self) -> Iterator[Metric]:
+        if self.snap.ledger is None:
+            return
+        rows = CounterMetricFamily("syncnode_ledger_entries", "Ledger rows by kind", labels=["kind"])
+        amount = GaugeMetricFamily("syncnode_ledger_amount_dollars", "Sum of ledger amounts by kind (signed)",
+                                   labels=["kind"])
+        for kind, (n, micros) in sorted(self.snap.ledger.items()):
+            rows.add_metric([kind], n)
+            amount.add_metric([kind], to_dollars(micros))
+        yield rows
+        yield amount
 
 
 def _check_token(request: Request, token: str) -> None:
@@ -95,18 +119,26 @@ def _check_token(request: Request, token: str) -> None:
         raise Unauthorized("GET /metrics needs 'Authorization: Bearer <SYNCNODE_METRICS_TOKEN>'")
 
 
+async def _with_ledger(st: AppState, snap: Snapshot) -> Snapshot:
+    if snap.ledger is not None:
+        return snap
+    try:
+        totals = await LedgerRepository(st.db).totals_by_kind()
+        await cache_ledger(st.redis, totals, st.settings.metrics_ledger_cache_seconds)
+    except Exception:  # the queue metrics are still worth answering with
+        log.warning("ledger totals for /metrics failed", exc_info=True)
+        return snap
+    return Snapshot(snap.counters, snap.pools, totals)
+
+
 async def metrics(request: Request) -> Response:
     st = state(request)
     # Queue depths and provider error rates tell an outsider how busy and how healthy we are.
     token = st.settings.metrics_token.get_secret_value() if st.settings.metrics_token else ""
     if token:  # an empty SYNCNODE_METRICS_TOKEN= is "unset", never "any request passes"
         _check_token(request, token)
-    async with st.redis.pipeline(transaction=False) as pipe:
-        for pool in keys.POOLS:
-            pipe.zcard(keys.queue(pool))
-        depths: list[Any] = await pipe.execute()
-    snap = await snapshot(st.redis)
+    snap = await _with_ledger(st, await snapshot(st.redis))
     reg = CollectorRegistry()
-    reg.register(_Snapshot(dict(zip(keys.POOLS, map(int, depths), strict=True)), snap))
+    reg.register(_Snapshot(snap))
     body = generate_latest(REGISTRY) + generate_latest(reg)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

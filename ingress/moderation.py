@@ -19,7 +19,7 @@ from starlette.responses import Response
 from ingress.auth import Principal
 from ingress.body import read_json
 from ingress.chat import accepted, wants_async
-from ingress.hooks import WebhookTarget, pop_webhook_fields, webhook_target
+from ingress.hooks import WebhookTarget, checked_webhook, pop_webhook_fields
 from ingress.image_input import ImageBytes, check_decodes, decode_base64, decode_limits, from_fetched, normalize_mime
 from ingress.responses import JSON
 from ingress.state import AppState, state
@@ -91,9 +91,9 @@ async def moderate(request: Request) -> Response:
     hook_fields = pop_webhook_fields(body)
     req = ModerationRequest.model_validate(body)
     who = await st.auth.confirm(request, early, req.uid, public=True)
-    hook = await webhook_target(st.settings, *hook_fields)
     if early is None:  # uid-only mode: the body named the account
         calls = await ensure_can_pay(st, who, MODERATION, idempotency_key)
+    hook = await checked_webhook(st, who.uid, calls, hook_fields)
     wait = not wants_async(request)
     request_hash = body_hash(MODERATION, req.model_dump(mode="json"), hook)
     sub = await replay(st, who, idempotency_key, request_hash, wait)

@@ -19,6 +19,7 @@ from storage.tasks import ChargeOutcome, NewTask
 if TYPE_CHECKING:
     from billing.context import Billing
     from ingress.auth import Authenticator
+    from ingress.limits import Limiter
 
 
 @dataclass(slots=True)
@@ -34,6 +35,8 @@ class AppState:
     charges: Combiner[tuple[str, int], NewTask, ChargeOutcome]
     # Card payments; None without STRIPE_SECRET_KEY.
     billing: Billing | None = None
+    # Per-account limits (ingress/limits.py); None turns them all off.
+    limiter: Limiter | None = None
 
 
 def state(request: Request) -> AppState:

@@ -91,6 +91,8 @@ async def ensure_can_pay(st: AppState, who: Principal, kind: TaskKind, idempoten
     repo = TaskRepository(st.db)
     if idempotency_key is not None and await repo.by_idempotency_key(who.uid, idempotency_key) is not None:
         return 1
+    if st.limiter is not None:
+        await st.limiter.check_in_flight(who.uid, kind.pool)
     price = kind.price_micros(st.settings)
     can = await repo.can_pay(who.uid, price, kind.key_name)
     if not (can.account_exists and can.has_key and can.covers):
@@ -149,7 +151,26 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
             return await _replay(st, prior, request_hash, wait)
 
     price = kind.price_micros(st.settings)
-    new = NewTask(job_id=str(uuid.uuid4()), uid=who.uid, kind=kind.name, pool=kind.pool, model=model,
+    job_id = str(uuid.uuid4())
+    # Counted in flight before the charge: an account at its limit is refused, charged nothing.
+    counted = st.limiter is not None and await st.limiter.admit(who.uid, kind.pool, job_id)
+
+    async def uncount() -> None:  # the charge did not happen: the slot was never used
+        if counted and st.limiter is not None:
+            await st.limiter.release(who.uid, kind.pool, job_id)
+
+    return await _charge_and_enqueue(st, who, kind, job_id, price, uncount, model=model, prompt=prompt,
+                                     request=request, idempotency_key=idempotency_key, wait=wait,
+                                     prepare=prepare, request_hash=request_hash, webhook=webhook)
+
+
+async def _charge_and_enqueue(st: AppState, who: Principal, kind: TaskKind, job_id: str, price: int,
+                              uncount: Callable[[], Awaitable[None]], *,
+                              model: str | None, prompt: str | None, request: dict[str, Any],
+                              idempotency_key: str | None, wait: bool, prepare: Prepare | None,
+                              request_hash: bytes | None, webhook: WebhookTarget | None) -> Submitted:
+    repo = TaskRepository(st.db)
+    new = NewTask(job_id=job_id, uid=who.uid, kind=kind.name, pool=kind.pool, model=model,
                   prompt=prompt, request=request, cost_micros=price, key_name=kind.key_name,
                   idempotency_key=idempotency_key, request_hash=request_hash,
                   webhook=webhook[0] if webhook else None, webhook_events=webhook[1] if webhook else None)
@@ -161,11 +182,16 @@ async def submit(st: AppState, who: Principal, kind: TaskKind, *, model: str | N
         else:
             outcome = await repo.charge_and_create(new)
     except asyncpg.UniqueViolationError:
+        await uncount()
         # Another request with the same Idempotency-Key committed first: answer as its replay.
         prior = await repo.by_idempotency_key(who.uid, idempotency_key or "")
         assert prior is not None
         return await _replay(st, prior, request_hash, wait)
+    except BaseException:
+        await uncount()
+        raise
     if outcome.task_id is None:
+        await uncount()
         if outcome.account_exists and outcome.has_key and await BillingRepository(st.db).recharge_armed(who.uid):
             await _recharge(st, who.uid, price)
         raise refusal(kind, price, account_exists=outcome.account_exists, has_key=outcome.has_key)

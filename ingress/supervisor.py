@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TextIO
 
+from jobs.logs import json_line
 from storage import procs
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -107,9 +108,12 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, guard: Guard, grace: float = STOP_GRACE_SECONDS) -> None:
+    def __init__(self, guard: Guard, *, json_lines: bool = False, grace: float = STOP_GRACE_SECONDS) -> None:
         self.guard = guard
         self.grace = grace
+        # With SYNCNODE_LOG_FORMAT=json the children already write JSON lines: relay them as they
+        # are (a prefix would break them), and write our own lines and anything else as JSON too.
+        self.json_lines = json_lines
         self.children: list[Child] = []
         self.width = 6
         self._sel = selectors.DefaultSelector()
@@ -119,7 +123,13 @@ class Supervisor:
         self.width = max(self.width, len(name))
 
     def _line(self, name: str, text: str) -> None:
-        self.guard.say(f"{time.strftime('%H:%M:%S')} {name:<{self.width}} | {text}\n")
+        if not self.json_lines:
+            self.guard.say(f"{time.strftime('%H:%M:%S')} {name:<{self.width}} | {text}\n")
+        elif text.startswith("{") and text.endswith("}"):
+            self.guard.say(text + "\n")
+        elif text:
+            logger = "syncnode.up" if name == "system" else "syncnode.output"
+            self.guard.say(json_line(text, logger=logger, process=name) + "\n")
 
     def _start(self) -> None:
         preexec = procs.die_with_parent(signal.SIGTERM)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import asyncpg
@@ -53,12 +54,16 @@ def _filters(request: Request) -> tuple[str | None, list[str] | None]:
     return kind, statuses
 
 
+# Task ids are bigserial: more than 18 digits cannot exist and would overflow int8 in the query
+# (a 500); int() alone would also take "+1", " 1", "1_0" and non-ASCII digits.
+_TASK_ID = re.compile(r"[0-9]{1,18}")
+
+
 def _task_id(request: Request) -> int:
     raw = request.path_params["id"]
-    try:
-        return int(raw)
-    except ValueError:
+    if not isinstance(raw, str) or not _TASK_ID.fullmatch(raw):
         raise NotFound("Task not found")
+    return int(raw)
 
 
 async def get_task(request: Request) -> Response:
@@ -80,7 +85,7 @@ async def delete_task(request: Request) -> Response:
         raise NotFound("Task not found")
     if status not in ("completed", "failed", "canceled"):
         raise Conflict("Task is still in progress: cancel it or wait for it to finish before deleting")
-    return JSON({"deleted": True, "id": int(request.path_params["id"])})
+    return JSON({"deleted": True, "id": _task_id(request)})
 
 
 async def prediction_status(request: Request) -> Response:

@@ -107,3 +107,64 @@ def models_cache(provider: str, scope: str) -> str:
 
 
 __all__ += ["chat_stream", "stream_cancel", "models_cache"]
+
+
+def webhook_lookups(uid: str) -> str:
+    """STRING counter with TTL: an account's webhook address lookups under way at submit."""
+    return f"syncnode:webhook-lookups:{uid}"
+
+
+__all__ += ["webhook_lookups"]
+
+
+def stream_relays(job_id: str) -> str:
+    """STRING counter with TTL: SSE relays of one streamed task open at once (all ingresses)."""
+    return f"syncnode:relays:task:{job_id}"
+
+
+def account_relays(uid: str) -> str:
+    """STRING counter with TTL: SSE relays of one account's streamed tasks open at once."""
+    return f"syncnode:relays:account:{uid}"
+
+
+__all__ += ["stream_relays", "account_relays"]
+
+# Per-account limits and dead letters (issue 11).
+IN_FLIGHT_PREFIX = "syncnode:inflight:"
+
+
+def rate_bucket(uid: str, group: str) -> str:
+    """HASH tokens/ts with TTL: an account's token bucket for one route group (ingress/limits.py)."""
+    return f"syncnode:rate:{group}:{uid}"
+
+
+def in_flight(pool: str, uid: str) -> str:
+    """ZSET of an account's task job ids in flight on a pool, scored by when each stops counting
+    (a leak's bound); a final status removes its member (storage/status.py)."""
+    return f"{IN_FLIGHT_PREFIX}{pool}:{uid}"
+
+
+def dead(pool: str) -> str:
+    """ZSET of JSON dead-letter records (jobs arq gave up on), scored by ms time; capped, expiring."""
+    return f"syncnode:dead:{pool}"
+
+
+def last_error(job_id: str) -> str:
+    """STRING with TTL: why a task job's latest try was retried (kept for its dead letter)."""
+    return f"syncnode:last-error:{job_id}"
+
+
+def worker_health(pool: str, token: str) -> str:
+    """STRING with TTL: one worker's heartbeat (arq's own health-check key is shared by the pool)."""
+    return f"{health_check(pool)}:{token}"
+
+
+__all__ += ["IN_FLIGHT_PREFIX", "rate_bucket", "in_flight", "dead", "last_error", "worker_health"]
+
+
+def card_attempts(action: str, scope: str, who: str) -> str:
+    """STRING counter with TTL: card saves or setups ("attach"/"setup") by one account or address."""
+    return f"syncnode:card-{action}:{scope}:{who}"
+
+
+__all__ += ["card_attempts"]

@@ -14,7 +14,7 @@ A synchronous request pipelines that call with a BLPOP on the task's done list: 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from arq.jobs import serialize_job
@@ -23,6 +23,7 @@ from redis.exceptions import NoScriptError, WatchError
 
 from jobs import keys
 from jobs.batch import Combiner
+from jobs.logs import REQUEST_ID
 from jobs.serialize import dumps, loads
 
 _ENQUEUE_LUA = """
@@ -54,6 +55,9 @@ _EXPIRES_EXTRA_MS = 86_400_000
 # scored "now" waits behind every overdue one; when a poll worker falls behind, a webhook's
 # follow-up would queue behind thousands of routine polls. Scored this far back it goes first.
 URGENT_LEAD_MS = 600_000
+# The one keyword argument a job may carry: the id of the request that enqueued it, so the
+# worker's log lines for the job carry it too (workers/tracing.py takes it off before the call).
+REQUEST_ID_ARG = "request_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,13 @@ class Job:
     status: dict[str, str] | None = None
     # Run before jobs that are already due (see URGENT_LEAD_MS); only with defer_ms == 0.
     urgent: bool = False
+    # Set from the current request (or job) when enqueued; see REQUEST_ID_ARG.
+    request_id: str | None = None
+
+
+def _with_request_id(job: Job) -> Job:
+    rid = REQUEST_ID.get()
+    return job if rid is None or job.request_id is not None else replace(job, request_id=rid)
 
 
 class JobQueue:
@@ -84,7 +95,8 @@ class JobQueue:
     def _call(self, job: Job, sha: str) -> tuple[str, int, list[str], list[Any]]:
         now = int(time.time() * 1000)
         score = now + job.defer_ms - (URGENT_LEAD_MS if job.urgent and job.defer_ms <= 0 else 0)
-        payload = serialize_job(job.function, job.args, {}, None, now, serializer=dumps)
+        kwargs = {REQUEST_ID_ARG: job.request_id} if job.request_id else {}
+        payload = serialize_job(job.function, job.args, kwargs, None, now, serializer=dumps)
         argv: list[Any] = [max(job.defer_ms, 0) + _EXPIRES_EXTRA_MS, payload, score, job.job_id, self.status_ttl,
                            now]
         if job.status:
@@ -101,7 +113,8 @@ class JobQueue:
 
         Enqueues that arrive while one pipeline is in flight share the next one.
         """
-        return await self._batches.submit("", job)
+        # Read here, in the caller's context: the batch may be sent from another request's task.
+        return await self._batches.submit("", _with_request_id(job))
 
     async def _enqueue_many(self, _: str, jobs: list[Job]) -> list[bool]:
         for _attempt in range(2):
@@ -129,7 +142,7 @@ class JobQueue:
         """
         # EVAL, not EVALSHA: if Redis had lost the script (restart, failover, SCRIPT FLUSH), a
         # NOSCRIPT reply would leave the pipelined BLPOP waiting the whole timeout for nothing.
-        _, n, ks, argv = self._call(job, "")
+        _, n, ks, argv = self._call(_with_request_id(job), "")
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.eval(_ENQUEUE_LUA, n, *ks, *argv)
             pipe.blpop([keys.done(job.job_id)], timeout=max(timeout, 0.01))

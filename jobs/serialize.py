@@ -8,7 +8,10 @@ import orjson
 
 
 def _default(obj: Any) -> Any:
-    # arq stores exceptions as results; str() keeps them JSON (our tasks never raise, see workers).
+    # arq stores exceptions as results; text keeps them JSON (our tasks never raise, see workers).
+    # With the class name: a timeout's str() is empty, and a dead letter must say what happened.
+    if isinstance(obj, BaseException):
+        return f"{type(obj).__name__}: {obj}" if str(obj) else type(obj).__name__
     return str(obj)
 
 

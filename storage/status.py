@@ -9,6 +9,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from jobs import keys
+from jobs.names import KINDS
 from jobs.serialize import dumps, loads
 
 # The status a client sees: queued and running tasks are both "in_progress" (reference).
@@ -29,6 +30,20 @@ end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
+"""
+
+
+# A final status gives back the task's in-flight slot (ingress/limits.py): this is the one place
+# every final status passes, whoever finishes the task (worker, poll, webhook, cancel, sweeper).
+# The hash names the account and pool (seeded at enqueue, see ``initial``). The key is built
+# here from them, so this script is for one Redis, not a Cluster.
+# KEYS[1] the status hash; ARGV[1] the in-flight key prefix, ARGV[2] the job id.
+_RELEASE = """
+local f = redis.call('HMGET', KEYS[1], 'uid', 'pool')
+if f[1] and f[2] then
+  redis.call('ZREM', ARGV[1] .. f[2] .. ':' .. f[1], ARGV[2])
+end
+return 0
 """
 
 
@@ -58,8 +73,11 @@ class StatusStore:
     @staticmethod
     def initial(uid: str, task_id: int, kind: str) -> dict[str, str]:
         """Fields an enqueue seeds the hash with (see ``jobs.queue.Job.status``)."""
-        return {"status": "in_progress", "uid": uid, "task_id": str(task_id), "kind": kind,
+        seed = {"status": "in_progress", "uid": uid, "task_id": str(task_id), "kind": kind,
                 "updated_at": now_iso()}
+        if kind in KINDS:
+            seed["pool"] = KINDS[kind].pool
+        return seed
 
     async def publish(self, job_id: str, result: dict[str, Any], *, notify: bool = True) -> None:
         """Write a new status and, for a final one, wake whoever waits on the task.
@@ -94,6 +112,9 @@ class StatusStore:
             fields["provider_status"] = str(result["provider_status"])
         pipe.hset(keys.task_status(job_id), mapping=fields)
         pipe.expire(keys.task_status(job_id), self.ttl)
+        if fields["status"] != "in_progress":
+            # EVAL, not EVALSHA: a NOSCRIPT inside this pipeline would cost the whole publish.
+            pipe.eval(_RELEASE, 1, keys.task_status(job_id), keys.IN_FLIGHT_PREFIX, job_id)
         if notify:
             pipe.rpush(keys.done(job_id), dumps(result))
             pipe.expire(keys.done(job_id), DONE_TTL_SECONDS)

@@ -82,6 +82,22 @@ class ApiKeyRepository:
         return bool(await self.conn.fetchval(
             "SELECT 1 FROM api_keys WHERE uid = $1 AND prefix = $2", uid, prefix))
 
+    async def add_capped(self, uid: str, key_hash: bytes, prefix: str, limit: int) -> bool:
+        """Add a key unless the account already has ``limit`` live ones; False when refused.
+        Locks the account row so concurrent creates cannot both pass the count."""
+        if isinstance(self.conn, asyncpg.Pool):
+            async with self.conn.acquire() as conn:
+                return await ApiKeyRepository(conn).add_capped(uid, key_hash, prefix, limit)
+        async with self.conn.transaction():
+            await self.conn.execute("SELECT 1 FROM accounts WHERE uid = $1 FOR UPDATE", uid)
+            live = await self.conn.fetchval(
+                "SELECT count(*) FROM api_keys WHERE uid = $1 AND revoked_at IS NULL", uid)
+            if live >= limit:
+                return False
+            await self.conn.execute(
+                "INSERT INTO api_keys (key_hash, uid, prefix) VALUES ($1, $2, $3)", key_hash, uid, prefix)
+        return True
+
 
 class UsageRepository:
     def __init__(self, conn: Conn) -> None:

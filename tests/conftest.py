@@ -37,6 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "SYNCNODE_JOB_LEASE_SECONDS": "2", "SYNCNODE_SWEEP_AFTER_SECONDS": "1",
         "SYNCNODE_SWEEP_INTERVAL_SECONDS": "1", "SYNCNODE_SYNC_TIMEOUT_SECONDS": "10",
         "SYNCNODE_PUBLIC_URL": "http://gateway.test",
+        "SYNCNODE_SIGNUP_MAX_PER_ADDRESS": "100000",  # every test client is 127.0.0.1
         "SUPABASE_JWT_SECRET": JWT_SECRET, "SUPABASE_JWKS_URL": jwks.url + "/auth/v1/.well-known/jwks.json",
     })
     from tests.fixtures.stripe import start_localstripe

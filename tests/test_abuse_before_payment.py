@@ -293,10 +293,9 @@ async def test_crafted_metadata_never_reaches_pillow(image: str, client: httpx.A
     acct = await make_account()
     data = gif_with_comment(3 << 20) if image == "gif-comment" else progressive_jpeg_with_scans(4000)
     spy = DecodeSpy(monkeypatch)
-    start = time.perf_counter()
     r = await client.post("/moderate", headers=acct.headers, json={"imageBase64": base64.b64encode(data).decode()})
     assert r.status_code == 400, r.text
-    assert spy.calls == 0 and time.perf_counter() - start < 0.5
+    assert spy.calls == 0
     assert await audit(app, acct.uid) == (5_000_000, 5_000_000)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.fixtures.accounts import Account, MakeAccount
 from tests.test_chat import CHAT
@@ -92,7 +93,7 @@ async def test_deleting_a_task_in_progress_is_409(client: httpx.AsyncClient, fun
 
 async def test_billing_threshold_and_card_features(client: httpx.AsyncClient, funded: Account) -> None:
     r = await client.get("/billing-threshold", headers=funded.headers)
-    assert r.json() == {"threshold": 50.0, "recharge_below": 0.01, "enabled": True, "card_on_file": False,
+    assert r.json() == {"threshold": 50.0, "recharge_below": 0.01, "enabled": False, "card_on_file": False,
                         "failures": 0, "disabled_reason": None}
     r = await client.post("/billing-threshold", headers=funded.headers, json={"threshold": 25})
     assert r.status_code == 200 and r.json()["threshold"] == 25.0
@@ -106,3 +107,11 @@ async def test_billing_threshold_and_card_features(client: httpx.AsyncClient, fu
     r = await client.post("/topup_card", headers=funded.headers, json={"amount": 10})
     assert r.status_code == 402 and "No card on file" in r.json()["error"]
     assert (await client.get("/card")).status_code == 401
+
+
+@pytest.mark.parametrize("value", ["sk-or-v1-abc\ndef", "sk-or-v1-\u00e9t\u00e9", "sk\x7f", "sk-\tx"])
+async def test_provider_keys_must_be_printable_ascii(value: str, client: httpx.AsyncClient,
+                                                     make_account: MakeAccount) -> None:
+    acct = await make_account()
+    r = await client.post("/api-keys", headers=acct.headers, json={"openrouter_key": value})
+    assert r.status_code == 400 and "printable ASCII" in r.json()["error"], r.text

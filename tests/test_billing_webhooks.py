@@ -37,10 +37,10 @@ async def test_forged_or_stale_signature_is_400_and_changes_nothing(
     event_id = f"evt_{uuid.uuid4().hex[:24]}"
     dispute = _dispute(pi, 1000)
     forged = [
-        signed("charge.dispute.created", dispute, event_id=event_id, secret="whsec_attacker"),
-        signed("charge.dispute.created", dispute, event_id=event_id, timestamp=int(time.time()) - 400),
+        signed("charge.dispute.funds_withdrawn", dispute, event_id=event_id, secret="whsec_attacker"),
+        signed("charge.dispute.funds_withdrawn", dispute, event_id=event_id, timestamp=int(time.time()) - 400),
     ]
-    body, headers = signed("charge.dispute.created", dispute, event_id=event_id)
+    body, headers = signed("charge.dispute.funds_withdrawn", dispute, event_id=event_id)
     forged.append((body.replace(b'"amount":1000', b'"amount":9000'), headers))  # tampered after signing
     forged.append((body, {"Content-Type": "application/json"}))  # no signature at all
     for payload, hdrs in forged:
@@ -48,7 +48,7 @@ async def test_forged_or_stale_signature_is_400_and_changes_nothing(
         assert r.status_code == 400 and r.json() == {"error": "Invalid Stripe signature"}
     assert await balanced(app, acct.uid) == 15_000_000
     # Nothing was stored either: the genuine event with that id still acts.
-    r = await post_event(client, "charge.dispute.created", dispute, event_id=event_id)
+    r = await post_event(client, "charge.dispute.funds_withdrawn", dispute, event_id=event_id)
     assert r.status_code == 200 and r.json()["outcome"] == "debited"
     assert await balanced(app, acct.uid) == 5_000_000
 
@@ -61,14 +61,14 @@ async def test_dispute_takes_the_balance_negative_paid_calls_402_until_a_top_up(
     assert r.status_code == 200
     dispute = _dispute(pi, 1000)
     event_id = f"evt_{uuid.uuid4().hex[:24]}"
-    r = await post_event(client, "charge.dispute.created", dispute, event_id=event_id)
+    r = await post_event(client, "charge.dispute.funds_withdrawn", dispute, event_id=event_id)
     assert r.json()["outcome"] == "debited"
     assert await balanced(app, acct.uid) == -20_000
     assert (await client.get("/balance", headers=acct.headers)).json() == {"balance": -0.02}
     # Replays (same event, or a new event for the same dispute) debit nothing more.
-    assert (await post_event(client, "charge.dispute.created", dispute, event_id=event_id)).json()["outcome"] == \
-        "duplicate"
-    assert (await post_event(client, "charge.dispute.created", dispute)).json()["outcome"] == "already debited"
+    again = await post_event(client, "charge.dispute.funds_withdrawn", dispute, event_id=event_id)
+    assert again.json()["outcome"] == "duplicate"
+    assert (await post_event(client, "charge.dispute.funds_withdrawn", dispute)).json()["outcome"] == "already debited"
     assert await balanced(app, acct.uid) == -20_000
     r = await client.post(CHAT, headers=acct.headers, json={"model": "m", "prompt": "while negative"})
     assert r.status_code == 402

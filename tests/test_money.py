@@ -17,6 +17,11 @@ KEYS = {"openrouter_key": "sk-or-v1-race"}
 async def test_200_concurrent_calls_on_10_calls_worth(client: httpx.AsyncClient, make_account: MakeAccount,
                                                       chat_worker: Any, app: Any) -> None:
     acct = await make_account(balance="0.20", keys=KEYS)
+    # The race under test is the charge's: lift the account's rate and in-flight limits, which
+    # would otherwise refuse most of these 200 at once (429) before the charge.
+    r = await client.post("/admin/limits", headers={"Authorization": "Bearer test-admin-token"},
+                          json={"uid": acct.uid, "rate": {"chat": 0}, "in_flight": {"chat": 0}})
+    assert r.status_code == 200, r.text
 
     async def one(i: int) -> int:
         r = await client.post(CHAT, headers=acct.headers, json={"model": "m", "prompt": f"race {i}"})

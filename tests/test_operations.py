@@ -26,8 +26,8 @@ async def test_metrics_cover_requests_queues_jobs_and_provider_errors(
     assert 'syncnode_http_requests_total{method="POST",route="/chat-completion",status="200"}' in text
     assert 'syncnode_queue_depth{pool="chat"}' in text and 'syncnode_queue_depth{pool="media"}' in text
     assert 'syncnode_jobs_total{function="chat.openrouter",outcome="completed",pool="chat"}' in text
-    assert 'syncnode_job_duration_seconds_count{pool="chat"}' in text
-    assert 'syncnode_provider_errors_total{kind="400",provider="OpenRouter"}' in text
+    assert 'syncnode_job_duration_seconds_count{function="chat.openrouter",pool="chat"}' in text
+    assert 'syncnode_provider_errors_total{provider="OpenRouter",status="400"}' in text
 
 
 async def test_openapi_describes_the_api(client: httpx.AsyncClient) -> None:

@@ -44,7 +44,7 @@ async def tasks_of(client: httpx.AsyncClient, headers: dict[str, str]) -> int:
 async def test_loopback_webhook_is_refused_at_submit(client: httpx.AsyncClient, make_account: MakeAccount,
                                                      receiver_url: str, app: Any,
                                                      path: str, body: dict[str, Any]) -> None:
-    assert app.state.sn.settings.fetch_allow == ""  # no allow-list here
+    assert app.state.sn.settings.webhook_allow == ""  # no allow-list here
     acct = await make_account(keys=KEYS)
     before = await audit(app, acct.uid)
     name = uuid.uuid4().hex[:12]
@@ -94,8 +94,8 @@ async def test_http_is_allowed_only_for_allow_listed_hosts(client: httpx.AsyncCl
     url = f"{receiver_url}/hook/x"
     r = await client.post("/chat-completion", headers={**acct.headers, "Prefer": "respond-async"},
                           json={"model": "m", "prompt": "hi", "webhook": url})
-    assert r.status_code == 400 and "SYNCNODE_FETCH_ALLOW" in r.json()["error"]
-    monkeypatch.setattr(app.state.sn.settings, "fetch_allow", receiver_url.removeprefix("http://"))
+    assert r.status_code == 400 and "SYNCNODE_WEBHOOK_ALLOW" in r.json()["error"]
+    monkeypatch.setattr(app.state.sn.settings, "webhook_allow", receiver_url.removeprefix("http://"))
     r = await client.post("/chat-completion", headers={**acct.headers, "Prefer": "respond-async"},
                           json={"model": "m", "prompt": "hi", "webhook": url,
                                 "webhook_events_filter": ["completed", "start"]})

@@ -1,5 +1,5 @@
 """Completion webhooks end to end: a task with a webhook → trigger → webhooks pool → a receiver
-on 127.0.0.1 (let through with SYNCNODE_FETCH_ALLOW) that checks the Standard Webhooks signature."""
+on 127.0.0.1 (let through with SYNCNODE_WEBHOOK_ALLOW) that checks the Standard Webhooks signature."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ async def start_webhooks_worker(max_jobs: int | None = None) -> tuple[Any, async
 def hook_settings(app: Any, receiver_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The receiver allowed, fast retries, a 1 s attempt timeout (read when the worker starts)."""
     s = app.state.sn.settings
-    monkeypatch.setattr(s, "fetch_allow", receiver_url.removeprefix("http://"))
+    monkeypatch.setattr(s, "webhook_allow", receiver_url.removeprefix("http://"))
     monkeypatch.setattr(s, "webhook_backoff_first_seconds", 0.2)
     monkeypatch.setattr(s, "webhook_backoff_cap_seconds", 0.5)
     monkeypatch.setattr(s, "webhook_timeout_seconds", 1.0)
@@ -263,7 +263,7 @@ async def test_media_task_webhook_start_and_completed(
 async def test_a_real_webhooks_process_delivers_a_failed_task(
         client: httpx.AsyncClient, make_account: MakeAccount, chat_worker: Any, hook_settings: Any,
         receiver_url: str, worker_process: WorkerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SYNCNODE_FETCH_ALLOW", hook_settings.fetch_allow)
+    monkeypatch.setenv("SYNCNODE_WEBHOOK_ALLOW", hook_settings.webhook_allow)
     worker_process("webhooks")  # `syncnode worker webhooks`, as the Procfile runs it
     acct = await make_account(keys=CHAT_KEYS)
     key = await secret(client, acct)
@@ -320,7 +320,7 @@ async def test_the_worker_guards_the_connection_too(
     r = await client.post("/chat-completion", headers={**acct.headers, "Prefer": "respond-async"},
                           json={"model": "m", "prompt": "x", "webhook": f"{receiver_url}/hook/{name}"})
     assert r.status_code == 202, r.text
-    monkeypatch.setattr(hook_settings, "fetch_allow", "")
+    monkeypatch.setattr(hook_settings, "webhook_allow", "")
     hooks = await start_webhooks_worker()
     chat = await start_inprocess_worker("chat")
     try:

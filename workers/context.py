@@ -12,6 +12,7 @@ import httpx
 from redis.asyncio import Redis
 
 from jobs.batch import Combiner
+from jobs.logs import POOL
 from jobs.metrics import WorkerMetrics
 from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings
@@ -78,6 +79,7 @@ def provider_clients(s: Settings, max_connections: int) -> dict[str, httpx.Async
 
 def on_startup_for(pool_name: str, max_jobs: int) -> Any:
     async def on_startup(ctx: dict[str, Any]) -> None:
+        POOL.set(pool_name)  # jobs are tasks started from this one: each inherits the pool
         s = get_settings()
         assert s.database_url, "DATABASE_URL must be set"
         redis: Redis = ctx["redis"]

@@ -8,6 +8,7 @@ finished by a conditional UPDATE, so only one run can complete or refund it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,8 @@ import asyncpg
 from arq import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from jobs import keys
+from jobs.logs import UID
 from storage.status import PUBLIC_STATUS
 from storage.tasks import TERMINAL, TaskRepository
 from workers.context import WorkerContext
@@ -42,13 +45,15 @@ def _result(row: asyncpg.Record, status: str, output: Any, error: str | None,
 
 
 async def finish_failed(w: WorkerContext, job_id: str, error: str, *, status: str = "failed",
-                        client_error: bool = False, **extra: Any) -> None:
-    """Fail (or cancel) and refund once; announce whatever the final state turned out to be."""
+                        client_error: bool = False, **extra: Any) -> bool:
+    """Fail (or cancel) and refund once; announce whatever the final state turned out to be.
+    True if this call was the one that failed it."""
     row = await TaskRepository(w.db).finish_unpaid(job_id, status, error)
     if row is not None:
         await w.status.publish(job_id, _result(row, status, None, error, 0, client_error=client_error, **extra))
-    else:
-        await announce(w, job_id)
+        return True
+    await announce(w, job_id)
+    return False
 
 
 async def provider_failed(w: WorkerContext, job_id: str, e: ProviderError) -> str:
@@ -101,6 +106,7 @@ async def run_task(w: WorkerContext, function: str, job_id: str, key_name: str |
         # (up to max_tries; then the sweeper refunds it) instead of failing it for good now.
         outcome = "retried"
         log.warning("job %s: %s: %s; retrying", job_id, type(e).__name__, e)
+        await _remember_error(w, job_id, e)
         raise Retry(defer=2) from e
     except asyncio.CancelledError:
         outcome = "interrupted"  # worker shutting down: arq puts the job back on the queue
@@ -109,11 +115,20 @@ async def run_task(w: WorkerContext, function: str, job_id: str, key_name: str |
         w.metrics.job(w.pool_name, function, outcome, time.perf_counter() - start)
 
 
+async def _remember_error(w: WorkerContext, job_id: str, e: BaseException) -> None:
+    """Why this try is retried, for the dead letter should it be the last (arq keeps only "max
+    retries exceeded"). Best effort: Redis may be what failed."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1):
+            await w.redis.set(keys.last_error(job_id), f"{type(e).__name__}: {e}"[:1000], ex=86_400)
+
+
 async def _run(w: WorkerContext, job_id: str, key_name: str | None, work: Work) -> str:
     row = await w.reads.submit(key_name, job_id)
     if row is None:
         log.warning("job %s has no task row; dropped", job_id)
         return "missing"
+    UID.set(row["uid"])  # this job's log lines name the account (workers/tracing.py resets it)
     if row["status"] in TERMINAL:
         await announce(w, job_id)
         return "duplicate"

@@ -30,6 +30,7 @@ from workers.media import create_budget_seconds, media_create
 from workers.moderation.job import moderation_functions, with_models
 from workers.poll import media_cancel, media_poll
 from workers.sweeper import sweep
+from workers.tracing import traced
 from workers.webhooks import deliver, dispatch, with_listener
 
 _s = get_settings()
@@ -58,7 +59,8 @@ def _common(pool: str, max_jobs: int) -> dict[str, Any]:
 
 
 def _settings(name: str, pool: str, max_jobs: int, functions: list[Any], **hooks: Any) -> type:
-    return type(name, (), {**_common(pool, max_jobs), "functions": functions, **hooks})
+    traced_functions = [traced(pool, f) for f in functions]
+    return type(name, (), {**_common(pool, max_jobs), "functions": traced_functions, **hooks})
 
 
 ChatWorker = _settings("ChatWorker", "chat", _s.chat_concurrency, [

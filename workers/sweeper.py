@@ -23,6 +23,7 @@ from typing import Any
 from jobs import keys
 from jobs.names import KINDS
 from jobs.queue import Job
+from storage.deadletters import DeadLetters, arq_failure, record
 from storage.predictions import PredictionRepository
 from storage.status import StatusStore
 from storage.tasks import TaskRepository
@@ -78,6 +79,23 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
+async def _bury(w: WorkerContext, row: Any, pool: str) -> None:
+    """Fail and refund a task arq gave up on (tries exhausted, run abandoned at its timeout, job
+    expired), and leave its dead letter: what arq last said of it, and why its last try failed."""
+    job_id = row["job_id"]
+    async with w.redis.pipeline(transaction=False) as pipe:
+        pipe.get(keys.result_key_prefix + job_id)
+        pipe.get(keys.last_error(job_id))
+        arq_result, last_error = await pipe.execute()
+    function, tries, arq_error = arq_failure(arq_result)
+    error = "; ".join(e for e in ((last_error or b"").decode("utf-8", "replace"), arq_error or "") if e)
+    if await finish_failed(w, job_id, "The task could not be run: the worker gave up on it"):
+        rec = record(job_id, pool, function=function, tries=tries, task_id=row["id"], uid=row["uid"],
+                     error=error or "arq gave up on the job without an error")
+        await DeadLetters(w.redis, w.settings.dead_letter_max, w.settings.dead_letter_ttl_seconds).add(pool, rec)
+        log.warning("job %s is dead (%s, %s tries): %s; its task was refunded", job_id, function, tries, rec["error"])
+
+
 async def _sweep_page(w: WorkerContext, rows: list[Any], counts: dict[str, int]) -> None:
     states = await w.queue.states([r["job_id"] for r in rows])
     for r, state in zip(rows, states, strict=True):
@@ -90,7 +108,7 @@ async def _sweep_page(w: WorkerContext, rows: list[Any], counts: dict[str, int])
             if await _rerun_started_create(w, r["job_id"], job):
                 counts["requeued"] += 1
                 continue
-            await finish_failed(w, r["job_id"], "The task could not be run: the worker gave up on it")
+            await _bury(w, r, kind.pool)
             counts["failed"] += 1
             continue
         if await w.queue.enqueue(job):

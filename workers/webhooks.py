@@ -81,7 +81,7 @@ def _client(w: WorkerContext) -> httpx.AsyncClient:
     if client is None:
         s = w.settings
         # The SSRF guard on every connection, pinned to the checked address; redirects stay off.
-        client = guarded_client(s.fetch_allow_list, connect_timeout=min(s.fetch_connect_timeout_seconds,
+        client = guarded_client(s.webhook_allow_list, connect_timeout=min(s.fetch_connect_timeout_seconds,
                                                                         s.webhook_timeout_seconds),
                                 read_timeout=s.webhook_timeout_seconds, max_connections=s.webhook_concurrency)
         w.http["webhooks"] = client

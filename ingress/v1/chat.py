@@ -17,11 +17,11 @@ from starlette.responses import Response
 
 from ingress.body import read_json
 from ingress.chat import wants_async
-from ingress.hooks import pop_webhook_fields, webhook_target
+from ingress.hooks import checked_webhook, pop_webhook_fields
 from ingress.responses import JSON
 from ingress.schemas import Message
 from ingress.state import state
-from ingress.submit import submit
+from ingress.submit import ensure_can_pay, submit
 from ingress.v1 import relay
 from ingress.v1.answer import failure, timed_out
 from ingress.v1.routing import route_for
@@ -55,19 +55,22 @@ async def chat_completions(request: Request) -> Response:
     hook_fields = pop_webhook_fields(raw)  # ours (completion webhooks), not the provider's
     req = ChatCompletionRequest.model_validate(raw)
     r = await route_for(st.db, who.uid, req.model, CHAT, CHATGPT)
-    hook = await webhook_target(st.settings, *hook_fields)
+    idempotency_key = request.headers.get("idempotency-key")
+    # A webhook's address lookup is work: only for a caller who can pay (the charge stays the guard).
+    calls = await ensure_can_pay(st, who, r.kind, idempotency_key) if hook_fields[0] is not None else 1
+    hook = await checked_webhook(st, who.uid, calls, hook_fields)
     body = {**raw, "model": r.model}
     if not req.stream:
         body.pop("stream", None)
         body.pop("stream_options", None)
     is_async = wants_async(request)
     sub = await submit(st, who, r.kind, model=r.model, prompt=prompt_text(req), request=body,
-                       idempotency_key=request.headers.get("idempotency-key"), webhook=hook,
+                       idempotency_key=idempotency_key, webhook=hook,
                        wait=not (req.stream or is_async))
     if is_async:
         return relay.accepted(st, sub.task_id, sub.job_id, req.stream)
     if req.stream:
-        return await relay.open_stream(st, sub.task_id, sub.job_id, cancel_on_disconnect=True)
+        return await relay.open_stream(st, sub.task_id, sub.job_id, uid=who.uid, cancel_on_disconnect=True)
     if sub.result is None:
         raise timed_out(sub.job_id, sub.task_id)
     if sub.result["status"] == "completed":

@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.body import read_json
-from ingress.hooks import pop_webhook_fields, webhook_target
+from ingress.hooks import checked_webhook, pop_webhook_fields
 from ingress.responses import JSON
 from ingress.state import state
-from ingress.submit import submit
+from ingress.submit import ensure_can_pay, submit
 from ingress.v1.answer import failure, timed_out
 from ingress.v1.routing import route_for
 from jobs.names import EMBEDDINGS, EMBEDDINGS_OPENAI
@@ -46,11 +46,14 @@ async def embeddings(request: Request) -> Response:
     hook_fields = pop_webhook_fields(raw)  # ours (completion webhooks), not the provider's
     req = EmbeddingsRequest.model_validate(raw)
     r = await route_for(st.db, who.uid, req.model, EMBEDDINGS, EMBEDDINGS_OPENAI)
-    hook = await webhook_target(st.settings, *hook_fields)
+    idempotency_key = request.headers.get("idempotency-key")
+    # A webhook's address lookup is work: only for a caller who can pay (the charge stays the guard).
+    calls = await ensure_can_pay(st, who, r.kind, idempotency_key) if hook_fields[0] is not None else 1
+    hook = await checked_webhook(st, who.uid, calls, hook_fields)
     first = req.input if isinstance(req.input, str) else req.input[0]
     sub = await submit(st, who, r.kind, model=r.model, prompt=first[:500] if isinstance(first, str) else "",
                        request={**raw, "model": r.model},
-                       idempotency_key=request.headers.get("idempotency-key"), webhook=hook, wait=True)
+                       idempotency_key=idempotency_key, webhook=hook, wait=True)
     if sub.result is None:
         raise timed_out(sub.job_id, sub.task_id)
     if sub.result["status"] == "completed":

@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from ingress.auth import Principal
 from ingress.body import read_json
-from ingress.hooks import WebhookTarget, pop_webhook_fields, webhook_target
+from ingress.hooks import WebhookTarget, checked_webhook, pop_webhook_fields
 from ingress.moderation import ModerationRequest, load_image, task_request
 from ingress.responses import JSON
 from ingress.state import AppState, state
@@ -124,7 +124,7 @@ async def moderations(request: Request) -> Response:
     body = await read_json(request, st.settings.max_media_body_bytes)
     hook_fields = pop_webhook_fields(body)
     req = ModerationsRequest.model_validate(body)
-    hook = await webhook_target(st.settings, *hook_fields)
+    hook = await checked_webhook(st, who.uid, calls, hook_fields)
     items = inputs(req)
     if len(items) > calls:  # one charge per input: all of them must be covered
         price = MODERATION.price_micros(st.settings)

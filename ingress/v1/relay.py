@@ -10,13 +10,20 @@ OpenAI-shaped error answer (and its refund) instead of a stream; one that fails 
 ``{"error": …}`` event, which the OpenAI SDKs raise as ``APIError``. A relay never hangs: when no
 entry came for ``v1_stream_idle_seconds`` and no worker holds the job's lease, it ends with an
 error event (the task is then failed and refunded by whichever worker runs the job again).
+
+Re-attaching is free, so relays are counted: at most ``v1_stream_relays_per_task`` of one task and
+``v1_stream_relays_per_account`` of one account at once (a 429 beyond; the paid stream itself is
+counted but never refused). None holds a Redis connection of its own while it waits: they read
+without blocking and wait on their task's feed (``ingress/v1/feed.py``), one blocking reader per
+task per process.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -26,10 +33,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ingress.responses import JSON
+from ingress.slots import slot
 from ingress.state import AppState, state
 from ingress.v1.answer import NO_RETRY, failure, timed_out
+from ingress.v1.feed import Feed, feeds
 from jobs import keys
-from jobs.errors import BadRequest, GatewayTimeout, NotFound
+from jobs.errors import BadRequest, GatewayTimeout, NotFound, RateLimited
 from storage.tasks import TERMINAL, TaskRepository
 
 Entry = tuple[str, dict[bytes, bytes]]
@@ -77,14 +86,36 @@ def end_frame(fields: dict[bytes, bytes]) -> bytes:
 class Relay:
     """Reads one task's stream from an entry id on; liveness-bounded (see the module doc)."""
 
-    def __init__(self, st: AppState, job_id: str, last_id: str = "0") -> None:
+    def __init__(self, st: AppState, job_id: str, last_id: str = "0", feed: Feed | None = None) -> None:
         self.st = st
         self.job_id = job_id
         self.key = keys.chat_stream(job_id)
         self.last_id = last_id
         self.ended = False
+        self.feed = feed
 
     async def read(self, block_ms: int = _BLOCK_MS) -> list[Entry]:
+        """New entries, waiting up to ``block_ms`` for some: on the feed when there is one (no
+        connection held meanwhile), else with a blocking XREAD."""
+        if self.feed is None:
+            return await self._xread(block_ms)
+        changed = self.feed.changed  # before the read: an entry landing after it sets this one
+        got = await self._from_feed()
+        if got or block_ms <= 0:
+            return got
+        await self.feed.wait(changed, block_ms / 1000)
+        return await self._from_feed()
+
+    async def _from_feed(self) -> list[Entry]:
+        assert self.feed is not None
+        kept = self.feed.after(self.last_id)
+        if kept is None:  # behind what the feed kept: catch up without blocking
+            return await self._xread(None)
+        if kept:
+            self.last_id = kept[-1][0]
+        return kept
+
+    async def _xread(self, block_ms: int | None) -> list[Entry]:
         res = await self.st.redis.xread({self.key: self.last_id}, count=512, block=block_ms)
         if not res:
             return []
@@ -146,13 +177,22 @@ class SSEResponse(StreamingResponse):
     cancellation that stops the relay) instead of the rest of the frames."""
 
     def __init__(self, frames: AsyncIterator[bytes], headers: dict[str, str],
-                 on_disconnect: Any = None) -> None:
+                 on_disconnect: Any = None, on_close: Callable[[], Awaitable[Any]] | None = None) -> None:
         super().__init__(frames, media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
         self.frames = frames
         self.on_disconnect = on_disconnect
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._relay(send, receive)
+        finally:
+            if self.on_close is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.on_close()
+
+    async def _relay(self, send: Send, receive: Receive) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         gone = False
 
@@ -179,22 +219,43 @@ class SSEResponse(StreamingResponse):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def open_stream(st: AppState, task_id: int, job_id: str, *, cancel_on_disconnect: bool,
-                      last_id: str = "0") -> Response:
-    relay = Relay(st, job_id, last_id)
-    entries = await relay.first(st.settings.sync_timeout_seconds)
-    if not entries:
-        raise timed_out(job_id, task_id)
-    fields = entries[0][1]
-    if b"d" not in fields and fields.get(b"end") != b"completed" and last_id == "0":
-        raise failure({k.decode(): _text(v) for k, v in fields.items()}, job_id)
+async def _counted(st: AppState, stack: AsyncExitStack, uid: str, job_id: str, enforce: bool) -> None:
+    """Take this relay's slots of its task and its account; 429 beyond either cap when ``enforce``."""
+    s = st.settings
+    ttl = s.sync_timeout_seconds + s.chat_job_timeout_seconds + 60  # a relay's longest life
+    for key, cap, what in ((keys.stream_relays(job_id), s.v1_stream_relays_per_task, "of one task"),
+                           (keys.account_relays(uid), s.v1_stream_relays_per_account, "per account")):
+        held = await stack.enter_async_context(slot(st.redis, key, ttl))
+        if enforce and held > cap:
+            raise RateLimited(f"At most {cap} open streams {what}; close one or retry later",
+                              headers={"Retry-After": "5"})
+
+
+async def open_stream(st: AppState, task_id: int, job_id: str, *, uid: str, cancel_on_disconnect: bool,
+                      last_id: str = "0", enforce_caps: bool = False) -> Response:
+    """The task's stream as SSE. ``enforce_caps``: refuse (429) a relay beyond the caps; the paid
+    request's own stream is counted but never refused."""
+    stack = AsyncExitStack()
+    try:
+        await _counted(st, stack, uid, job_id, enforce_caps)
+        feed = await stack.enter_async_context(feeds(st.redis).watching(keys.chat_stream(job_id)))
+        relay = Relay(st, job_id, last_id, feed)
+        entries = await relay.first(st.settings.sync_timeout_seconds)
+        if not entries:
+            raise timed_out(job_id, task_id)
+        fields = entries[0][1]
+        if b"d" not in fields and fields.get(b"end") != b"completed" and last_id == "0":
+            raise failure({k.decode(): _text(v) for k, v in fields.items()}, job_id)
+    except BaseException:
+        await stack.aclose()
+        raise
 
     async def cancel() -> None:
         if not relay.ended:
             await st.redis.set(keys.stream_cancel(job_id), b"1", ex=max(60, int(st.settings.chat_job_timeout_seconds)))
 
     headers = {"X-SyncNode-Task-Id": str(task_id), "X-SyncNode-Job-Id": job_id}
-    return SSEResponse(relay.frames(entries), headers, cancel if cancel_on_disconnect else None)
+    return SSEResponse(relay.frames(entries), headers, cancel if cancel_on_disconnect else None, stack.aclose)
 
 
 async def task_stream(request: Request) -> Response:
@@ -219,7 +280,8 @@ async def task_stream(request: Request) -> Response:
     if row["status"] in TERMINAL and not await st.redis.exists(keys.chat_stream(row["job_id"])):
         raise NotFound(f"The stream of task {row['id']} has expired: GET /tasks/{row['id']} holds its answer")
     try:
-        return await open_stream(st, row["id"], row["job_id"], cancel_on_disconnect=False, last_id=last)
+        return await open_stream(st, row["id"], row["job_id"], uid=who.uid, cancel_on_disconnect=False,
+                                 last_id=last, enforce_caps=True)
     except GatewayTimeout as e:
         e.headers = {**(e.headers or {}), **NO_RETRY}
         raise

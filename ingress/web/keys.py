@@ -9,8 +9,7 @@ from starlette.responses import Response
 
 from ingress.responses import JSON
 from ingress.state import state
-from jobs.errors import NotFound
-from storage.accounts import AccountRepository
+from jobs.errors import Conflict, NotFound
 from storage.secrets import hash_api_key, new_api_key
 from storage.web import ApiKeyRepository
 
@@ -31,8 +30,9 @@ async def list_keys(request: Request) -> Response:
 async def create_key(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
-    key = new_api_key()
-    await AccountRepository(st.db).add_api_key(who.uid, hash_api_key(key), key[:8])
+    key, limit = new_api_key(), st.settings.max_api_keys_per_account
+    if not await ApiKeyRepository(st.db).add_capped(who.uid, hash_api_key(key), key[:8], limit):
+        raise Conflict(f"Too many API keys: this account already has {limit} active keys; revoke one first")
     return JSON({"api_key": key, "prefix": key[:8]}, status_code=201)
 
 

@@ -15,6 +15,7 @@ from starlette.templating import Jinja2Templates
 
 from ingress.state import state
 from ingress.web import sessions
+from jobs.errors import NotFound
 
 _HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(_HERE / "templates"))
@@ -39,7 +40,10 @@ def _headers(stripe_js_url: str) -> dict[str, str]:
 
 def _safe_next(value: str | None) -> str:
     # Only a local path: an absolute or scheme-relative URL would make sign-in an open redirect.
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    # Browsers drop tabs/newlines and read "\\" as "/" before resolving, so "/\t/evil" or "/\\evil"
+    # turn scheme-relative: refuse every control character, whitespace and backslash outright.
+    if (not value or len(value) > 2048 or not value.startswith("/") or value[1:2] in ("/", "\\")
+            or any(c.isspace() or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c == "\\" for c in value)):
         return "/"
     return value
 
@@ -77,7 +81,10 @@ async def tasks(request: Request) -> Response:
 
 
 async def task(request: Request) -> Response:
-    return await _render(request, "task.html", task_id=request.path_params["id"])
+    task_id = request.path_params["id"]
+    if not 0 < task_id < 10**18:  # no such task can exist (bigserial); do not echo huge numbers
+        raise NotFound("Task not found")
+    return await _render(request, "task.html", task_id=task_id)
 
 
 async def keys(request: Request) -> Response:

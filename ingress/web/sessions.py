@@ -11,7 +11,7 @@ from storage.sessions import Session, SessionStore
 
 
 def store(st: AppState) -> SessionStore:
-    return SessionStore(st.redis, st.settings.session_ttl_seconds)
+    return SessionStore(st.redis, st.settings.session_ttl_seconds, st.settings.max_sessions_per_account)
 
 
 async def current(request: Request) -> Session | None:

@@ -11,11 +11,11 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.accounts import create_account
+from ingress.accounts import create_account, signup_allowance
 from ingress.auth import SESSION_COOKIE
 from ingress.body import read_json
 from ingress.responses import JSON
-from ingress.state import state
+from ingress.state import AppState, state
 from ingress.web import passwords, sessions
 from ingress.web.csrf import check_csrf, check_origin
 from jobs.errors import BadRequest, Conflict, Forbidden, RateLimited, Unauthorized
@@ -53,14 +53,28 @@ async def _signed_in(request: Request, uid: str, body: dict[str, Any], status: i
     return response
 
 
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def _reserve(fails: FailureCounter, scopes: list[tuple[str, str, int]], what: str) -> None:
+    wait = await fails.reserve(scopes)
+    if wait:
+        raise RateLimited(f"{what}: try again in {wait} s", headers={"Retry-After": str(wait)})
+
+
 async def signup(request: Request) -> Response:
     st = state(request)
     check_origin(request, st.settings, required=True)
     if not st.settings.open_signup:
         raise Forbidden("Sign-up is closed on this gateway: ask its operator for an account")
+    passwords.configure(st.settings.password_hash_concurrency)
     body = await read_json(request, 16 << 10)
     email, password = _email(body), _text(body, "password")
     passwords.check_strength(password)
+    # Every sign-up is granted starting_balance: a client address gets a few per window. The
+    # 409 below tells whether an email has an account, and this limit is what bounds that too.
+    await signup_allowance(st, request)
     if await LoginRepository(st.db).email_taken(email):
         raise Conflict("An account with this email already exists: sign in instead")
     digest = await passwords.hash_password_async(password)
@@ -74,12 +88,15 @@ async def signup(request: Request) -> Response:
                             status=201, login_stamp=login)
 
 
-async def _throttle(fails: FailureCounter, scopes: list[tuple[str, str, int]]) -> None:
-    for scope, who, limit in scopes:
-        if await fails.count(scope, who) >= limit:
-            wait = await fails.ttl(scope, who)
-            raise RateLimited(f"Too many failed sign-ins: try again in {wait} s",
-                              headers={"Retry-After": str(wait)})
+async def _verify(st: AppState, email: str, password: str) -> asyncpg.Record | None:
+    repo = LoginRepository(st.db)
+    row = await repo.by_email(email)
+    ok, rehash = await passwords.verify(row["password_hash"] if row else None, password)
+    if not ok or row is None:
+        return None
+    if rehash:
+        await repo.rehash(row["uid"], rehash)
+    return row
 
 
 async def signin(request: Request) -> Response:
@@ -87,30 +104,33 @@ async def signin(request: Request) -> Response:
     check_origin(request, st.settings, required=True)
     body = await read_json(request, 16 << 10)
     s = st.settings
+    passwords.configure(s.password_hash_concurrency)
     fails = FailureCounter(st.redis, s.signin_failure_window_seconds)
-    address = request.client.host if request.client else "unknown"
-    scopes = [("address", address, s.signin_max_failures_per_address)]
+    scopes = [("address", _address(request), s.signin_max_failures_per_address)]
     if "api_key" in body:
-        await _throttle(fails, scopes)
         key = _text(body, "api_key").strip()
+        await _reserve(fails, scopes, "Too many failed sign-ins")
         try:
             who = await st.auth.principal_for_key(key)
         except Unauthorized:
-            await fails.add("address", address)
-            raise Unauthorized("Invalid API key")
+            raise Unauthorized("Invalid API key")  # the reserved attempt stays counted as a failure
+        except BaseException:
+            await fails.release(scopes)
+            raise
+        await fails.release(scopes)
         return await _signed_in(request, who, {}, key_hash=hash_api_key(key).hex())
     email, password = _email(body), _text(body, "password")
     scopes.append(("account", email, s.signin_max_failures_per_account))
-    await _throttle(fails, scopes)
-    repo = LoginRepository(st.db)
-    row = await repo.by_email(email)
-    ok, rehash = await passwords.verify(row["password_hash"] if row else None, password)
-    if not ok or row is None:
-        for scope, who, _ in scopes:
-            await fails.add(scope, who)
+    # Counted before the (slow) password check, so concurrent guesses cannot all pass the limit.
+    await _reserve(fails, scopes, "Too many failed sign-ins")
+    try:
+        row = await _verify(st, email, password)
+    except BaseException:
+        await fails.release(scopes)
+        raise
+    if row is None:
         raise Unauthorized("Wrong email or password")
-    if rehash:
-        await repo.rehash(row["uid"], rehash)
+    await fails.release(scopes[:1])
     await fails.clear("account", email)
     return await _signed_in(request, str(row["uid"]), {}, login_stamp=stamp(row["updated_at"]))
 

@@ -88,7 +88,8 @@ async def main(n: int) -> None:
         await migrate(pg.dsn)
         port = free_port()
         env = {**os.environ, "DATABASE_URL": pg.dsn, "REDIS_URL": rd.url, "SYNCNODE_DATA_DIR": str(tmp / "d"),
-               "SYNCNODE_MASTER_KEY": "bench", "SYNCNODE_ADMIN_TOKEN": "bench-admin", "SYNCNODE_PORT": str(port)}
+               "SYNCNODE_MASTER_KEY": "bench", "SYNCNODE_ADMIN_TOKEN": "bench-admin", "SYNCNODE_PORT": str(port),
+               "SYNCNODE_LIMITS_ENABLED": "false"}
         env.pop("SYNCNODE_MODERATION_OPENAI_KEY", None)
         procs.append(subprocess.Popen([PY, "-m", "uvicorn", "ingress.app:create_app", "--factory", "--port",
                                        str(port), "--log-level", "warning"], env=env))

@@ -70,7 +70,8 @@ class Bench:
         self.env = dict(os.environ, DATABASE_URL=self.pg.start(), REDIS_URL=self.rdb.start(),
                         SYNCNODE_DATA_DIR=str(self.tmp / "data"), SYNCNODE_MASTER_KEY="bench-master-key",
                         SYNCNODE_ADMIN_TOKEN="bench-admin", SYNCNODE_PUBLIC_URL=self.api,
-                        SYNCNODE_REPLICATE_BASE_URL=f"{self.sim}/v1", SYNCNODE_LOG_LEVEL="WARNING")
+                        SYNCNODE_REPLICATE_BASE_URL=f"{self.sim}/v1", SYNCNODE_LOG_LEVEL="WARNING",
+                        SYNCNODE_LIMITS_ENABLED="false")
         # This process seeds with the gateway's own code, so it reads the same settings.
         os.environ.update({k: v for k, v in self.env.items() if k.startswith(("SYNCNODE_", "DATABASE", "REDIS"))})
         get_settings.cache_clear()

@@ -58,6 +58,7 @@ class Stack:
                         SYNCNODE_OPENROUTER_BASE_URL=f"http://127.0.0.1:{self.fake_port}",
                         SYNCNODE_OPENAI_BASE_URL=f"http://127.0.0.1:{self.fake_port}/v1",
                         SYNCNODE_ADMIN_TOKEN="bench-admin", FAKE_PROVIDER_RECORD="0",
+                        SYNCNODE_LIMITS_ENABLED="false",
                         **(extra_env or {}))
         from storage.migrate import migrate
 

@@ -2,7 +2,8 @@
 
 Its own command binds every interface and pickles its store to /tmp after each change; this
 serves the same app on loopback with the pickling switched off. Also taught here: the
-``off_session`` flag on PaymentIntent confirm, which Stripe accepts and localstripe rejects.
+``off_session`` flag on PaymentIntent confirm, which Stripe accepts and localstripe rejects, and
+the ``amount_received`` of a PaymentIntent, which Stripe reports and localstripe does not.
 
     python -m tests.fakes.stripe_server [--port 8420] [--webhook URL --secret whsec_…]
 """
@@ -19,6 +20,8 @@ from aiohttp import web
 from storage.embedded import free_port
 
 _patched = False
+# PaymentIntent id → cents Stripe reports as received (tests only).
+RECEIVED: dict[str, int] = {}
 
 
 def _patch() -> Any:
@@ -27,6 +30,10 @@ def _patch() -> Any:
 
     if not _patched:
         resources.store.dump_to_disk = lambda *a, **k: None
+        # Stripe's amount_received, which localstripe lacks: the amount once it succeeded, or
+        # what a test put in RECEIVED (to make Stripe report a different amount than asked).
+        resources.PaymentIntent.amount_received = property(
+            lambda pi: RECEIVED.get(pi.id, pi.amount) if pi.status == "succeeded" else 0)
         confirm = resources.PaymentIntent._api_confirm
 
         def confirm_off_session(id: str, payment_method: Any = None, off_session: Any = None, **kw: Any) -> Any:

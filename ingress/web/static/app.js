@@ -40,6 +40,15 @@ function busy(form, on) { form.querySelectorAll("button").forEach((b) => { b.dis
 function formJSON(form) { return Object.fromEntries(new FormData(form).entries()); }
 
 // ---- sign-in / sign-up ----
+// The server already filters ?next=, but the browser's URL parser is the one that counts:
+// anything that does not resolve to this origin goes home instead.
+function sameOrigin(next) {
+  try {
+    const u = new URL(next || "/", location.origin);
+    if (u.origin === location.origin) return u.pathname + u.search + u.hash;
+  } catch (e) { /* unparsable: fall through */ }
+  return "/";
+}
 function initSignin() {
   for (const [id, err] of [["#signin-form", "#signin-error"], ["#signin-key-form", "#signin-key-error"]]) {
     const f = $(id);
@@ -47,7 +56,7 @@ function initSignin() {
       ev.preventDefault(); showError(err); busy(f, true);
       const res = await api("POST", "/ui/signin", formJSON(f));
       busy(f, false);
-      if (res.ok) location.assign(f.dataset.next || "/"); else showError(err, errorOf(res));
+      if (res.ok) location.assign(sameOrigin(f.dataset.next)); else showError(err, errorOf(res));
     });
   }
 }

@@ -50,12 +50,27 @@
       $("#card-form").hidden = true; toast("Card saved"); card();
     };
   }
+  // One Idempotency-Key per top-up the user means: kept while the answer is unknown (network
+  // error, 5xx, 429), so clicking again resubmits the same payment and the gateway replays it
+  // instead of charging twice; dropped once the gateway decided (paid, declined, refused).
+  let pending = null;
+  function newKey() {
+    if (window.crypto.randomUUID) return window.crypto.randomUUID();
+    return Array.from(window.crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
   async function topup(ev) {
     ev.preventDefault(); showError("#topup-error");
     const f = ev.target, amount = Number(f.elements.amount.value);
-    busy(f, true);
-    const r = await api("POST", "/topup_card", { uid: document.body.dataset.uid, amount });
-    busy(f, false);
+    if (f.dataset.sending) return;
+    if (!pending || pending.amount !== amount) pending = { amount, key: newKey() };
+    f.dataset.sending = "1"; busy(f, true);
+    let r;
+    try {
+      r = await api("POST", "/topup_card", { uid: document.body.dataset.uid, amount }, { "Idempotency-Key": pending.key });
+    } catch (e) {
+      r = { status: 0, ok: false, data: { error: "The gateway could not be reached: try again (it will not pay twice)" } };
+    } finally { delete f.dataset.sending; busy(f, false); }
+    if (r.status !== 0 && r.status < 500 && r.status !== 429) pending = null;
     if (r.status === 402 && r.data && r.data.client_secret && stripe) {
       const c = await stripe.confirmCardPayment(r.data.client_secret);
       if (c.error) { showError("#topup-error", c.error.message); return; }
@@ -68,7 +83,8 @@
     const r = await api("GET", "/billing-threshold");
     if (!r.ok) return;
     $("#th-amount").value = r.data.threshold; $("#th-below").value = r.data.recharge_below;
-    $("#th-enabled").checked = r.data.enabled !== false;
+    // Off unless the account switched it on: saving a card never charges it by itself.
+    $("#th-enabled").checked = r.data.enabled === true;
     // Why it will not (or stopped) recharging: said next to the switch, in the API's words.
     const why = r.data.disabled_reason ? `Auto-recharge switched itself off: ${r.data.disabled_reason}`
       : r.data.card_on_file === false && r.data.enabled !== false ? "Auto-recharge needs a card on file." : "";

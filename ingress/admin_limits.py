@@ -1,0 +1,73 @@
+"""GET/POST /admin/limits: one account's limits, overridden per account (admin token)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.accounts import _require_admin
+from ingress.body import read_json
+from ingress.limits import GROUPS, IN_FLIGHT_POOLS, effective
+from ingress.responses import JSON
+from ingress.state import AppState, state
+from jobs.errors import BadRequest, NotFound
+from storage.accounts import AccountRepository
+from storage.limits import LimitsRepository
+
+Rate = Annotated[float, Field(ge=0, le=1_000_000)]
+Count = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
+class LimitsUpdate(BaseModel):
+    """What to change; a null value removes that override (the setting applies again), 0 means
+    no limit. Route groups: chat, media, moderation, v1, read, account; pools: chat, media,
+    moderation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uid: str = Field(min_length=1, max_length=200)
+    rate: dict[str, Rate | None] = {}
+    burst: dict[str, Annotated[float, Field(ge=1, le=1_000_000)] | None] = {}
+    in_flight: dict[str, Count | None] = {}
+
+
+def _check_names(body: LimitsUpdate) -> None:
+    for section, names, allowed in (("rate", body.rate, GROUPS), ("burst", body.burst, GROUPS),
+                                    ("in_flight", body.in_flight, IN_FLIGHT_POOLS)):
+        for name in names:
+            if name not in allowed:
+                raise BadRequest(f"Invalid {section}.{name}: one of {', '.join(allowed)}")
+
+
+async def _answer(st: AppState, uid: str, overrides: dict[str, dict[str, float]]) -> Response:
+    return JSON({"uid": uid, "overrides": overrides, "limits": effective(st.settings, overrides).to_json()})
+
+
+async def post_limits(request: Request) -> Response:
+    st = state(request)
+    _require_admin(st, request)
+    body = LimitsUpdate.model_validate(await read_json(request, 64 << 10))
+    _check_names(body)
+    changes: dict[str, dict[str, float | None]] = {
+        "rate": dict(body.rate), "burst": dict(body.burst),
+        "in_flight": {k: None if v is None else float(v) for k, v in body.in_flight.items()}}
+    merged = await LimitsRepository(st.db).merge(body.uid, changes)
+    if merged is None:
+        raise NotFound("Unknown uid")
+    if st.limiter is not None:
+        st.limiter.forget(body.uid)
+    return await _answer(st, body.uid, merged)
+
+
+async def get_limits(request: Request) -> Response:
+    st = state(request)
+    _require_admin(st, request)
+    uid = request.query_params.get("uid")
+    if not uid:
+        raise BadRequest("Missing uid parameter")
+    if not await AccountRepository(st.db).exists(uid):
+        raise NotFound("Unknown uid")
+    return await _answer(st, uid, await LimitsRepository(st.db).overrides(uid))

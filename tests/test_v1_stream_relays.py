@@ -1,0 +1,112 @@
+"""Re-attaching to a streamed task (GET /v1/tasks/{id}/stream) is free, so open relays are
+capped per task and per account (429, Retry-After, OpenAI's shape), and relays of one task share
+one blocking Redis read per ingress process instead of each holding a connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import httpx
+
+from jobs.settings import get_settings
+from tests.fixtures.accounts import Account
+
+SLOW = {"model": "chunks-30-delay-1000", "messages": [{"role": "user", "content": "slow"}], "stream": True}
+
+
+async def streamed_task(c: httpx.AsyncClient, gateway: str) -> str:
+    r = await c.post(f"{gateway}/v1/chat/completions", headers={"Prefer": "respond-async"}, json=SLOW)
+    assert r.status_code == 202, r.text
+    return str(r.json()["stream"]).replace("http://gateway.test", gateway)
+
+
+@asynccontextmanager
+async def relay(c: httpx.AsyncClient, url: str) -> AsyncIterator[httpx.Response]:
+    """An open relay once its first bytes arrived (or its refusal, read to the end)."""
+    async with c.stream("GET", url) as s:
+        if s.status_code == 200:
+            chunks = s.aiter_raw()
+            await chunks.__anext__()
+            yield s
+            await chunks.aclose()
+        else:
+            await s.aread()
+            yield s
+
+
+async def test_relays_of_one_task_are_capped(gateway: str, funded: Account, chat_worker: Any) -> None:
+    cap = get_settings().v1_stream_relays_per_task
+    async with httpx.AsyncClient(timeout=60, headers=funded.headers) as c, AsyncExitStack() as open_:
+        url = await streamed_task(c, gateway)
+        held = [await open_.enter_async_context(relay(c, url)) for _ in range(cap)]
+        assert [s.status_code for s in held] == [200] * cap
+        async with relay(c, url) as extra:
+            assert extra.status_code == 429 and extra.headers["retry-after"] == "5"
+            err = extra.json()["error"]
+            assert err["type"] and "open streams" in err["message"]
+        # Closing one gives its slot back.
+        await held[0].aclose()
+        for _ in range(100):
+            async with relay(c, url) as again:
+                if again.status_code == 200:
+                    break
+            await asyncio.sleep(0.05)
+        assert again.status_code == 200
+
+
+async def test_relays_of_one_account_are_capped(gateway: str, funded: Account, chat_worker: Any) -> None:
+    s = get_settings()
+    per_task, per_account = s.v1_stream_relays_per_task, s.v1_stream_relays_per_account
+    async with httpx.AsyncClient(timeout=60, headers=funded.headers,
+                                 limits=httpx.Limits(max_connections=200)) as c, AsyncExitStack() as open_:
+        urls = [await streamed_task(c, gateway) for _ in range(-(-per_account // per_task) + 1)]
+        wanted = [urls[i // per_task] for i in range(per_account)]
+        held = await asyncio.gather(*(open_.enter_async_context(relay(c, u)) for u in wanted))
+        assert [r.status_code for r in held] == [200] * per_account
+        async with relay(c, urls[-1]) as extra:  # a task with no relay yet: the account's cap
+            assert extra.status_code == 429, extra.text
+
+
+async def test_relays_of_one_task_share_one_blocking_read(gateway: str, funded: Account, chat_worker: Any,
+                                                          app: Any) -> None:
+    redis = app.state.sn.redis  # the same Redis server as the gateway's
+
+    async def blocked() -> list[int]:
+        """Clients blocked in Redis, sampled over a second (a relay re-blocks after each chunk)."""
+        seen = []
+        for _ in range(10):
+            seen.append(int((await redis.info("clients"))["blocked_clients"]))
+            await asyncio.sleep(0.1)
+        return seen
+
+    cap = get_settings().v1_stream_relays_per_task
+    async with httpx.AsyncClient(timeout=60, headers=funded.headers) as c, AsyncExitStack() as open_:
+        url = await streamed_task(c, gateway)
+        first = await open_.enter_async_context(relay(c, url))
+        one = await blocked()
+        more = [await open_.enter_async_context(relay(c, url)) for _ in range(cap - 1)]
+        assert [s.status_code for s in [first, *more]] == [200] * cap
+        many = await blocked()
+    assert max(many) <= max(one), (one, many)
+
+
+async def test_the_ingress_redis_pool_is_bounded_and_sync_calls_wait_for_it(
+        funded: Account, chat_worker: Any) -> None:
+    """Each waiting sync call holds a connection (BLPOP): with a pool of 4, ten at once take turns
+    instead of opening ten connections, and all of them are answered."""
+    from ingress.app import create_app
+    from tests.fixtures.v1 import GatewayThread
+
+    app = create_app(get_settings().model_copy(update={"redis_max_connections": 4,
+                                                       "redis_pool_timeout_seconds": 30.0}))
+    with GatewayThread(app) as server:
+        async with httpx.AsyncClient(timeout=60, headers=funded.headers) as c:
+            rs = await asyncio.gather(*(c.post(f"{server.url}/chat-completion", json={
+                "model": "slow-0.5", "prompt": f"turn {i}"}) for i in range(10)))
+        pool = app.state.sn.redis.connection_pool
+        made = len(pool._available_connections) + len(pool._in_use_connections)
+    assert [r.status_code for r in rs] == [200] * 10, rs[0].text
+    assert made <= 4
