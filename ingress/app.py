@@ -6,6 +6,9 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
@@ -118,9 +121,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         db = await create_pool(settings.database_url, min_size=4, max_size=40)
         # BLPOP waits hold a connection each, so the pool's size is how many sync calls can wait at
         # once; beyond it a request waits for a connection (then a 503), never more connections.
+        # A Redis that is down answers 503 at once (refused) or after the connect timeout; reads are
+        # bounded just above the longest BLPOP (a sync wait). One retry on a fresh connection: after
+        # a Redis restart the pool's idle connections are dead, and the first command on one must
+        # not fail the request.
         redis = Redis.from_pool(BlockingConnectionPool.from_url(
             settings.redis_url, max_connections=settings.redis_max_connections,
-            timeout=settings.redis_pool_timeout_seconds))
+            timeout=settings.redis_pool_timeout_seconds,
+            socket_connect_timeout=settings.redis_connect_timeout_seconds,
+            socket_timeout=settings.sync_timeout_seconds + 10, socket_keepalive=True,
+            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError]))
         queue = JobQueue(redis, settings.status_ttl_seconds)
         gateway = StripeGateway(settings) if settings.stripe_secret_key is not None else None
         app.state.sn = AppState(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ingress.instance import down_command
-from ingress.supervisor import Guard, Shutdown, Supervisor
+from ingress.supervisor import STOP_MARGIN_SECONDS, Guard, Shutdown, Supervisor
 from jobs import logs
 from jobs.settings import Settings, get_settings
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
@@ -139,7 +140,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     uvloop.install()
     settings_cls = POOL_SETTINGS[args.pool]
     worker = SyncNodeWorker(**get_kwargs(settings_cls), pool_name=args.pool,
-                            lease_seconds=s.job_lease_seconds, burst=args.burst)
+                            lease_seconds=s.job_lease_seconds, burst=args.burst,
+                            shutdown_grace_seconds=s.shutdown_grace_seconds)
     worker.run()
     return 0
 
@@ -192,7 +194,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if stopped:
             guard.say(f"Stopped the {' and '.join(stopped)} a previous `syncnode up` left running "
                       f"in {shown(s.data_dir)}\n")
-        return _up(args, s, stack, Supervisor(guard, json_lines=s.log_format == "json"))
+        return _up(args, s, stack, Supervisor(guard, json_lines=s.log_format == "json",
+                                              grace=s.shutdown_grace_seconds + STOP_MARGIN_SECONDS))
     except Shutdown:
         return 0
     except EmbeddedServerError as e:
@@ -224,7 +227,8 @@ def _up(args: argparse.Namespace, s: Settings, stack: list[EmbeddedPostgres | Em
     asyncio.run(migrate(env["DATABASE_URL"]))
     py = sys.executable
     sup.add("web", [py, "-m", "uvicorn", "ingress.app:create_app", "--factory", "--host", "127.0.0.1",
-                    "--port", str(port), "--no-access-log"], env)
+                    "--port", str(port), "--no-access-log",
+                    "--timeout-graceful-shutdown", str(math.ceil(s.shutdown_grace_seconds))], env)
     for pool in POOL_SETTINGS:
         sup.add(pool, [py, "-m", "ingress.cli", "worker", pool], env)
     url = s.public_url_ or f"http://localhost:{port}"

@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+import asyncpg
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.responses import JSON
-from jobs.errors import BadRequest, InsufficientBalance, SyncNodeError
+from jobs.errors import BadRequest, InsufficientBalance, SyncNodeError, Unavailable
 
 log = logging.getLogger("syncnode.ingress")
 
@@ -76,9 +79,25 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return JSON({"error": "Internal server error"}, status_code=500)
 
 
+# Postgres or Redis down (a restart, a failover): 503 with Retry-After, which clients retry,
+# instead of a 500 with a traceback. The money statements are single statements, so a request
+# that failed here was either charged with its task recorded or not charged at all; submit
+# (ingress/submit.py) undoes a charge whose enqueue failed before it answers 503.
+_POSTGRES_DOWN = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.OperatorInterventionError)
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+
+
+async def dependency_down(request: Request, exc: Exception) -> Response:
+    what = "The queue (Redis)" if isinstance(exc, _REDIS_DOWN) else "The database"
+    log.warning("%s %s: %s unavailable: %s: %s", request.method, request.url.path, what, type(exc).__name__, exc)
+    return await syncnode_error(request, Unavailable(f"{what} is unavailable right now; retry shortly",
+                                                     headers={"Retry-After": "1"}))
+
+
 HANDLERS = {
     SyncNodeError: syncnode_error,
     ValidationError: validation_error,
     HTTPException: http_error,
+    **{cls: dependency_down for cls in (*_POSTGRES_DOWN, *_REDIS_DOWN, ConnectionError)},
     Exception: server_error,
 }

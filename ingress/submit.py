@@ -217,10 +217,24 @@ async def _charge_and_enqueue(st: AppState, who: Principal, kind: TaskKind, job_
             await st.queue.enqueue(job)
             result = None
     except RedisError:
-        log.exception("enqueue of %s failed; the sweeper will enqueue it", new.job_id)
-        raise Unavailable("The queue is unavailable; the task is recorded and will run when it recovers",
-                          extra={"job_id": new.job_id})
+        return await _withdraw(st, outcome.task_id, new.job_id)
     return Submitted(outcome.task_id, new.job_id, result)
+
+
+async def _withdraw(st: AppState, task_id: int, job_id: str) -> Submitted:
+    """The rule: a 503 costs nothing (README "Restarts, scale-out and shutdown"). Clients and SDKs retry a
+    503, so a charge kept behind one would be paid twice. The enqueue (or the wait) failed after
+    the charge: the task is failed and refunded before answering. If a worker did get the job
+    and finished first, that result is the answer; a worker that reads the task after this does
+    not run it, and the sweeper only takes queued tasks."""
+    log.warning("enqueue of %s failed (Redis unavailable): its charge is undone", job_id, exc_info=True)
+    repo = TaskRepository(st.db)
+    if await repo.withdraw(job_id, "The queue was unavailable; nothing was charged") is None:
+        row = await repo.by_job_id(job_id)
+        assert row is not None
+        return Submitted(task_id, job_id, result_from_row(row))
+    raise Unavailable("The queue is unavailable right now; nothing was charged: retry shortly",
+                      headers={"Retry-After": "1"})
 
 
 async def _recharge(st: AppState, uid: str, need_micros: int) -> None:

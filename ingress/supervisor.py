@@ -29,8 +29,10 @@ from jobs.logs import json_line
 from storage import procs
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# Workers finish their running jobs on SIGTERM; past this the rest are SIGKILLed.
+# Workers finish their running jobs on SIGTERM and the ingress answers its in-flight requests,
+# each within SYNCNODE_SHUTDOWN_GRACE_SECONDS; this margin past it, what is left is SIGKILLed.
 STOP_GRACE_SECONDS = 10.0
+STOP_MARGIN_SECONDS = 5.0
 
 
 class Shutdown(BaseException):
@@ -106,8 +108,9 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, guard: Guard, *, json_lines: bool = False) -> None:
+    def __init__(self, guard: Guard, *, json_lines: bool = False, grace: float = STOP_GRACE_SECONDS) -> None:
         self.guard = guard
+        self.grace = grace
         # With SYNCNODE_LOG_FORMAT=json the children already write JSON lines: relay them as they
         # are (a prefix would break them), and write our own lines and anything else as JSON too.
         self.json_lines = json_lines
@@ -195,7 +198,7 @@ class Supervisor:
         started = [c for c in self.children if c.proc is not None]
         for c in started:
             _killpg(c, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        deadline = time.monotonic() + self.grace
         while any(c.proc is not None and c.proc.poll() is None for c in started):
             if self.guard.hurry or time.monotonic() > deadline:
                 break

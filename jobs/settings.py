@@ -244,6 +244,15 @@ class Settings(BaseSettings):
     # Every ingress shares one ledger aggregate through Redis for this long (GET /metrics).
     metrics_ledger_cache_seconds: float = 15.0
 
+    # Restarts and shutdown (issue 11, README "Restarts, scale-out and shutdown").
+    # SIGTERM: a worker stops taking jobs and lets the running ones finish for this long (then
+    # cancels the rest, which arq puts back on the queue); the ingress answers in-flight requests
+    # for this long. `syncnode up` waits this long (plus a margin) before SIGKILL.
+    shutdown_grace_seconds: float = 30.0
+    # The ingress's Redis client: a server that does not answer a connect in this long is down
+    # (503), not a hang. Reads are bounded just above the sync timeout (the longest BLPOP).
+    redis_connect_timeout_seconds: float = 2.0
+
     # Web UI (issue 9): sessions and sign-in throttling.
     session_ttl_seconds: int = 14 * 24 * 3600
     signin_failure_window_seconds: int = 900

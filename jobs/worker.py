@@ -20,6 +20,11 @@
   + 10 s, so a job on a worker that was killed is re-run only that much later. Here the key
   lives ``lease`` seconds and the worker renews it while the job runs; a dead worker's job is
   picked up again within one lease, however long its timeout.
+* SIGTERM (and a first SIGINT) drain instead of cancelling: the worker stops taking jobs, lets
+  the running ones finish for ``shutdown_grace_seconds``, cancels what is left (arq puts those
+  back on the queue) and exits 0. arq's own handler cancels every running job at once, so a
+  rolling restart would re-run (and re-call the provider for) every job in flight. A second
+  signal stops at once.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
@@ -105,7 +111,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 
 
 class SyncNodeWorker(Worker):
-    def __init__(self, *args: Any, pool_name: str, lease_seconds: float = 15.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, pool_name: str, lease_seconds: float = 15.0,
+                 shutdown_grace_seconds: float = 30.0, **kwargs: Any) -> None:
+        self.shutdown_grace_s = shutdown_grace_seconds
+        self._draining: asyncio.Task[None] | None = None
         super().__init__(*args, **kwargs)
         self.pool_name = pool_name
         self.lease_seconds = lease_seconds
@@ -129,7 +138,11 @@ class SyncNodeWorker(Worker):
         if self.allow_pick_jobs and free > 0:
             *raw, next_due = await self._claim_jobs(free, block)
             self._next_due_ms = float(next_due)
-            for job in parse_claimed(raw, self.allow_abort_jobs):
+            claimed = parse_claimed(raw, self.allow_abort_jobs)
+            if not self.allow_pick_jobs:  # a stop signal arrived while the claim was in flight
+                await self._hand_back([c.job_id for c in claimed])
+                claimed = []
+            for job in claimed:
                 await self.sem.acquire()
                 self.job_counter += 1
                 t = self.loop.create_task(run_claimed(self, job))
@@ -227,11 +240,12 @@ class SyncNodeWorker(Worker):
                 default_queue_name=self.queue_name,
                 expires_extra_ms=self.expires_extra_ms,
             )
-        log.info("worker for pool %s: %s", self.pool_name, ", ".join(self.functions))
         await log_redis_info(self.pool, log.info)
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
+        # Logged once started up: tests and operators read it as "ready".
+        log.info("worker for pool %s: %s", self.pool_name, ", ".join(self.functions))
         lease = asyncio.create_task(self._lease_loop())
         block = 0.0
         try:
@@ -244,7 +258,7 @@ class SyncNodeWorker(Worker):
                     await asyncio.sleep(min(1.0, self.poll_delay_s))
                 if self.burst and await self._burst_done():
                     return
-                if self.job_counter < self.max_jobs and not self.burst:
+                if self.allow_pick_jobs and self.job_counter < self.max_jobs and not self.burst:
                     block = self._until_next_due()  # the next iteration blocks in Redis
                     continue
                 # Full (a finishing job sets _wake), or burst mode. asyncio.timeout, not
@@ -257,6 +271,54 @@ class SyncNodeWorker(Worker):
         finally:
             lease.cancel()
             await asyncio.gather(lease, return_exceptions=True)
+
+    async def _hand_back(self, job_ids: list[str]) -> None:
+        """Release jobs claimed after a stop signal, and wake other workers for them. The claim
+        counted a try for each: given back too, since none of them ran."""
+        if not job_ids:
+            return
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for jid in job_ids:
+                pipe.eval(_RELEASE_LUA, 1, keys.in_progress_key_prefix + jid, self.token)
+                pipe.decr(keys.retry_key_prefix + jid)
+            pipe.lpush(keys.wake(self.pool_name), *["1"] * len(job_ids))
+            await pipe.execute()
+
+    def handle_sig(self, signum: int) -> None:
+        """arq's handler, except that SIGTERM and a first SIGINT drain (see the module docstring)."""
+        if signum not in (signal.SIGTERM, signal.SIGINT) or self._draining is not None:
+            super().handle_sig(signal.Signals(signum))
+            return
+        log.info("%s: taking no more jobs; %d running, %.0f s to finish", signal.Signals(signum).name,
+                 sum(not t.done() for t in self.tasks.values()), self.shutdown_grace_s)
+        self.allow_pick_jobs = False
+        self._wake.set()
+        self._draining = self.loop.create_task(self._drain(signal.Signals(signum)))
+
+    async def _drain(self, sig: signal.Signals) -> None:
+        deadline = time.monotonic() + self.shutdown_grace_s
+        while any(not t.done() for t in self.tasks.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = [t for t in self.tasks.values() if not t.done()]
+        if left:
+            log.warning("%d jobs still running after %.0f s: cancelled, they go back on the queue",
+                        len(left), self.shutdown_grace_s)
+        for t in left:
+            t.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+        if self.main_task is not None:
+            self.main_task.cancel()
+        if self.on_stop is not None:
+            self.on_stop(sig)
+
+    async def close(self) -> None:
+        # arq's close gathers the job tasks without return_exceptions: one cancelled job would
+        # raise out of it and the process would exit non-zero after a clean drain.
+        if not self._handle_signals:
+            super().handle_sig(signal.SIGUSR1)  # arq's close: cancel what runs
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
+        await super().close()
 
     def _until_next_due(self) -> float:
         """Seconds until the earliest deferred job is due, within [_MIN_SLEEP_S, poll_delay]."""

@@ -288,6 +288,29 @@ class TaskRepository:
             job_id, status, error,
         )
 
+    async def withdraw(self, job_id: str, error: str) -> asyncpg.Record | None:
+        """Undo a charge whose enqueue failed (the caller answers 503): fail and refund the task
+        and free its Idempotency-Key, so a retry with the same key runs afresh. Conditional like
+        every finish: None if the task already ended (a worker got the job after all)."""
+        return await self.conn.fetchrow(
+            """
+            WITH t AS (
+                UPDATE tasks SET status = 'failed', error = $2, refunded = true, idempotency_key = NULL,
+                                 request_hash = NULL, updated_at = now()
+                WHERE job_id = $1 AND status NOT IN ('completed', 'failed', 'canceled')
+                RETURNING id, uid, cost_micros
+            ), l AS (
+                INSERT INTO ledger (uid, amount_micros, kind, task_id)
+                SELECT uid, cost_micros, 'refund', id FROM t WHERE cost_micros > 0
+            ), a AS (
+                UPDATE accounts SET balance_micros = balance_micros + t.cost_micros
+                FROM t WHERE accounts.uid = t.uid
+            )
+            SELECT * FROM t
+            """,
+            job_id, error,
+        )
+
     async def fail_charged(self, job_id: str, error: str, output: Any) -> asyncpg.Record | None:
         """Fail a task and keep its charge (a stream that broke after the client got text), once."""
         return await self.conn.fetchrow(

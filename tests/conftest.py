@@ -94,7 +94,8 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 pytest_plugins = ["tests.fixtures.accounts", "tests.fixtures.workers", "tests.fixtures.moderation",
-                  "tests.fixtures.media", "tests.fixtures.stripe", "tests.fixtures.v1", "tests.fixtures.web"]
+                  "tests.fixtures.media", "tests.fixtures.stripe", "tests.fixtures.v1", "tests.fixtures.web",
+                  "tests.fixtures.cluster"]
 
 
 @pytest.fixture(scope="session")

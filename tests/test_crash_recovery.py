@@ -81,20 +81,49 @@ async def test_job_arq_gave_up_on_is_failed_and_refunded(client: httpx.AsyncClie
     assert await audit(app, funded.uid) == (5_000_000, 5_000_000)
 
 
-async def test_redis_down_at_enqueue_keeps_the_task_for_the_sweeper(
+async def test_redis_down_at_enqueue_answers_503_and_costs_nothing(
         client: httpx.AsyncClient, funded: Account, app: Any, monkeypatch: Any) -> None:
+    """Scenario "a 503 costs nothing": the charge went through, the enqueue did not; clients retry
+    a 503, so the charge is undone (task failed, refunded) before answering."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     async def down(*args: Any, **kwargs: Any) -> Any:
         raise RedisConnectionError("connection refused")
 
     monkeypatch.setattr(app.state.sn.queue, "enqueue_and_wait", down)
-    monkeypatch.setattr(app.state.sn.queue, "enqueue", down)  # a waiting request's enqueue (ingress/replies.py)
-    r = await client.post(CHAT_PATH, headers=funded.headers, json={"model": "m", "prompt": "later"})
-    assert r.status_code == 503
-    assert r.json()["job_id"]
-    row = await TaskRepository(app.state.sn.db).by_job_id(r.json()["job_id"])
-    assert row is not None and row["status"] == "queued"  # recorded; the sweeper will run it
+    monkeypatch.setattr(app.state.sn.queue, "enqueue", down)
+    for headers in ({}, {"Prefer": "respond-async"}, {"Idempotency-Key": f"k-{uuid.uuid4()}"}):
+        r = await client.post(CHAT_PATH, headers={**funded.headers, **headers}, json={"model": "m", "prompt": "later"})
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1"
+        assert "nothing was charged" in r.json()["error"]
+    assert await audit(app, funded.uid) == (5_000_000, 5_000_000)
+    rows = await app.state.sn.db.fetch("SELECT status, refunded, idempotency_key FROM tasks WHERE uid = $1",
+                                       funded.uid)
+    assert [(r["status"], r["refunded"], r["idempotency_key"]) for r in rows] == [("failed", True, None)] * 3
+    monkeypatch.undo()
+    # The sweeper leaves such a task alone (it is not queued); a retry with the same key runs afresh.
+    assert await TaskRepository(app.state.sn.db).stale(CHAT.pool, 0, 10) == []
+
+
+async def test_enqueue_lost_but_the_job_ran_answers_its_result(
+        client: httpx.AsyncClient, funded: Account, app: Any, chat_worker: Any, monkeypatch: Any) -> None:
+    """The connection broke after the job reached Redis: the undo finds the task finished and the
+    caller gets the result, charged once (not a 503 for work that was done and paid)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    replies = app.state.sn.replies  # the sync path's wait (ingress/replies.py)
+    real = replies.wait
+
+    async def lost_reply(job_id: str, enqueue: Any, timeout: float) -> Any:
+        await real(job_id, enqueue, timeout)  # ran and finished; the reply is lost on the way back
+        raise RedisConnectionError("connection reset")
+
+    monkeypatch.setattr(replies, "wait", lost_reply)
+    r = await client.post(CHAT_PATH, headers=funded.headers, json={"model": "m", "prompt": f"lost {uuid.uuid4()}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["prediction"]["status"] == "completed"
+    assert await audit(app, funded.uid) == (4_980_000, 4_980_000)
 
 
 async def test_sweeper_finds_a_lost_task_behind_a_backlog(funded: Account, app: Any) -> None:

@@ -28,8 +28,10 @@ from workers.providers.errors import ProviderError, ProviderRejected, ProviderRe
 
 log = logging.getLogger("syncnode.worker")
 
+# OperatorInterventionError: "terminating connection due to administrator command", what every
+# query in flight gets when Postgres shuts down for a restart.
 _INFRASTRUCTURE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-                   RedisConnectionError, ConnectionError)
+                   asyncpg.exceptions.OperatorInterventionError, RedisConnectionError, ConnectionError)
 
 
 Work = Callable[[WorkerContext, asyncpg.Record, str | None], Awaitable[Any]]
