@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -11,12 +12,23 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import (
+    KEY_CHARS,
+    AccountCreated,
+    Balance,
+    BillingHistory,
+    HistoryQuery,
+    ProviderKeys,
+    ProviderKeysUpdate,
+    UidQuery,
+)
+from ingress.api_spec import READ, api
 from ingress.body import read_json
 from ingress.params import int_param
 from ingress.responses import JSON
 from ingress.schemas import AccountCreate, AdminCredit
 from ingress.state import AppState, state
-from jobs.errors import BadRequest, Forbidden, NotFound
+from jobs.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from jobs.names import PROVIDER_KEY_NAMES
 from jobs.settings import to_dollars, to_micros
 from storage.accounts import AccountRepository
@@ -37,6 +49,8 @@ def _is_admin(st: AppState, request: Request) -> bool:
 def _require_admin(st: AppState, request: Request) -> None:
     if st.settings.admin_token is None:
         raise Forbidden("The admin API is off: set SYNCNODE_ADMIN_TOKEN to enable it")
+    if "authorization" not in request.headers:
+        raise Unauthorized("Admin token required: 'Authorization: Bearer <SYNCNODE_ADMIN_TOKEN>'")
     if not _is_admin(st, request):
         raise Forbidden("Admin token required: 'Authorization: Bearer <SYNCNODE_ADMIN_TOKEN>'")
 
@@ -51,6 +65,8 @@ async def create_account(db: Conn, email: str | None,
     return {"uid": uid, "api_key": key, "balance": to_dollars(balance)}
 
 
+@api("Create an account with an API key (admin token, or open sign-up)", tags=("accounts",), auth="signup",
+     body=AccountCreate, body_required=False, ok={201: AccountCreated}, errors=(400, 403, 413))
 async def post_accounts(request: Request) -> Response:
     st = state(request)
     if not (st.settings.open_signup or _is_admin(st, request)):
@@ -62,6 +78,8 @@ async def post_accounts(request: Request) -> Response:
     return JSON(created, status_code=201)
 
 
+@api("Add or remove credit (admin token)", tags=("admin",), auth="admin", body=AdminCredit, ok={200: Balance},
+     errors=(400, 401, 403, 404, 413))
 async def admin_credit(request: Request) -> Response:
     st = state(request)
     _require_admin(st, request)
@@ -76,6 +94,8 @@ async def admin_credit(request: Request) -> Response:
     return JSON({"balance": to_dollars(balance)})
 
 
+@api("Current balance in dollars", tags=("accounts",), auth="bearer", query=UidQuery, ok={200: Balance},
+     errors=READ)
 async def balance(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=True)
@@ -85,6 +105,8 @@ async def balance(request: Request) -> Response:
     return JSON({"balance": to_dollars(micros)})
 
 
+@api("Stored provider keys, masked", tags=("accounts",), auth="bearer", query=UidQuery, ok={200: ProviderKeys},
+     errors=READ)
 async def get_api_keys(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
@@ -92,6 +114,8 @@ async def get_api_keys(request: Request) -> Response:
     return JSON({name: masked.get(name) for name in PROVIDER_KEY_NAMES})
 
 
+@api("Store (or, with null or \"\", remove) provider keys", tags=("accounts",), auth="bearer",
+     body=ProviderKeysUpdate, ok={200: ProviderKeys}, errors=(*READ, 413))
 async def post_api_keys(request: Request) -> Response:
     st = state(request)
     early = await st.auth.early(request, public=False)
@@ -107,8 +131,8 @@ async def post_api_keys(request: Request) -> Response:
         if value is None or value == "":
             updates[name] = None
             continue
-        if not isinstance(value, str) or len(value) > 1000 or value.strip() != value or " " in value:
-            raise BadRequest(f"Invalid {name}: must be a key string without spaces (at most 1000 characters)")
+        if not isinstance(value, str) or len(value) > 1000 or not re.fullmatch(KEY_CHARS, value):
+            raise BadRequest(f"Invalid {name}: must be a key string of printable ASCII without spaces (at most 1000 characters)")
         updates[name] = (st.box.encrypt(value), mask(value))
     if not updates:
         raise BadRequest(f"Send at least one of {', '.join(PROVIDER_KEY_NAMES)}")
@@ -119,6 +143,8 @@ async def post_api_keys(request: Request) -> Response:
     return JSON({name: masked.get(name) for name in PROVIDER_KEY_NAMES})
 
 
+@api("Ledger entries with the balance after each, newest first; page with before=<id>", tags=("billing",),
+     auth="bearer", query=HistoryQuery, ok={200: BillingHistory}, errors=READ)
 async def billing_history(request: Request) -> Response:
     """Every ledger row, newest first; ``?before=<id>&limit=`` pages by id (keyset, not OFFSET)."""
     st = state(request)

@@ -14,6 +14,20 @@ from starlette.responses import Response
 
 from billing import cards, payments
 from billing.context import Billing
+from ingress.api_models import (
+    Card,
+    CardAttach,
+    CardDeleted,
+    CardSetup,
+    Threshold,
+    ThresholdUpdate,
+    TopUp,
+    TopUpProcessing,
+    TopUpRequest,
+    UidBody,
+    UidQuery,
+)
+from ingress.api_spec import IDEMPOTENCY, READ, api
 from ingress.body import read_json
 from ingress.responses import JSON
 from ingress.state import AppState, state
@@ -35,7 +49,9 @@ async def _body_principal(request: Request) -> tuple[AppState, str, dict[str, An
     st = state(request)
     body = await read_json(request, 64 << 10)
     uid = body.get("uid")
-    who = await st.auth.principal(request, uid if isinstance(uid, str) else None, public=False)
+    if uid is not None and not isinstance(uid, str):
+        raise BadRequest("Invalid uid: must be a string")
+    who = await st.auth.principal(request, uid, public=False)
     return st, who.uid, body
 
 
@@ -73,11 +89,15 @@ async def _threshold_view(st: AppState, uid: str) -> dict[str, Any]:
     }
 
 
+@api("Auto-recharge settings and state", tags=("billing",), auth="bearer", query=UidQuery, ok={200: Threshold},
+     errors=READ)
 async def get_threshold(request: Request) -> Response:
     st, uid = await _query_principal(request)
     return JSON(await _threshold_view(st, uid))
 
 
+@api("Set auto-recharge", tags=("billing",), auth="bearer", body=ThresholdUpdate, ok={200: Threshold},
+     errors=(*READ, 413))
 async def post_threshold(request: Request) -> Response:
     st, uid, body = await _body_principal(request)
     amount = _dollars(body, "threshold", Decimal("1"), _MAX_THRESHOLD)
@@ -91,6 +111,8 @@ async def post_threshold(request: Request) -> Response:
     return JSON(await _threshold_view(st, uid))
 
 
+@api("Start saving a card: a SetupIntent's client_secret for Stripe.js", tags=("billing",), auth="bearer",
+     body=UidBody, body_required=False, query=UidQuery, ok={200: CardSetup}, errors=(*READ, 402, 413, 502, 503))
 async def card_setup(request: Request) -> Response:
     # The body is optional here: a dashboard's button posts nothing.
     if request.headers.get("content-length") in (None, "0"):
@@ -100,11 +122,15 @@ async def card_setup(request: Request) -> Response:
     return JSON(await cards.setup_intent(_billing(st), uid))
 
 
+@api("The saved payment card", tags=("billing",), auth="bearer", query=UidQuery, ok={200: Card},
+     errors=(*READ, 402))
 async def get_card(request: Request) -> Response:
     st, uid = await _query_principal(request)
     return JSON(await cards.get_card(_billing(st), uid))
 
 
+@api("Save a confirmed card as the default", tags=("billing",), auth="bearer", body=CardAttach, ok={200: Card},
+     errors=(*READ, 402, 413, 502, 503))
 async def post_card(request: Request) -> Response:
     st, uid, body = await _body_principal(request)
     pm = body.get("payment_method")
@@ -113,12 +139,16 @@ async def post_card(request: Request) -> Response:
     return JSON(await cards.attach_card(_billing(st), uid, pm))
 
 
+@api("Remove the saved card", tags=("billing",), auth="bearer", query=UidQuery, ok={200: CardDeleted},
+     errors=(*READ, 402, 502, 503))
 async def delete_card(request: Request) -> Response:
     st, uid = await _query_principal(request)
     await cards.delete_card(_billing(st), uid)
     return JSON({"deleted": True})
 
 
+@api("Top up from the saved card", tags=("billing",), auth="bearer", body=TopUpRequest, headers=IDEMPOTENCY,
+     ok={200: TopUp, 202: TopUpProcessing}, errors=(*READ, 402, 409, 413, 502, 503))
 async def topup_card(request: Request) -> Response:
     st, uid, body = await _body_principal(request)
     b = _billing(st)

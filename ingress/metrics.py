@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingress.api_spec import Raw, api
 from ingress.state import state
 from jobs import keys
 from jobs.errors import Unauthorized
@@ -95,6 +96,8 @@ def _check_token(request: Request, token: str) -> None:
         raise Unauthorized("GET /metrics needs 'Authorization: Bearer <SYNCNODE_METRICS_TOKEN>'")
 
 
+@api("Prometheus metrics", tags=("operations",), auth="none",
+     ok={200: Raw("text/plain", {"type": "string"}, "Prometheus text exposition")}, errors=())
 async def metrics(request: Request) -> Response:
     st = state(request)
     # Queue depths and provider error rates tell an outsider how busy and how healthy we are.

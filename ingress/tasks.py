@@ -8,6 +8,17 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import (
+    JobQuery,
+    StatusDocument,
+    TaskDeleted,
+    TaskDetail,
+    TaskList,
+    TaskPath,
+    TasksQuery,
+    UidQuery,
+)
+from ingress.api_spec import READ, api
 from ingress.params import int_param
 from ingress.responses import JSON
 from ingress.state import state
@@ -27,6 +38,8 @@ def _summary(row: asyncpg.Record) -> dict[str, Any]:
             "created_at": row["created_at"].isoformat().replace("+00:00", "Z")}
 
 
+@api("Task history, newest first", tags=("tasks",), auth="bearer", query=TasksQuery, ok={200: TaskList},
+     errors=READ)
 async def list_tasks(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
@@ -38,12 +51,15 @@ async def list_tasks(request: Request) -> Response:
 
 def _task_id(request: Request) -> int:
     raw = request.path_params["id"]
-    try:
-        return int(raw)
-    except ValueError:
+    # ASCII digits that fit Postgres' bigint: int() also takes "٣", "+7" or "1_0", and 2**70
+    # reached the query as a 500.
+    if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= 19 and 0 < int(raw) < 2**63):
         raise NotFound("Task not found")
+    return int(raw)
 
 
+@api("One task", tags=("tasks",), auth="bearer", path=TaskPath, query=UidQuery, ok={200: TaskDetail},
+     errors=READ)
 async def get_task(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
@@ -54,6 +70,8 @@ async def get_task(request: Request) -> Response:
                  "updated_at": row["updated_at"].isoformat().replace("+00:00", "Z")})
 
 
+@api("Delete a finished task from the history", tags=("tasks",), auth="bearer", path=TaskPath, query=UidQuery,
+     ok={200: TaskDeleted}, errors=(*READ, 409))
 async def delete_task(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
@@ -65,6 +83,8 @@ async def delete_task(request: Request) -> Response:
     return JSON({"deleted": True, "id": int(request.path_params["id"])})
 
 
+@api("Status and output of a task (also the body of its completion webhooks)", tags=("tasks",), auth="bearer",
+     query=JobQuery, ok={200: StatusDocument}, errors=READ)
 async def prediction_status(request: Request) -> Response:
     st = state(request)
     job_id = request.query_params.get("job_id")

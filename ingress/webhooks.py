@@ -17,6 +17,8 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import Received, ReplicateHookQuery
+from ingress.api_spec import api
 from ingress.body import read_bytes
 from ingress.responses import JSON
 from ingress.state import state
@@ -26,9 +28,14 @@ from jobs.queue import Job
 from storage.predictions import PredictionRepository
 
 _MAX = 1 << 20
+_SIGNED = {"webhook-id": "Standard Webhooks message id", "webhook-timestamp": "Unix seconds",
+           "webhook-signature": "v1,<base64 HMAC> under the prediction's webhook secret"}
 _TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 
 
+@api("Replicate prediction webhooks (Standard Webhooks signature)", tags=("webhooks",), auth="signature",
+     query=ReplicateHookQuery, raw_body="application/json", ok={200: Received}, errors=(400, 401, 413),
+     headers=_SIGNED, required_headers=tuple(_SIGNED))
 async def replicate(request: Request) -> Response:
     st = state(request)
     job_id = request.query_params.get("job_id")

@@ -72,7 +72,7 @@ class AccountRepository:
             """
             WITH a AS (
                 UPDATE accounts SET balance_micros = balance_micros + $2
-                WHERE uid = $1 AND ($2 >= 0 OR balance_micros + $2 >= 0)
+                WHERE uid = $1 AND ($2::bigint >= 0 OR balance_micros + $2::bigint >= 0)
                 RETURNING uid, balance_micros
             ), l AS (
                 INSERT INTO ledger (uid, amount_micros, kind, reason) SELECT uid, $2, $3, $4 FROM a

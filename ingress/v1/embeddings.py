@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import V1Embeddings
+from ingress.api_spec import IDEMPOTENCY, PAID, api
 from ingress.body import read_json
 from ingress.hooks import pop_webhook_fields, webhook_target
 from ingress.responses import JSON
@@ -23,7 +25,7 @@ MAX_INPUTS = 2048  # OpenAI's own limit per request
 
 
 class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1, max_length=200)
     input: str | list[str] | list[int] | list[list[int]]
@@ -38,6 +40,8 @@ class EmbeddingsRequest(BaseModel):
         return v
 
 
+@api("Embeddings through OpenRouter or OpenAI, passed through", tags=("v1",), auth="bearer",
+     body=EmbeddingsRequest, webhooks=True, headers=IDEMPOTENCY, ok={200: V1Embeddings}, errors=PAID)
 async def embeddings(request: Request) -> Response:
     st = state(request)
     # The credential first, from the headers: a caller without one costs no body read.

@@ -16,6 +16,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import V1ModelList
+from ingress.api_spec import api
 from ingress.responses import JSON
 from ingress.state import AppState, state
 from ingress.v1.routing import stored_keys
@@ -81,6 +83,8 @@ async def _key(st: AppState, uid: str, name: str) -> str:
     return st.box.decrypt(ct)
 
 
+@api("The models the caller's stored keys can reach", tags=("v1",), auth="bearer", ok={200: V1ModelList},
+     errors=(401, 403, 502))
 async def list_models(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, None, public=False)

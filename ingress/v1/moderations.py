@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import V1Moderations
+from ingress.api_spec import PAID, api
 from ingress.auth import Principal
 from ingress.body import read_json
 from ingress.hooks import WebhookTarget, pop_webhook_fields, webhook_target
@@ -116,6 +118,8 @@ async def _one(st: AppState, who: Principal, m: ModerationRequest, calls: int,
             **result(sub.result["output"], s.moderation_category_threshold, s.moderation_underage_threshold)}
 
 
+@api("Our moderation backends in OpenAI's shape, with their honest coverage", tags=("v1",), auth="bearer",
+     body=ModerationsRequest, webhooks=True, ok={200: V1Moderations}, errors=PAID)
 async def moderations(request: Request) -> Response:
     st = state(request)
     # The credential, then whether the account can pay, from the headers: nothing read before.

@@ -25,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from ingress.api_models import StreamPath
+from ingress.api_spec import Raw, api
 from ingress.responses import JSON
 from ingress.state import AppState, state
 from ingress.v1.answer import NO_RETRY, failure, timed_out
@@ -197,6 +199,10 @@ async def open_stream(st: AppState, task_id: int, job_id: str, *, cancel_on_disc
     return SSEResponse(relay.frames(entries), headers, cancel if cancel_on_disconnect else None)
 
 
+@api("A streamed task's events, from after Last-Event-ID", tags=("v1",), auth="bearer", path=StreamPath,
+     headers={"Last-Event-ID": "Resume after this event id"},
+     ok={200: Raw("text/event-stream", {"type": "string"}, "OpenAI's chunks, then data: [DONE]")},
+     errors=(400, 401, 402, 403, 404, 429, 502, 504))
 async def task_stream(request: Request) -> Response:
     """GET /v1/tasks/{id}/stream: a streamed task's events, after ``Last-Event-ID`` if sent."""
     st = state(request)
