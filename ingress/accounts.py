@@ -132,7 +132,8 @@ async def post_api_keys(request: Request) -> Response:
             updates[name] = None
             continue
         if not isinstance(value, str) or len(value) > 1000 or not re.fullmatch(KEY_CHARS, value):
-            raise BadRequest(f"Invalid {name}: must be a key string of printable ASCII without spaces (at most 1000 characters)")
+            raise BadRequest(f"Invalid {name}: must be a key string of printable ASCII without spaces "
+                             "(at most 1000 characters)")
         updates[name] = (st.box.encrypt(value), mask(value))
     if not updates:
         raise BadRequest(f"Send at least one of {', '.join(PROVIDER_KEY_NAMES)}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 Status = Literal["in_progress", "completed", "failed", "canceled"]
 _OPEN = ConfigDict(extra="allow")
@@ -328,7 +328,8 @@ class FilePath(BaseModel):
 KEY_CHARS = "[!-~]*"
 _KEY = Field(None, max_length=1000, json_schema_extra={"pattern": f"^{KEY_CHARS}$"},
              description="The key; null or \"\" removes it")
-_ONE_OF_KEYS = [{"required": [k]} for k in ("openrouter_key", "chatgpt_key", "replicate_key", "huggingface_key")]
+_ONE_OF_KEYS: list[JsonValue] = [{"required": [k]} for k in
+                                  ("openrouter_key", "chatgpt_key", "replicate_key", "huggingface_key")]
 
 
 class ProviderKeysUpdate(BaseModel):
@@ -340,7 +341,7 @@ class ProviderKeysUpdate(BaseModel):
     huggingface_key: str | None = _KEY
 
 
-def _one_of(*names: str) -> list[dict[str, Any]]:
+def _one_of(*names: str) -> list[JsonValue]:
     return [{"required": [n], "properties": {n: {"not": {"type": "null"}}}} for n in names]
 
 

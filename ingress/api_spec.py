@@ -32,6 +32,8 @@ class Raw:
 
 
 Answer = type[BaseModel] | Raw | None
+# One answer, or several media types for the same status (JSON, or an event stream when asked).
+Answers = Answer | tuple[Answer, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +42,7 @@ class Operation:
     tags: tuple[str, ...]
     auth: Auth
     # Success answers by status; errors are added from ``errors`` (and the route's family).
-    ok: Mapping[int, Answer]
+    ok: Mapping[int, Answers]
     body: type[BaseModel] | None = None
     body_required: bool = True
     # Completion webhooks: ``webhook`` and ``webhook_events_filter`` (ingress/hooks.py) in the body.
@@ -63,7 +65,7 @@ IDEMPOTENCY = {"Idempotency-Key": "Replays the first answer for the same key and
 PREFER = {"Prefer": "'respond-async': answer 202 with a job_id at once instead of waiting"}
 
 
-def api(summary: str, *, tags: tuple[str, ...], auth: Auth, ok: Mapping[int, Answer],
+def api(summary: str, *, tags: tuple[str, ...], auth: Auth, ok: Mapping[int, Answers],
         body: type[BaseModel] | None = None, body_required: bool = True, webhooks: bool = False,
         query: type[BaseModel] | None = None, path: type[BaseModel] | None = None,
         headers: Mapping[str, str] | None = None, errors: tuple[int, ...] = (400, 401, 403, 404),

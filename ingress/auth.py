@@ -87,7 +87,7 @@ class Authenticator:
         if token:
             p = await self._from_token(token)
         elif public and self.settings.allow_uid_only and claimed_uid:
-            if not await AccountRepository(self.db).exists(claimed_uid):
+            if "\x00" in claimed_uid or not await AccountRepository(self.db).exists(claimed_uid):
                 raise NotFound("Unknown uid")
             return Principal(claimed_uid, "uid")
         elif header:

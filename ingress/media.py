@@ -12,7 +12,7 @@ import base64
 import binascii
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -46,7 +46,7 @@ class GenerateRequest(BaseModel):
 
 
 # What parse_image takes (its bytes must then be an image: that, no schema can say).
-_IMAGE = {"pattern": BASE64_PATTERN, "contentEncoding": "base64", "contentMediaType": "image/*"}
+_IMAGE: dict[str, JsonValue] = {"pattern": BASE64_PATTERN, "contentEncoding": "base64", "contentMediaType": "image/*"}
 
 
 class FaceSwapInput(BaseModel):

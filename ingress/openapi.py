@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ingress.api_models import ErrorBody, OpenAIError
-from ingress.api_spec import SPECS, Answer, Operation, Raw, api
+from ingress.api_spec import SPECS, Answers, Operation, Raw, api
 from ingress.errors import V1_PREFIX
 from ingress.hooks import WebhookFields
 from ingress.responses import JSON
@@ -91,18 +91,22 @@ def _not_null(prop: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _content(answer: Answer, schemas: _Schemas) -> dict[str, Any] | None:
-    if answer is None:
-        return None
-    if isinstance(answer, Raw):
-        return {answer.media_type: {"schema": dict(answer.schema)}}
-    return {"application/json": {"schema": schemas.ref(answer, "serialization")}}
+def _content(answers: Answers, schemas: _Schemas) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    for answer in answers if isinstance(answers, tuple) else (answers,):
+        if isinstance(answer, Raw):
+            out[answer.media_type] = {"schema": dict(answer.schema)}
+        elif answer is not None:
+            out["application/json"] = {"schema": schemas.ref(answer, "serialization")}
+    return out or None
 
 
 def _responses(op: Operation, path: str, schemas: _Schemas) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for status, answer in op.ok.items():
         desc = answer.description if isinstance(answer, Raw) else _REASONS.get(status, "OK")
+        if isinstance(answer, tuple):
+            desc = " / ".join(a.description if isinstance(a, Raw) else _REASONS.get(status, "OK") for a in answer)
         r: dict[str, Any] = {"description": desc}
         content = _content(answer, schemas)
         if content is not None:
@@ -120,7 +124,7 @@ def operation(op: Operation, path: str, path_names: list[str], schemas: _Schemas
                            "responses": _responses(op, path, schemas)}
     params = _params("path", op.path, path_names) + _params("query", op.query)
     params += [{"name": h, "in": "header", "required": h in op.required_headers, "description": d,
-                "schema": {"type": "string", "minLength": 1}} for h, d in op.headers.items()]
+                "schema": {"type": "string"}} for h, d in op.headers.items()]
     if params:
         doc["parameters"] = params
     content: dict[str, Any] = {}
@@ -163,6 +167,7 @@ _DESCRIPTION = (
     "Send 'Prefer: respond-async' to get a job_id at once instead of waiting. Money is in dollars. "
     "The reference's public routes (chat, moderation, media, status, balance) also take a bare uid "
     "when the operator set SYNCNODE_ALLOW_UID_ONLY. Under /v1, errors take OpenAI's shape. "
+    "A NUL character (U+0000) in any string of a body or query is refused with 400. "
     "This document is generated from the models that validate requests (ingress/openapi.py).")
 
 _SCHEMES: Mapping[str, Any] = {

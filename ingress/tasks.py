@@ -19,7 +19,7 @@ from ingress.api_models import (
     UidQuery,
 )
 from ingress.api_spec import READ, api
-from ingress.params import int_param
+from ingress.params import int_param, text_param
 from ingress.responses import JSON
 from ingress.state import state
 from jobs.errors import BadRequest, Conflict, NotFound
@@ -87,7 +87,7 @@ async def delete_task(request: Request) -> Response:
      query=JobQuery, ok={200: StatusDocument}, errors=READ)
 async def prediction_status(request: Request) -> Response:
     st = state(request)
-    job_id = request.query_params.get("job_id")
+    job_id = text_param(request, "job_id")
     if not job_id:
         raise BadRequest("Missing job_id parameter")
     who = await st.auth.principal(request, request.query_params.get("uid"), public=True)

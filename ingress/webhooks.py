@@ -20,6 +20,7 @@ from starlette.responses import Response
 from ingress.api_models import Received, ReplicateHookQuery
 from ingress.api_spec import api
 from ingress.body import read_bytes
+from ingress.params import text_param
 from ingress.responses import JSON
 from ingress.state import state
 from jobs.errors import BadRequest, Unauthorized
@@ -38,7 +39,7 @@ _TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
      headers=_SIGNED, required_headers=tuple(_SIGNED))
 async def replicate(request: Request) -> Response:
     st = state(request)
-    job_id = request.query_params.get("job_id")
+    job_id = text_param(request, "job_id")
     if not job_id:
         raise BadRequest("Missing job_id parameter")
     if not all(h in request.headers for h in ("webhook-id", "webhook-timestamp", "webhook-signature")):

@@ -51,7 +51,7 @@ def prompt_text(req: ChatCompletionRequest) -> str:
 
 @api("OpenAI's chat completions, passed through (stream: true answers with Server-Sent Events)", tags=("v1",),
      auth="bearer", body=ChatCompletionRequest, webhooks=True, headers={**PREFER, **IDEMPOTENCY},
-     ok={200: ChatCompletion, 202: V1Accepted}, errors=PAID)
+     ok={200: (ChatCompletion, relay.EVENTS), 202: V1Accepted}, errors=PAID)
 async def chat_completions(request: Request) -> Response:
     st = state(request)
     # The credential first, from the headers: a caller without one costs no body read.
