@@ -359,9 +359,13 @@ class TopUpRequest(BaseModel):
                           description="Dollars, whole cents, within SYNCNODE_TOPUP_MIN..MAX (default 5..1000)")
 
 
+PAYMENT_METHOD = "pm_[A-Za-z0-9_]{1,252}"
+
+
 class CardAttach(BaseModel):
     uid: str | None = None
-    payment_method: str = Field(pattern=r"^pm_", max_length=255, description="A confirmed Stripe PaymentMethod")
+    payment_method: str = Field(json_schema_extra={"pattern": f"^{PAYMENT_METHOD}$"},
+                                description="A confirmed Stripe PaymentMethod id")
 
 
 class UidBody(BaseModel):

@@ -6,6 +6,7 @@ saying card payments are not configured (CONTRACT §2).
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -15,6 +16,7 @@ from starlette.responses import Response
 from billing import cards, payments
 from billing.context import Billing
 from ingress.api_models import (
+    PAYMENT_METHOD,
     Card,
     CardAttach,
     CardDeleted,
@@ -134,7 +136,8 @@ async def get_card(request: Request) -> Response:
 async def post_card(request: Request) -> Response:
     st, uid, body = await _body_principal(request)
     pm = body.get("payment_method")
-    if not isinstance(pm, str) or not pm.startswith("pm_") or len(pm) > 255:
+    # Stripe's id alphabet only: the id goes into Stripe's URL path (a "{" there was a 502).
+    if not isinstance(pm, str) or not re.fullmatch(PAYMENT_METHOD, pm):
         raise BadRequest("Invalid payment_method: must be a Stripe PaymentMethod id (pm_…)")
     return JSON(await cards.attach_card(_billing(st), uid, pm))
 

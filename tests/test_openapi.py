@@ -158,3 +158,20 @@ async def test_a_nul_in_a_job_id_is_400_not_a_500(client: httpx.AsyncClient, fun
     signed = {"webhook-id": "msg_1", "webhook-timestamp": "1", "webhook-signature": "v1,x"}
     r = await client.post("/webhooks/replicate", params={"job_id": "a\x00b"}, headers=signed, content=b"{}")
     assert r.status_code == 400
+
+
+async def test_a_payment_method_id_outside_stripes_alphabet_is_400(client: httpx.AsyncClient,
+                                                                   funded: Account) -> None:
+    # It went into Stripe's URL path, and came back as a 502.
+    r = await client.post("/card", headers=funded.headers, json={"payment_method": "pm_M:7{S9BzC"})
+    assert r.status_code == 400 and "payment_method" in r.json()["error"]
+
+
+@pytest.mark.parametrize("url", ["hTtPS://.exe", "https://a..b/", "https://" + "a" * 70 + ".com/"])
+async def test_a_host_name_the_resolver_cannot_encode_is_400(client: httpx.AsyncClient, funded: Account,
+                                                             url: str) -> None:
+    # The idna codec's UnicodeError escaped the resolver as a 500.
+    r = await client.post("/moderate", headers=funded.headers, json={"text": "hi", "webhook": url})
+    assert r.status_code == 400 and "resolve" in r.json()["error"], r.text
+    r = await client.post("/moderate", headers=funded.headers, json={"imageUrl": url})
+    assert r.status_code == 400, r.text
