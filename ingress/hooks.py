@@ -37,12 +37,16 @@ MAX_URL_CHARS = 2048
 WebhookTarget = tuple[str, tuple[str, ...]]
 
 
+# A scheme _checked_url takes, and a host without user name or password.
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\s]+([/?#]|$)"
+
+
 class WebhookFields(BaseModel):
     """The two fields as ``/openapi.json`` documents them on every task-creating call; the
     same rules :func:`webhook_target` enforces (plus what no schema can say: the host must
     resolve to public addresses)."""
 
-    webhook: str | None = Field(None, min_length=1, max_length=MAX_URL_CHARS, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://",
+    webhook: str | None = Field(None, min_length=1, max_length=MAX_URL_CHARS, pattern=URL_PATTERN,
                                 description="Where to POST the task's status document, signed (Standard "
                                             "Webhooks): https, or http for a SYNCNODE_FETCH_ALLOW host")
     webhook_events_filter: list[WebhookEvent] | None = Field(

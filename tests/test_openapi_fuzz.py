@@ -2,20 +2,15 @@
 the test Postgres and Redis, chat and moderation worker processes answering the sync calls, the
 fake providers, a funded account with provider keys. 0 failures, 0 server errors.
 
-The intended differences between the document and the server, each configured below, and why:
+The intended differences between the document and the server are few, each configured below
+with why (``STATEFUL_400``, ``CARD_ROUTES``, ``allow-x00``): a schema states the shape of a
+request, not the world it meets (DNS, a provider, the account's keys, balance or card), and the
+fuzzer itself changes that world as it goes (it removes the account's keys with POST /api-keys).
+On those operations only, ``positive_data_acceptance`` also accepts the documented 400 (and 402
+on the card routes). Everything else about them is checked as everywhere: no 5xx, documented
+statuses and content types, answers matching their schemas, invalid requests refused.
 
-* Paid routes whose answer depends on the world rather than on the request's shape. A schema
-  cannot say "a host that resolves to a public address" or "an image URL that serves an image",
-  so a well-formed ``webhook`` (DNS: nothing resolves in CI), ``imageUrl``, S3/Bunny endpoint
-  (POST /storage writes a test file first) or Stripe ``payment_method`` (only Stripe knows which
-  exist) is refused with 400 there, as documented. The fake provider answers 400 to the model
-  names that ask for it, and a random Replicate model name is accepted (202) then fails at
-  Replicate. So ``positive_data_acceptance`` also accepts 400 on those operations only.
-* 402 on the card routes: the fuzzed account has no card saved (saving one needs Stripe.js in a
-  browser), so a well-formed top-up is the documented 402 "No card on file".
-* U+0000 in any string, even an extra field's name, is a 400 on every route (Postgres text
-  cannot hold it): the document says so once, in its description; the fuzzer does not send it.
-* Unknown paths and methods the fuzzer probes are answered by Starlette (404/405), as documented.
+Unknown paths and methods the fuzzer probes are answered by Starlette (404/405), as documented.
 """
 
 from __future__ import annotations
@@ -36,10 +31,25 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 SEED = int(os.environ.get("SYNCNODE_FUZZ_SEED", "20261130"))
 # A deeper local run: SYNCNODE_FUZZ_EXAMPLES=50 (CI keeps it short).
 MAX_EXAMPLES = int(os.environ.get("SYNCNODE_FUZZ_EXAMPLES", "6"))
-# Operations whose well-formed requests may still be refused for reasons no schema can state.
-WORLD_DEPENDENT = ["/webhooks/stripe", "/admin/credit", "/chat-completion", "/chatgpt-completion", "/moderate", "/",
-                   "/generate", "/face-swap/run", "/storage", "/card", "/v1/chat/completions", "/v1/moderations",
-                   "/v1/embeddings", "/v1/models"]
+# Operations whose well-formed requests may still be refused (400) for reasons no schema can
+# state, and why.
+STATEFUL_400 = {
+    "/chat-completion": "the account's openrouter_key, which the fuzzer removes with POST /api-keys",
+    "/chatgpt-completion": "the account's chatgpt_key, likewise",
+    "/v1/chat/completions": "the routing rule: which keys the account holds now",
+    "/v1/embeddings": "likewise",
+    "/v1/models": "the stored keys: the provider refuses the fuzzer's random ones (400 naming the key)",
+    "/generate": "the account's replicate_key, likewise",
+    "/face-swap/run": "the bytes must decode to an image (the schema says base64, not PNG)",
+    "/moderate": "imageBase64 must decode to an image; an imageUrl or webhook host must resolve (DNS)",
+    "/": "the same route as /moderate",
+    "/v1/moderations": "an image_url or webhook host must resolve to a public address (DNS)",
+    "/storage": "S3/Bunny configurations are saved only after a test write to the endpoint (DNS)",
+    "/admin/credit": "removing more than the balance is refused (400, pinned by tests/test_money.py)",
+    "/webhooks/stripe": "only Stripe can sign: a well-formed but forged Stripe-Signature is 400, as Stripe asks",
+}
+# The fuzzed account has no card (saving one needs Stripe.js in a browser): the documented 402
+# "No card on file"; and a well-formed payment_method id that Stripe does not know is a 400.
 CARD_ROUTES = ["/topup_card", "/card/setup", "/card"]
 
 
@@ -51,7 +61,7 @@ def config(user_key: str, admin_token: str) -> str:
         # rule of the whole API (info.description) that no per-field schema states.
         "[generation]", "allow-x00 = false",
     ]
-    for path in WORLD_DEPENDENT:
+    for path in STATEFUL_400:
         lines += ["[[operations]]", f'include-path = "{path}"',
                   "[operations.checks.positive_data_acceptance]",
                   'expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429"]']

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
@@ -22,15 +22,18 @@ from ingress.v1.routing import route_for
 from jobs.names import EMBEDDINGS, EMBEDDINGS_OPENAI
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request
+_MANY = Field(min_length=1, max_length=MAX_INPUTS)
 
 
 class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1, max_length=200)
-    input: str | list[str] | list[int] | list[list[int]]
+    # The same bounds _non_empty checks (with its messages), stated per shape for /openapi.json.
+    input: (Annotated[str, Field(min_length=1)] | Annotated[list[str], _MANY] | Annotated[list[int], _MANY]
+            | Annotated[list[list[int]], _MANY])
 
-    @field_validator("input")
+    @field_validator("input", mode="before")
     @classmethod
     def _non_empty(cls, v: Any) -> Any:
         if not v:

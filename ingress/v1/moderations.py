@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -40,7 +40,18 @@ CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening"
 class ModerationsRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    input: str | list[str] | list[dict[str, Any]] = Field(min_length=1)
+    input: (Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1, max_length=MAX_INPUTS)]
+            | Annotated[list[dict[str, Any]], Field(min_length=1)])
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        # Before the union: its own messages would name a branch ("constrained-str"), not the problem.
+        if v == "" or v == []:
+            raise ValueError("input must not be empty")
+        if isinstance(v, list) and len(v) > MAX_INPUTS and all(isinstance(i, str) for i in v):
+            raise ValueError(f"at most {MAX_INPUTS} strings per request")
+        return v
     model: str | None = None
 
 
