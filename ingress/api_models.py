@@ -370,3 +370,83 @@ class CardAttach(BaseModel):
 
 class UidBody(BaseModel):
     uid: str | None = None
+
+
+# The web UI's JSON endpoints (ingress/web/).
+
+class PageTaskPath(BaseModel):
+    id: int = Field(ge=0, description="The task's id (the page loads it)")
+
+
+class KeyPrefixPath(BaseModel):
+    prefix: str = Field(min_length=1, description="The first 8 characters of the key")
+
+
+class UsageQuery(UidQuery):
+    days: int = Field(30, ge=1, le=366)
+
+
+class ApiKeyInfo(BaseModel):
+    prefix: str
+    created_at: str | None
+    revoked_at: str | None
+    active: bool
+
+
+class ApiKeyList(BaseModel):
+    uid: str
+    keys: list[ApiKeyInfo]
+
+
+class ApiKeyCreated(BaseModel):
+    api_key: str
+    prefix: str
+
+
+class KeyRevoked(BaseModel):
+    revoked: int
+    prefix: str
+
+
+class DaySpend(BaseModel):
+    date: str
+    spend: float
+
+
+class Usage(BaseModel):
+    uid: str
+    balance: float
+    spend_per_day: list[DaySpend]
+    tasks_by_status: dict[str, int]
+
+
+EMAIL_PATTERN = r"^\s*[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}\s*$"
+
+
+class SignUpRequest(BaseModel):
+    email: str = Field(max_length=320, json_schema_extra={"pattern": EMAIL_PATTERN})
+    password: str = Field(min_length=8, max_length=1024)
+
+
+class SignInRequest(BaseModel):
+    """An API key, or an email and its password."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["api_key"]},
+                                                           {"required": ["email", "password"]}]})
+    api_key: str | None = Field(None, min_length=1)
+    email: str | None = Field(None, max_length=320, json_schema_extra={"pattern": EMAIL_PATTERN})
+    password: str | None = Field(None, min_length=1)
+
+
+class SignedIn(BaseModel):
+    model_config = _OPEN
+    uid: str
+    csrf_token: str
+
+
+class SignedOut(BaseModel):
+    signed_out: bool
+
+
+class NextQuery(BaseModel):
+    next: str | None = Field(None, description="Where to go after signing in (a local path)")

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from billing.client import StripeGateway
 from billing.context import Billing
@@ -26,6 +26,7 @@ from ingress.v1 import embeddings as v1_embeddings
 from ingress.v1 import models as v1_models
 from ingress.v1 import moderations as v1_moderations
 from ingress.v1 import relay as v1_relay
+from ingress.web import keys, pages, signin, usage
 from jobs.batch import Combiner
 from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings
@@ -81,6 +82,24 @@ ROUTES = [
     Route("/v1/models", v1_models.list_models, methods=["GET"]),
     Route("/v1/moderations", v1_moderations.moderations, methods=["POST"]),
     Route("/v1/embeddings", v1_embeddings.embeddings, methods=["POST"]),
+    # The web UI (issue 9): the JSON endpoints its pages need, then the pages and their assets.
+    Route("/keys", keys.list_keys, methods=["GET"]),
+    Route("/keys", keys.create_key, methods=["POST"]),
+    Route("/keys/{prefix}", keys.revoke_key, methods=["DELETE"]),
+    Route("/usage", usage.usage, methods=["GET"]),
+    Route("/ui/signin", signin.signin, methods=["POST"]),
+    Route("/ui/signup", signin.signup, methods=["POST"]),
+    Route("/ui/signout", signin.signout, methods=["POST"]),
+    Route("/", pages.home, methods=["GET"]),
+    Route("/ui/signin", pages.signin, methods=["GET"]),
+    Route("/ui/signup", pages.signup, methods=["GET"]),
+    Route("/ui/tasks", pages.tasks, methods=["GET"]),
+    Route("/ui/tasks/{id:int}", pages.task, methods=["GET"]),
+    Route("/ui/keys", pages.keys, methods=["GET"]),
+    Route("/ui/billing", pages.billing, methods=["GET"]),
+    Route("/ui/playground", pages.playground, methods=["GET"]),
+    Route("/ui/docs", pages.docs, methods=["GET"]),
+    Mount("/static", app=pages.static, name="static"),
 ]
 
 
@@ -100,7 +119,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             queue=queue,
             status=StatusStore(redis, settings.status_ttl_seconds),
             box=SecretBox(settings.master_key_value()),
-            auth=Authenticator(settings, db),
+            auth=Authenticator(settings, db, redis),
             charges=Combiner(lambda key, items: TaskRepository(db).charge_many(key[0], items)),
             billing=Billing(settings, db, gateway, queue) if gateway is not None else None,
         )

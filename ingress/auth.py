@@ -12,18 +12,24 @@ from typing import Any
 import asyncpg
 import httpx
 import jwt
+from redis.asyncio import Redis
 from starlette.requests import Request
 
 from jobs.errors import Forbidden, NotFound, Unauthorized
 from jobs.settings import Settings, to_micros
 from storage.accounts import AccountRepository
 from storage.secrets import API_KEY_PREFIX, hash_api_key
+from storage.sessions import SessionStore
+from storage.web import LoginRepository
+
+# The web UI's session cookie (ingress/web): a credential for the JSON API when no header is sent.
+SESSION_COOKIE = "sn_session"
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     uid: str
-    via: str  # "api_key" | "jwt" | "uid"
+    via: str  # "api_key" | "jwt" | "uid" | "session"
 
 
 class _TTLCache:
@@ -40,6 +46,10 @@ class _TTLCache:
         self._d.move_to_end(k)
         return hit[1]
 
+    def drop_value(self, v: Any) -> None:
+        for k in [k for k, hit in self._d.items() if hit[1] == v]:
+            del self._d[k]
+
     def put(self, k: Any, v: Any) -> None:
         self._d[k] = (time.monotonic() + self.ttl, v)
         self._d.move_to_end(k)
@@ -48,9 +58,10 @@ class _TTLCache:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings, db: asyncpg.Pool) -> None:
+    def __init__(self, settings: Settings, db: asyncpg.Pool, redis: Redis | None = None) -> None:
         self.settings = settings
         self.db = db
+        self.sessions = SessionStore(redis, settings.session_ttl_seconds) if redis is not None else None
         self._keys = _TTLCache(50_000, 60.0)
         self._provisioned = _TTLCache(50_000, 3600.0)
         self._jwks: jwt.PyJWKSet | None = None
@@ -59,15 +70,16 @@ class Authenticator:
 
     def require_credential(self, request: Request, *, public: bool) -> None:
         """Refuse a request that cannot authenticate before its body is read (401, not 400/413)."""
-        if "authorization" not in request.headers and not (public and self.settings.allow_uid_only):
+        if ("authorization" not in request.headers and not (public and self.settings.allow_uid_only)
+                and not self._has_session(request)):
             raise Unauthorized("Missing credential: send 'Authorization: Bearer <your API key>'")
 
     async def early(self, request: Request, *, public: bool) -> Principal | None:
         """Authenticate from the headers alone, before the body is read: a caller without a
         valid credential costs one header check and one cached lookup, never a 15 MiB read.
-        None only in uid-only mode without a header, where the body names the uid."""
+        None only in uid-only mode without a header or session, where the body names the uid."""
         self.require_credential(request, public=public)
-        if "authorization" not in request.headers:
+        if "authorization" not in request.headers and not self._has_session(request):
             return None
         return await self.principal(request, None, public=public)
 
@@ -86,6 +98,8 @@ class Authenticator:
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
         if token:
             p = await self._from_token(token)
+        elif not header and self._has_session(request):
+            p = await self._from_session(request)
         elif public and self.settings.allow_uid_only and claimed_uid:
             if "\x00" in claimed_uid or not await AccountRepository(self.db).exists(claimed_uid):
                 raise NotFound("Unknown uid")
@@ -97,6 +111,42 @@ class Authenticator:
         if claimed_uid is not None and claimed_uid != p.uid:
             raise Forbidden("uid does not match the credential's account")
         return p
+
+    def _has_session(self, request: Request) -> bool:
+        return self.sessions is not None and SESSION_COOKIE in request.cookies
+
+    async def _from_session(self, request: Request) -> Principal:
+        from ingress.web.csrf import check_csrf  # the web package imports this module
+
+        assert self.sessions is not None
+        session = await self.sessions.get(request.cookies[SESSION_COOKIE])
+        if session is None:
+            raise Unauthorized("Your session has ended: sign in again")
+        check_csrf(request, session.csrf, self.settings)
+        if session.key_hash and await self._key_uid(bytes.fromhex(session.key_hash)) != session.uid:
+            raise Unauthorized("Your session has ended: the API key it was opened with was revoked")
+        if session.login_stamp and await LoginRepository(self.db).login_stamp(session.uid) != session.login_stamp:
+            raise Unauthorized("Your session has ended: the password changed, sign in again")
+        return Principal(session.uid, "session")
+
+    async def _key_uid(self, digest: bytes) -> str | None:
+        uid: str | None = self._keys.get(digest)
+        if uid is None:
+            uid = await AccountRepository(self.db).uid_for_api_key(digest)
+            if uid is not None:
+                self._keys.put(digest, uid)
+        return uid
+
+    async def principal_for_key(self, token: str) -> str:
+        """The uid of a SyncNode API key (the web sign-in with a key); never a JWT."""
+        if not token.startswith(API_KEY_PREFIX):
+            raise Unauthorized("Invalid API key")
+        return (await self._from_token(token)).uid
+
+    def forget_account(self, uid: str) -> None:
+        """Drop this process's cached API keys of an account (after a revoke); other ingress
+        processes keep theirs for at most the cache's 60 s."""
+        self._keys.drop_value(uid)
 
     async def _from_token(self, token: str) -> Principal:
         if token.startswith(API_KEY_PREFIX):

@@ -67,6 +67,64 @@ def cmd_accounts_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_accounts_set_password(args: argparse.Namespace) -> int:
+    """Give an account a web sign-in (email + password) or change it; the password comes from
+    stdin (--password-stdin) or an interactive prompt, never from the command line."""
+    from ingress.web.passwords import check_strength, hash_password
+    from jobs.errors import BadRequest
+    from storage.accounts import AccountRepository
+    from storage.migrate import migrate
+    from storage.web import LoginRepository
+
+    password = _read_password(args.password_stdin)
+    try:
+        check_strength(password)
+    except BadRequest as e:
+        print(e.message, file=sys.stderr)
+        return 2
+    digest = hash_password(password)
+
+    async def go(dsn: str) -> dict[str, Any] | str:
+        import asyncpg
+
+        await migrate(dsn)
+        conn = await asyncpg.connect(dsn)
+        try:
+            logins = LoginRepository(conn)
+            uid = args.uid or await logins.uid_for_email(args.email_only)
+            if uid is None or not await AccountRepository(conn).exists(uid):
+                return "No such account: pass the uid `syncnode accounts create` printed"
+            email = args.email or args.email_only or await logins.account_email(uid)
+            if not email:
+                return "This account has no email: pass --email"
+            try:
+                await LoginRepository(conn).set_password(uid, email, digest)
+            except asyncpg.UniqueViolationError:
+                return "This email already signs in to another account"
+            return {"uid": uid, "email": email.lower(), "password": "set"}
+        finally:
+            await conn.close()
+
+    result = _run(go)
+    if isinstance(result, str):
+        print(result, file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    first = getpass.getpass("New password: ")
+    if getpass.getpass("Again: ") != first:
+        print("Passwords differ", file=sys.stderr)
+        sys.exit(2)
+    return first
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import uvloop
     from arq.worker import get_kwargs
@@ -143,6 +201,7 @@ def _up(args: argparse.Namespace, s: Settings, stack: list[EmbeddedPostgres | Em
     url = s.public_url_ or f"http://localhost:{port}"
     me = down_command().removesuffix(" down")
     banner = (f"\n  SyncNode on {url}\n"
+              f"  web UI:             {url}/   (sign-up needs SYNCNODE_OPEN_SIGNUP=true)\n"
               f"  create an account:  {me} accounts create   (or POST {url}/accounts)\n"
               f"  Ctrl-C stops everything (or `{me} down` from another terminal).\n\n")
     return sup.run(port, banner)
@@ -189,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     create = acc_sub.add_parser("create", help="create an account; prints uid, api_key, balance")
     create.add_argument("--email")
     create.set_defaults(fn=cmd_accounts_create)
+    setpw = acc_sub.add_parser("set-password", help="set an account's web sign-in email and password")
+    who = setpw.add_mutually_exclusive_group(required=True)
+    who.add_argument("--uid")
+    who.add_argument("--email", dest="email_only")
+    setpw.add_argument("--login-email", dest="email", help="the email to sign in with (default: the account's)")
+    setpw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    setpw.set_defaults(fn=cmd_accounts_set_password)
     w = sub.add_parser("worker", help="run one worker of a pool")
     w.add_argument("pool", choices=["chat", "media", "poll", "moderation", "billing", "webhooks"])
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")

@@ -23,6 +23,7 @@ from ingress.params import int_param, text_param
 from ingress.responses import JSON
 from ingress.state import state
 from jobs.errors import BadRequest, Conflict, NotFound
+from jobs.names import KINDS
 from jobs.settings import to_dollars
 from storage.status import PUBLIC_STATUS, status_document
 from storage.tasks import TaskRepository
@@ -45,8 +46,24 @@ async def list_tasks(request: Request) -> Response:
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
     page = int_param(request, "page", 1, 1, 1_000_000)
     size = int_param(request, "size", 10, 1, 100)
-    rows, total = await TaskRepository(st.db).page(who.uid, size, (page - 1) * size)
-    return JSON({"tasks": [_summary(r) for r in rows], "page": page, "size": size, "total": total})
+    kind, statuses = _filters(request)
+    rows, total = await TaskRepository(st.db).page(who.uid, size, (page - 1) * size, kind, statuses)
+    return JSON({"tasks": [{**_summary(r), "kind": r["kind"]} for r in rows], "page": page, "size": size,
+                 "total": total})
+
+
+def _filters(request: Request) -> tuple[str | None, list[str] | None]:
+    """?kind= and ?status= (public statuses: in_progress, completed, failed, canceled)."""
+    kind = request.query_params.get("kind") or None
+    if kind is not None and kind not in KINDS:
+        raise BadRequest(f"Invalid kind: expected one of {', '.join(sorted(KINDS))}")
+    status = request.query_params.get("status") or None
+    if status is None:
+        return kind, None
+    statuses = [k for k, v in PUBLIC_STATUS.items() if v == status]
+    if not statuses:
+        raise BadRequest(f"Invalid status: expected one of {', '.join(sorted(set(PUBLIC_STATUS.values())))}")
+    return kind, statuses
 
 
 def _task_id(request: Request) -> int:
@@ -67,6 +84,7 @@ async def get_task(request: Request) -> Response:
     if row is None:
         raise NotFound("Task not found")
     return JSON({**_summary(row), "kind": row["kind"], "output": row["output"], "error": row["error"],
+                 "refunded": row["refunded"], "request": row["request"],
                  "updated_at": row["updated_at"].isoformat().replace("+00:00", "Z")})
 
 

@@ -190,6 +190,15 @@ class Settings(BaseSettings):
     v1_models_ttl_seconds: int = 600
     v1_models_timeout_seconds: float = 10.0
 
+    # Web UI (issue 9): sessions and sign-in throttling.
+    session_ttl_seconds: int = 14 * 24 * 3600
+    signin_failure_window_seconds: int = 900
+    signin_max_failures_per_account: int = 5
+    signin_max_failures_per_address: int = 30
+    # Where the billing page loads Stripe.js from (only once Stripe is configured); tests point it
+    # at localstripe's copy.
+    stripe_js_url: str = "https://js.stripe.com/v3/"
+
     @field_validator("public_url_")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:

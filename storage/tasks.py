@@ -250,17 +250,22 @@ class TaskRepository:
             job_id, provider_id,
         )
 
-    async def page(self, uid: str, limit: int, offset: int) -> tuple[list[asyncpg.Record], int]:
+    async def page(self, uid: str, limit: int, offset: int, kind: str | None = None,
+                   statuses: list[str] | None = None) -> tuple[list[asyncpg.Record], int]:
+        """One page, newest first; kind / statuses filter when given (the web UI's task list)."""
+        where = "uid = $1 AND deleted_at IS NULL AND ($4::text IS NULL OR kind = $4) " \
+                "AND ($5::text[] IS NULL OR status = ANY($5))"
         rows = await self.conn.fetch(
-            """
-            SELECT id, job_id, model, prompt, status, cost_micros, refunded, created_at
-            FROM tasks WHERE uid = $1 AND deleted_at IS NULL
+            f"""
+            SELECT id, job_id, kind, model, prompt, status, cost_micros, refunded, created_at
+            FROM tasks WHERE {where}
             ORDER BY id DESC LIMIT $2 OFFSET $3
             """,
-            uid, limit, offset,
+            uid, limit, offset, kind, statuses,
         )
         total = await self.conn.fetchval(
-            "SELECT count(*) FROM tasks WHERE uid = $1 AND deleted_at IS NULL", uid
+            f"SELECT count(*) FROM tasks WHERE {where.replace('$4', '$2').replace('$5', '$3')}",
+            uid, kind, statuses,
         )
         return list(rows), int(total)
 

@@ -93,7 +93,7 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 pytest_plugins = ["tests.fixtures.accounts", "tests.fixtures.workers", "tests.fixtures.moderation",
-                  "tests.fixtures.media", "tests.fixtures.stripe", "tests.fixtures.v1"]
+                  "tests.fixtures.media", "tests.fixtures.stripe", "tests.fixtures.v1", "tests.fixtures.web"]
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,7 @@ async def test_tasks_listing_pagination_and_delete(client: httpx.AsyncClient, fu
     page = (await client.get("/tasks", headers=funded.headers, params={"page": 1, "size": 2})).json()
     assert page["page"] == 1 and page["size"] == 2 and page["total"] == 3
     first = page["tasks"][0]
-    assert set(first) == {"id", "job_id", "model", "prompt", "status", "cost", "created_at"}
+    assert set(first) == {"id", "job_id", "kind", "model", "prompt", "status", "cost", "created_at"}
     assert first["prompt"] == "p2" and first["status"] == "completed" and first["cost"] == 0.02
     page2 = (await client.get("/tasks", headers=funded.headers, params={"page": 2, "size": 2})).json()
     assert [t["prompt"] for t in page2["tasks"]] == ["p0"]

@@ -100,7 +100,8 @@ async def _fuzz(gateway: str, api_key: str, tmp_path: Path) -> None:
         "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES), "--workers", "2", "--no-shrink",
         "--phases", "examples,coverage,fuzzing,stateful", "--request-timeout", "30",
         "--report", "ndjson", "--report-dir", str(report),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path)  # schemathesis keeps a crash cache (.schemathesis/) in its working directory
     out, _ = await proc.communicate()
     text = out.decode(errors="replace")
     (Path(os.environ.get("SYNCNODE_FUZZ_LOG", tmp_path / "st.log"))).write_text(text)

@@ -1,0 +1,143 @@
+"""Sign-up, sign-in (email + password, or an API key) and sign-out: JSON endpoints the sign-in
+pages post to. Each success sets the session cookie; nothing here moves money beyond
+create_account's starting grant."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.accounts import create_account
+from ingress.api_models import SignedIn, SignedOut, SignInRequest, SignUpRequest
+from ingress.api_spec import api
+from ingress.auth import SESSION_COOKIE
+from ingress.body import read_json
+from ingress.responses import JSON
+from ingress.state import state
+from ingress.web import passwords, sessions
+from ingress.web.csrf import check_csrf, check_origin
+from jobs.errors import BadRequest, Conflict, Forbidden, RateLimited, Unauthorized
+from storage.secrets import hash_api_key
+from storage.sessions import FailureCounter
+from storage.web import LoginRepository, stamp
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}$")
+
+
+# Sign-in and sign-up are refused cross-site: the browser's Origin must be this gateway.
+_ORIGIN = {"Origin": "This gateway's own origin"}
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    v = body.get(name)
+    if not isinstance(v, str) or not v:
+        raise BadRequest(f"Missing {name} parameter")
+    return v
+
+
+def _email(body: dict[str, Any]) -> str:
+    email = _text(body, "email").strip().lower()
+    if len(email) > 320 or not _EMAIL.match(email):
+        raise BadRequest("Invalid email: expected name@example.com")
+    return email
+
+
+async def _signed_in(request: Request, uid: str, body: dict[str, Any], status: int = 200, *,
+                     key_hash: str = "", login_stamp: str = "") -> Response:
+    st = state(request)
+    store = sessions.store(st)
+    old = request.cookies.get(SESSION_COOKIE)
+    if old:
+        await store.delete(old)  # a new sign-in replaces the browser's session, never adds one
+    token, s = await store.create(uid, key_hash=key_hash, login_stamp=login_stamp)
+    response = JSON({**body, "uid": uid, "csrf_token": s.csrf}, status_code=status)
+    sessions.set_cookie(response, st, token)
+    return response
+
+
+@api("Web UI: create an account with an email and password (open sign-up only); sets the session cookie",
+     tags=("web",), auth="none", body=SignUpRequest, headers=_ORIGIN, required_headers=("Origin",),
+     ok={201: SignedIn}, errors=(400, 403, 409, 413, 429))
+async def signup(request: Request) -> Response:
+    st = state(request)
+    check_origin(request, st.settings, required=True)
+    if not st.settings.open_signup:
+        raise Forbidden("Sign-up is closed on this gateway: ask its operator for an account")
+    body = await read_json(request, 16 << 10)
+    email, password = _email(body), _text(body, "password")
+    passwords.check_strength(password)
+    if await LoginRepository(st.db).email_taken(email):
+        raise Conflict("An account with this email already exists: sign in instead")
+    digest = await passwords.hash_password_async(password)
+    try:
+        async with st.db.acquire() as conn, conn.transaction():
+            created = await create_account(conn, email, st.settings.starting_balance)
+            login = await LoginRepository(conn).set_password(created["uid"], email, digest)
+    except asyncpg.UniqueViolationError:
+        raise Conflict("An account with this email already exists: sign in instead")
+    return await _signed_in(request, created["uid"], {"api_key": created["api_key"], "balance": created["balance"]},
+                            status=201, login_stamp=login)
+
+
+async def _throttle(fails: FailureCounter, scopes: list[tuple[str, str, int]]) -> None:
+    for scope, who, limit in scopes:
+        if await fails.count(scope, who) >= limit:
+            wait = await fails.ttl(scope, who)
+            raise RateLimited(f"Too many failed sign-ins: try again in {wait} s",
+                              headers={"Retry-After": str(wait)})
+
+
+@api("Web UI: sign in with an API key, or an email and password; sets the session cookie", tags=("web",),
+     auth="none", body=SignInRequest, headers=_ORIGIN, required_headers=("Origin",), ok={200: SignedIn},
+     errors=(400, 401, 403, 413, 429))
+async def signin(request: Request) -> Response:
+    st = state(request)
+    check_origin(request, st.settings, required=True)
+    body = await read_json(request, 16 << 10)
+    s = st.settings
+    fails = FailureCounter(st.redis, s.signin_failure_window_seconds)
+    address = request.client.host if request.client else "unknown"
+    scopes = [("address", address, s.signin_max_failures_per_address)]
+    if "api_key" in body:
+        await _throttle(fails, scopes)
+        key = _text(body, "api_key").strip()
+        try:
+            who = await st.auth.principal_for_key(key)
+        except Unauthorized:
+            await fails.add("address", address)
+            raise Unauthorized("Invalid API key")
+        return await _signed_in(request, who, {}, key_hash=hash_api_key(key).hex())
+    email, password = _email(body), _text(body, "password")
+    scopes.append(("account", email, s.signin_max_failures_per_account))
+    await _throttle(fails, scopes)
+    repo = LoginRepository(st.db)
+    row = await repo.by_email(email)
+    ok, rehash = await passwords.verify(row["password_hash"] if row else None, password)
+    if not ok or row is None:
+        for scope, who, _ in scopes:
+            await fails.add(scope, who)
+        raise Unauthorized("Wrong email or password")
+    if rehash:
+        await repo.rehash(row["uid"], rehash)
+    await fails.clear("account", email)
+    return await _signed_in(request, str(row["uid"]), {}, login_stamp=stamp(row["updated_at"]))
+
+
+@api("Web UI: end the session (X-CSRF-Token with the cookie)", tags=("web",), auth="none",
+     ok={200: SignedOut}, errors=(403,))
+async def signout(request: Request) -> Response:
+    st = state(request)
+    token = request.cookies.get(SESSION_COOKIE)
+    store = sessions.store(st)
+    current = await store.get(token) if token else None
+    if current is not None:
+        check_csrf(request, current.csrf, st.settings)
+        assert token is not None
+        await store.delete(token)
+    response = JSON({"signed_out": True})
+    sessions.clear_cookie(response, st)
+    return response
