@@ -36,7 +36,8 @@ async def test_every_route_is_described_with_its_path_parameters(spec: dict[str,
 
     Draft202012Validator.check_schema({"components": spec["components"]})
     for route in ROUTES:
-        assert isinstance(route, Route)
+        if not isinstance(route, Route):
+            continue  # the web UI's static files (a Mount), not an API
         path, names = openapi_path(route.path)
         for method in (route.methods or set()) - {"HEAD"}:
             op = spec["paths"][path][method.lower()]
@@ -51,7 +52,7 @@ async def test_who_may_call_is_stated_per_route(spec: dict[str, Any]) -> None:
     assert "security" not in spec  # no document-wide requirement: each operation says its own
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
-            if path in PUBLIC:
+            if path in PUBLIC or path.startswith("/ui/") or (method, path) == ("get", "/"):  # web pages, sign-in
                 assert op["security"] == [], (method, path)
             elif path == "/admin/credit":
                 assert op["security"] == [{"admin": []}]
