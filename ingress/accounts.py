@@ -12,16 +12,8 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.api_models import (
-    KEY_CHARS,
-    AccountCreated,
-    Balance,
-    BillingHistory,
-    HistoryQuery,
-    ProviderKeys,
-    ProviderKeysUpdate,
-    UidQuery,
-)
+from ingress.api_models import AccountCreated, Balance, BillingHistory, ProviderKeys
+from ingress.api_requests import KEY_CHARS, HistoryQuery, ProviderKeysUpdate, UidQuery
 from ingress.api_spec import READ, api
 from ingress.body import read_json
 from ingress.params import int_param

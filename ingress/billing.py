@@ -15,20 +15,8 @@ from starlette.responses import Response
 
 from billing import cards, payments
 from billing.context import Billing
-from ingress.api_models import (
-    PAYMENT_METHOD,
-    Card,
-    CardAttach,
-    CardDeleted,
-    CardSetup,
-    Threshold,
-    ThresholdUpdate,
-    TopUp,
-    TopUpProcessing,
-    TopUpRequest,
-    UidBody,
-    UidQuery,
-)
+from ingress.api_models import Card, CardDeleted, CardSetup, Threshold, TopUp, TopUpProcessing
+from ingress.api_requests import PAYMENT_METHOD, CardAttach, ThresholdUpdate, TopUpRequest, UidBody, UidQuery
 from ingress.api_spec import IDEMPOTENCY, READ, api
 from ingress.body import read_json
 from ingress.responses import JSON

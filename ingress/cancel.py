@@ -13,7 +13,8 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.api_models import TaskCanceled, TaskPath, UidQuery
+from ingress.api_models import TaskCanceled
+from ingress.api_requests import TaskPath, UidQuery
 from ingress.api_spec import READ, api
 from ingress.responses import JSON
 from ingress.state import AppState, state

@@ -11,7 +11,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from ingress.api_models import FilePath
+from ingress.api_requests import FilePath
 from ingress.api_spec import Raw, api
 from ingress.state import state
 from jobs.errors import NotFound

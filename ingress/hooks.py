@@ -17,7 +17,8 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.api_models import Deliveries, TaskPath, UidQuery, WebhookSecret
+from ingress.api_models import Deliveries, WebhookSecret
+from ingress.api_requests import TaskPath, UidQuery
 from ingress.api_spec import READ, api
 from ingress.responses import JSON
 from ingress.state import state

@@ -16,7 +16,8 @@ from pydantic import Field, RootModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.api_models import StorageView, UidQuery
+from ingress.api_models import StorageView
+from ingress.api_requests import UidQuery
 from ingress.api_spec import READ, api
 from ingress.body import read_json
 from ingress.responses import JSON

@@ -8,16 +8,8 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.api_models import (
-    JobQuery,
-    StatusDocument,
-    TaskDeleted,
-    TaskDetail,
-    TaskList,
-    TaskPath,
-    TasksQuery,
-    UidQuery,
-)
+from ingress.api_models import StatusDocument, TaskDeleted, TaskDetail, TaskList
+from ingress.api_requests import JobQuery, TaskPath, TasksQuery, UidQuery
 from ingress.api_spec import READ, api
 from ingress.params import int_param, text_param
 from ingress.responses import JSON

@@ -17,7 +17,8 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.api_models import Received, ReplicateHookQuery
+from ingress.api_models import Received
+from ingress.api_requests import ReplicateHookQuery
 from ingress.api_spec import api
 from ingress.body import read_bytes
 from ingress.params import text_param

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from ingress.api_models import StreamPath
+from ingress.api_requests import StreamPath
 from ingress.api_spec import Raw, api
 from ingress.responses import JSON
 from ingress.state import AppState, state

@@ -7,7 +7,8 @@ from datetime import datetime
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.api_models import ApiKeyCreated, ApiKeyList, KeyPrefixPath, KeyRevoked, UidQuery
+from ingress.api_models import ApiKeyCreated, ApiKeyList, KeyRevoked
+from ingress.api_requests import KeyPrefixPath, UidQuery
 from ingress.api_spec import READ, api
 from ingress.responses import JSON
 from ingress.state import state

@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ingress.api_models import NextQuery, PageTaskPath
+from ingress.api_requests import NextQuery, PageTaskPath
 from ingress.api_spec import Raw, api
 from ingress.state import state
 from ingress.web import sessions

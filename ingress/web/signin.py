@@ -12,7 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.accounts import create_account
-from ingress.api_models import SignedIn, SignedOut, SignInRequest, SignUpRequest
+from ingress.api_models import SignedIn, SignedOut
+from ingress.api_requests import SignInRequest, SignUpRequest
 from ingress.api_spec import api
 from ingress.auth import SESSION_COOKIE
 from ingress.body import read_json

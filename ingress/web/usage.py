@@ -5,7 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.api_models import Usage, UsageQuery
+from ingress.api_models import Usage
+from ingress.api_requests import UsageQuery
 from ingress.api_spec import READ, api
 from ingress.params import int_param
 from ingress.responses import JSON
