@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -11,12 +12,15 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import AccountCreated, Balance, BillingHistory, ProviderKeys
+from ingress.api_requests import KEY_CHARS, HistoryQuery, ProviderKeysUpdate, UidQuery
+from ingress.api_spec import READ, api
 from ingress.body import read_json
 from ingress.params import int_param
 from ingress.responses import JSON
 from ingress.schemas import AccountCreate, AdminCredit
 from ingress.state import AppState, state
-from jobs.errors import BadRequest, Forbidden, NotFound, RateLimited
+from jobs.errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthorized
 from jobs.names import PROVIDER_KEY_NAMES
 from jobs.settings import to_dollars, to_micros
 from storage.accounts import AccountRepository
@@ -38,6 +42,8 @@ def _is_admin(st: AppState, request: Request) -> bool:
 def _require_admin(st: AppState, request: Request) -> None:
     if st.settings.admin_token is None:
         raise Forbidden("The admin API is off: set SYNCNODE_ADMIN_TOKEN to enable it")
+    if "authorization" not in request.headers:
+        raise Unauthorized("Admin token required: 'Authorization: Bearer <SYNCNODE_ADMIN_TOKEN>'")
     if not _is_admin(st, request):
         raise Forbidden("Admin token required: 'Authorization: Bearer <SYNCNODE_ADMIN_TOKEN>'")
 
@@ -63,6 +69,8 @@ async def signup_allowance(st: AppState, request: Request) -> None:
                           headers={"Retry-After": str(wait)})
 
 
+@api("Create an account with an API key (admin token, or open sign-up)", tags=("accounts",), auth="signup",
+     body=AccountCreate, body_required=False, ok={201: AccountCreated}, errors=(400, 403, 413))
 async def post_accounts(request: Request) -> Response:
     st = state(request)
     admin = _is_admin(st, request)
@@ -77,6 +85,8 @@ async def post_accounts(request: Request) -> Response:
     return JSON(created, status_code=201)
 
 
+@api("Add or remove credit (admin token)", tags=("admin",), auth="admin", body=AdminCredit, ok={200: Balance},
+     errors=(400, 401, 403, 404, 413))
 async def admin_credit(request: Request) -> Response:
     st = state(request)
     _require_admin(st, request)
@@ -91,6 +101,8 @@ async def admin_credit(request: Request) -> Response:
     return JSON({"balance": to_dollars(balance)})
 
 
+@api("Current balance in dollars", tags=("accounts",), auth="bearer", query=UidQuery, ok={200: Balance},
+     errors=READ)
 async def balance(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=True)
@@ -100,6 +112,8 @@ async def balance(request: Request) -> Response:
     return JSON({"balance": to_dollars(micros)})
 
 
+@api("Stored provider keys, masked", tags=("accounts",), auth="bearer", query=UidQuery, ok={200: ProviderKeys},
+     errors=READ)
 async def get_api_keys(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
@@ -107,6 +121,8 @@ async def get_api_keys(request: Request) -> Response:
     return JSON({name: masked.get(name) for name in PROVIDER_KEY_NAMES})
 
 
+@api("Store (or, with null or \"\", remove) provider keys", tags=("accounts",), auth="bearer",
+     body=ProviderKeysUpdate, ok={200: ProviderKeys}, errors=(*READ, 413))
 async def post_api_keys(request: Request) -> Response:
     st = state(request)
     early = await st.auth.early(request, public=False)
@@ -122,10 +138,7 @@ async def post_api_keys(request: Request) -> Response:
         if value is None or value == "":
             updates[name] = None
             continue
-        # Printable ASCII only: a key goes into an HTTP header, where a newline or a non-ASCII
-        # character makes the client raise an error that quotes the key back.
-        if not isinstance(value, str) or len(value) > 1000 or not (value.isascii() and value.isprintable()) \
-                or " " in value:
+        if not isinstance(value, str) or len(value) > 1000 or not re.fullmatch(KEY_CHARS, value):
             raise BadRequest(f"Invalid {name}: must be a key string of printable ASCII without spaces "
                              "(at most 1000 characters)")
         updates[name] = (st.box.encrypt(value), mask(value))
@@ -138,6 +151,8 @@ async def post_api_keys(request: Request) -> Response:
     return JSON({name: masked.get(name) for name in PROVIDER_KEY_NAMES})
 
 
+@api("Ledger entries with the balance after each, newest first; page with before=<id>", tags=("billing",),
+     auth="bearer", query=HistoryQuery, ok={200: BillingHistory}, errors=READ)
 async def billing_history(request: Request) -> Response:
     """Every ledger row, newest first; ``?before=<id>&limit=`` pages by id (keyset, not OFFSET)."""
     st = state(request)

@@ -116,7 +116,7 @@ class Authenticator:
         elif not header and self._has_session(request):
             p = await self._from_session(request)
         elif public and self.settings.allow_uid_only and claimed_uid:
-            if not await AccountRepository(self.db).exists(claimed_uid):
+            if "\x00" in claimed_uid or not await AccountRepository(self.db).exists(claimed_uid):
                 raise NotFound("Unknown uid")
             UID.set(claimed_uid)
             return Principal(claimed_uid, "uid")

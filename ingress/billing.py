@@ -6,6 +6,7 @@ saying card payments are not configured (CONTRACT §2).
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -14,6 +15,9 @@ from starlette.responses import Response
 
 from billing import cards, payments
 from billing.context import Billing
+from ingress.api_models import Card, CardDeleted, CardSetup, Threshold, TopUp, TopUpProcessing
+from ingress.api_requests import PAYMENT_METHOD, CardAttach, ThresholdUpdate, TopUpRequest, UidBody, UidQuery
+from ingress.api_spec import IDEMPOTENCY, READ, api
 from ingress.body import read_json
 from ingress.card_limits import count_card_attempt
 from ingress.responses import JSON
@@ -36,7 +40,9 @@ async def _body_principal(request: Request) -> tuple[AppState, str, dict[str, An
     st = state(request)
     body = await read_json(request, 64 << 10)
     uid = body.get("uid")
-    who = await st.auth.principal(request, uid if isinstance(uid, str) else None, public=False)
+    if uid is not None and not isinstance(uid, str):
+        raise BadRequest("Invalid uid: must be a string")
+    who = await st.auth.principal(request, uid, public=False)
     return st, who.uid, body
 
 
@@ -78,11 +84,15 @@ async def _threshold_view(st: AppState, uid: str) -> dict[str, Any]:
     }
 
 
+@api("Auto-recharge settings and state", tags=("billing",), auth="bearer", query=UidQuery, ok={200: Threshold},
+     errors=READ)
 async def get_threshold(request: Request) -> Response:
     st, uid = await _query_principal(request)
     return JSON(await _threshold_view(st, uid))
 
 
+@api("Set auto-recharge", tags=("billing",), auth="bearer", body=ThresholdUpdate, ok={200: Threshold},
+     errors=(*READ, 413))
 async def post_threshold(request: Request) -> Response:
     st, uid, body = await _body_principal(request)
     lo, hi = st.settings.topup_min, st.settings.topup_max
@@ -113,6 +123,8 @@ async def _check_below_amount(st: AppState, uid: str, amount: int | None, below:
                          f"{to_dollars(amount)} dollars)")
 
 
+@api("Start saving a card: a SetupIntent's client_secret for Stripe.js", tags=("billing",), auth="bearer",
+     body=UidBody, body_required=False, query=UidQuery, ok={200: CardSetup}, errors=(*READ, 402, 413, 502, 503))
 async def card_setup(request: Request) -> Response:
     # The body is optional here: a dashboard's button posts nothing.
     if request.headers.get("content-length") in (None, "0"):
@@ -124,27 +136,36 @@ async def card_setup(request: Request) -> Response:
     return JSON(await cards.setup_intent(b, uid))
 
 
+@api("The saved payment card", tags=("billing",), auth="bearer", query=UidQuery, ok={200: Card},
+     errors=(*READ, 402))
 async def get_card(request: Request) -> Response:
     st, uid = await _query_principal(request)
     return JSON(await cards.get_card(_billing(st), uid))
 
 
+@api("Save a confirmed card as the default", tags=("billing",), auth="bearer", body=CardAttach, ok={200: Card},
+     errors=(*READ, 402, 413, 502, 503))
 async def post_card(request: Request) -> Response:
     st, uid, body = await _body_principal(request)
     pm = body.get("payment_method")
-    if not isinstance(pm, str) or not pm.startswith("pm_") or len(pm) > 255:
+    # Stripe's id alphabet only: the id goes into Stripe's URL path (a "{" there was a 502).
+    if not isinstance(pm, str) or not re.fullmatch(PAYMENT_METHOD, pm):
         raise BadRequest("Invalid payment_method: must be a Stripe PaymentMethod id (pm_…)")
     b = _billing(st)
     await count_card_attempt(st, request, uid, "attach")
     return JSON(await cards.attach_card(b, uid, pm))
 
 
+@api("Remove the saved card", tags=("billing",), auth="bearer", query=UidQuery, ok={200: CardDeleted},
+     errors=(*READ, 402, 502, 503))
 async def delete_card(request: Request) -> Response:
     st, uid = await _query_principal(request)
     await cards.delete_card(_billing(st), uid)
     return JSON({"deleted": True})
 
 
+@api("Top up from the saved card", tags=("billing",), auth="bearer", body=TopUpRequest, headers=IDEMPOTENCY,
+     ok={200: TopUp, 202: TopUpProcessing}, errors=(*READ, 402, 409, 413, 502, 503))
 async def topup_card(request: Request) -> Response:
     st, uid, body = await _body_principal(request)
     b = _billing(st)

@@ -13,6 +13,9 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import TaskCanceled
+from ingress.api_requests import TaskPath, UidQuery
+from ingress.api_spec import READ, api
 from ingress.responses import JSON
 from ingress.state import AppState, state
 from ingress.tasks import _task_id
@@ -37,6 +40,8 @@ async def _cancel_queued(st: AppState, job_id: str, pool: str) -> bool:
     return True
 
 
+@api("Cancel a queued or running task; refunded", tags=("tasks",), auth="bearer", path=TaskPath, query=UidQuery,
+     ok={200: TaskCanceled, 202: TaskCanceled}, errors=(*READ, 409))
 async def cancel_task(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)

@@ -7,6 +7,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import Accepted, PredictionAnswer
+from ingress.api_spec import IDEMPOTENCY, PAID, PREFER, api
 from ingress.body import read_json
 from ingress.hooks import checked_webhook, pop_webhook_fields
 from ingress.responses import JSON
@@ -37,10 +39,16 @@ def prediction(uid: str, sub: Submitted, model: str) -> dict[str, Any]:
     }}
 
 
+@api("Chat completion through OpenRouter ($0.02); waits for the answer unless Prefer: respond-async",
+     tags=("chat",), auth="bearer", body=ChatRequest, webhooks=True, headers={**PREFER, **IDEMPOTENCY},
+     ok={200: PredictionAnswer, 202: Accepted}, errors=PAID)
 async def chat_completion(request: Request) -> Response:
     return await _chat(request, CHAT)
 
 
+@api("Chat completion through OpenAI ($0.02); waits for the answer unless Prefer: respond-async",
+     tags=("chat",), auth="bearer", body=ChatRequest, webhooks=True, headers={**PREFER, **IDEMPOTENCY},
+     ok={200: PredictionAnswer, 202: Accepted}, errors=PAID)
 async def chatgpt_completion(request: Request) -> Response:
     return await _chat(request, CHATGPT)
 

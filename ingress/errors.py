@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from ingress.responses import JSON
 from jobs.errors import BadRequest, InsufficientBalance, SyncNodeError, Unavailable
@@ -65,8 +66,20 @@ async def validation_error(request: Request, exc: Exception) -> Response:
     return await syncnode_error(request, BadRequest(describe_validation(exc)))
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method served at this path: ROUTES has one Route per method, and Starlette's 405
+    names only those of the first route whose path matched."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        exc.headers = {**(exc.headers or {}), "Allow": allowed_methods(request)}
     if is_v1(request):
         return openai_error(exc.status_code, str(exc.detail), headers=exc.headers)
     return JSON({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)

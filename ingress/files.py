@@ -11,6 +11,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from ingress.api_requests import FilePath
+from ingress.api_spec import Raw, api
 from ingress.state import state
 from jobs.errors import NotFound
 from storage.files.sniff import OCTET_STREAM, PASSIVE_EXTENSIONS
@@ -23,6 +25,9 @@ _HEADERS = {
 }
 
 
+@api("An output file hosted by the gateway itself (no S3/Bunny configured)", tags=("files",), auth="none",
+     path=FilePath, ok={200: Raw("application/octet-stream", {}, "The file (passive types inline, others as "
+                                 "attachment)")}, errors=(404,))
 async def serve(request: Request) -> Response:
     root = (state(request).settings.data_dir / "files").resolve()
     path = (root / request.path_params["path"]).resolve()

@@ -7,14 +7,19 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import Health, Ready
+from ingress.api_spec import api
 from ingress.responses import JSON
 from ingress.state import state
 
 
+@api("Liveness", tags=("operations",), auth="none", ok={200: Health}, errors=())
 async def healthz(request: Request) -> Response:
     return JSON({"status": "ok"})
 
 
+@api("Readiness: Postgres and Redis reachable", tags=("operations",), auth="none", ok={200: Ready, 503: Ready},
+     errors=())
 async def readyz(request: Request) -> Response:
     st = state(request)
     checks: dict[str, str] = {}

@@ -20,12 +20,16 @@ import asyncio
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from typing import Any
+from typing import Any, Literal, get_args
 
 import httpx
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import Deliveries, WebhookSecret
+from ingress.api_requests import TaskPath, UidQuery
+from ingress.api_spec import READ, api
 from ingress.responses import JSON
 from ingress.slots import slot
 from ingress.state import AppState, state
@@ -37,12 +41,29 @@ from jobs.settings import Settings
 from storage.tasks import TaskRepository
 from storage.webhooks import WebhookRepository, new_signing_secret, signing_secrets
 
-WEBHOOK_EVENTS = ("start", "output", "completed")
+WebhookEvent = Literal["start", "output", "completed"]
+WEBHOOK_EVENTS: tuple[str, ...] = get_args(WebhookEvent)
 # Replicate's default: every event. Ours are at most two per task (docs: README "Webhooks").
 DEFAULT_EVENTS = WEBHOOK_EVENTS
 MAX_URL_CHARS = 2048
 
 WebhookTarget = tuple[str, tuple[str, ...]]
+
+
+# A scheme _checked_url takes, and a host without user name or password.
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\s]+([/?#]|$)"
+
+
+class WebhookFields(BaseModel):
+    """The two fields as ``/openapi.json`` documents them on every task-creating call; the
+    same rules :func:`webhook_target` enforces (plus what no schema can say: the host must
+    resolve to public addresses)."""
+
+    webhook: str | None = Field(None, min_length=1, max_length=MAX_URL_CHARS, pattern=URL_PATTERN,
+                                description="Where to POST the task's status document, signed (Standard "
+                                            "Webhooks): https, or http for a SYNCNODE_FETCH_ALLOW host")
+    webhook_events_filter: list[WebhookEvent] | None = Field(
+        None, min_length=1, description="Which events to send (default: all); needs webhook")
 
 
 def pop_webhook_fields(body: dict[str, Any]) -> tuple[Any, Any]:
@@ -137,6 +158,8 @@ def _getaddrinfo(host: str, port: int) -> list[Any]:
     return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
+@api("The account's Standard Webhooks signing secret (whsec_…; created on first use)", tags=("webhooks",),
+     auth="bearer", query=UidQuery, ok={200: WebhookSecret}, errors=READ)
 async def get_secret(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
@@ -144,6 +167,8 @@ async def get_secret(request: Request) -> Response:
     return JSON(_secret_body(current, previous, until))
 
 
+@api("New signing secret; the previous one also signs for 24 h", tags=("webhooks",), auth="bearer",
+     query=UidQuery, ok={200: WebhookSecret}, errors=READ)
 async def rotate_secret(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
@@ -165,6 +190,8 @@ def _iso(v: Any) -> Any:
     return v.isoformat().replace("+00:00", "Z") if hasattr(v, "isoformat") else v
 
 
+@api("Completion webhook deliveries of a task, every attempt", tags=("webhooks",), auth="bearer",
+     path=TaskPath, query=UidQuery, ok={200: Deliveries}, errors=READ)
 async def list_deliveries(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)

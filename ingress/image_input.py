@@ -36,6 +36,18 @@ def sniff(data: bytes) -> str | None:
     return ctype if ctype in _PIL_FORMATS.values() else None
 
 
+def _ci(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word)
+
+
+# What normalize_mime accepts, as a JSON Schema pattern (no flags there: case spelled out).
+MIME_PATTERN = r"^\s*" + _ci("image") + "/(" + "|".join(
+    _ci(m.removeprefix("image/")) for m in sorted({*_PIL_FORMATS.values(), *_ALIASES})) + r")\s*$"
+# Base64 as decode_base64 reads it (optionally a data: URL); at least one whole 4-character group.
+BASE64_PATTERN = (r"^(data:[\w.+/-]+;base64,)?[ \t\r\n]*(?:[A-Za-z0-9+/][ \t\r\n]*){2}"
+                  r"(?:[A-Za-z0-9+/=][ \t\r\n]*){2,}$")
+
+
 def normalize_mime(mime: str) -> str:
     m = mime.strip().lower()
     m = _ALIASES.get(m, m)

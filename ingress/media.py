@@ -12,18 +12,20 @@ import base64
 import binascii
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import Accepted
+from ingress.api_spec import IDEMPOTENCY, PAID, api
 from ingress.body import read_json
 from ingress.chat import accepted
 from ingress.hooks import checked_webhook, pop_webhook_fields
-from ingress.image_input import DecodeLimits, ImageBytes, check_decodes, decode_limits, probe
+from ingress.image_input import BASE64_PATTERN, DecodeLimits, ImageBytes, check_decodes, decode_limits, probe
 from ingress.state import state
 from ingress.submit import body_hash, ensure_can_pay, paid_work, replay, submit
 from jobs.errors import BadRequest
-from jobs.model_refs import valid_model
+from jobs.model_refs import MODEL_PATTERN, valid_model
 from jobs.names import FACE_SWAP, GENERATE
 from storage.files.sniff import IMAGE_TYPES, sniff
 
@@ -32,7 +34,7 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     uid: str | None = None
-    model: str = Field(min_length=3, max_length=200)
+    model: str = Field(min_length=3, max_length=200, json_schema_extra={"pattern": MODEL_PATTERN})
     input: dict[str, Any]
 
     @field_validator("model")
@@ -43,11 +45,15 @@ class GenerateRequest(BaseModel):
         return v
 
 
-class FaceSwapInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# What parse_image takes (its bytes must then be an image: that, no schema can say).
+_IMAGE: dict[str, JsonValue] = {"pattern": BASE64_PATTERN, "contentEncoding": "base64", "contentMediaType": "image/*"}
 
-    source_image: str = Field(min_length=1)
-    target_image: str = Field(min_length=1)
+
+class FaceSwapInput(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    source_image: str = Field(min_length=1, json_schema_extra=_IMAGE)
+    target_image: str = Field(min_length=1, json_schema_extra=_IMAGE)
     background_enhance: bool | None = None
 
 
@@ -101,6 +107,9 @@ def _input_map(raw: str) -> dict[str, str]:
     return {a.strip(): b.strip() for a, b in pairs}
 
 
+@api("Run any Replicate model (owner/name, owner/name:version or a version id); async, outputs re-hosted "
+     "($0.02)", tags=("media",), auth="bearer", body=GenerateRequest, webhooks=True, headers=IDEMPOTENCY,
+     ok={202: Accepted}, errors=PAID)
 async def generate(request: Request) -> Response:
     st = state(request)
     early = await st.auth.early(request, public=True)
@@ -126,6 +135,8 @@ async def generate(request: Request) -> Response:
     return accepted(st, sub.job_id)
 
 
+@api("Face swap from two base64 images; async ($0.02)", tags=("media",), auth="bearer", body=FaceSwapRequest,
+     webhooks=True, headers=IDEMPOTENCY, ok={202: Accepted}, errors=PAID)
 async def face_swap(request: Request) -> Response:
     st = state(request)
     early = await st.auth.early(request, public=True)

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_spec import Raw, api
 from ingress.state import AppState, state
 from jobs.errors import Unauthorized
 from jobs.metrics import BUCKETS, DURATION, JOBS, PROVIDER_ERRORS, WAIT, Snapshot, cache_ledger, snapshot
@@ -131,6 +132,8 @@ async def _with_ledger(st: AppState, snap: Snapshot) -> Snapshot:
     return Snapshot(snap.counters, snap.pools, totals)
 
 
+@api("Prometheus metrics", tags=("operations",), auth="none",
+     ok={200: Raw("text/plain", {"type": "string"}, "Prometheus text exposition")}, errors=())
 async def metrics(request: Request) -> Response:
     st = state(request)
     # Queue depths and provider error rates tell an outsider how busy and how healthy we are.

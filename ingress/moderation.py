@@ -12,15 +12,26 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import Accepted, ModerationAnswer
+from ingress.api_spec import IDEMPOTENCY, PAID, PREFER, api
 from ingress.auth import Principal
 from ingress.body import read_json
 from ingress.chat import accepted, wants_async
 from ingress.hooks import WebhookTarget, checked_webhook, pop_webhook_fields
-from ingress.image_input import ImageBytes, check_decodes, decode_base64, decode_limits, from_fetched, normalize_mime
+from ingress.image_input import (
+    BASE64_PATTERN,
+    MIME_PATTERN,
+    ImageBytes,
+    check_decodes,
+    decode_base64,
+    decode_limits,
+    from_fetched,
+    normalize_mime,
+)
 from ingress.responses import JSON
 from ingress.state import AppState, state
 from ingress.submit import Submitted, body_hash, ensure_can_pay, paid_work, replay, status_url, submit
@@ -32,12 +43,35 @@ from jobs.names import MODERATION
 MAX_TEXT_CHARS = 100_000
 
 
+def _given(name: str) -> dict[str, Any]:
+    return {"required": [name], "properties": {name: {"type": "string", "minLength": 1}}}
+
+
 class ModerationRequest(BaseModel):
+    # What _something enforces, for /openapi.json: one of the three, and never both images.
+    model_config = ConfigDict(json_schema_extra={
+        "anyOf": [_given("text"), _given("imageUrl"), _given("imageBase64")],
+        "not": {"allOf": [_given("imageUrl"), _given("imageBase64")]},
+    })
+
     uid: str | None = None
     text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
-    imageUrl: str | None = Field(None, max_length=8192)  # the reference's field names
-    imageBase64: str | None = None
-    imageMime: str | None = Field(None, max_length=100)
+    # The reference's field names. An URL is fetched behind the SSRF guard (http or https only).
+    imageUrl: str | None = Field(None, max_length=8192, json_schema_extra={"pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"})
+    imageBase64: str | None = Field(None, json_schema_extra={
+        "pattern": BASE64_PATTERN, "contentEncoding": "base64", "contentMediaType": "image/*"})
+    imageMime: str | None = Field(None, max_length=100, json_schema_extra={"pattern": MIME_PATTERN})
+
+    @field_validator("imageMime")
+    @classmethod
+    def _mime(cls, v: str | None) -> str | None:
+        # Checked even without an image: the document says which values it takes, always.
+        if v is not None:
+            try:
+                normalize_mime(v)
+            except BadRequest as e:
+                raise ValueError(e.message)
+        return v
 
     @model_validator(mode="after")
     def _something(self) -> ModerationRequest:
@@ -82,6 +116,9 @@ def task_request(req: ModerationRequest, img: ImageBytes | None, digest: str | N
     return out
 
 
+@api("Moderate text and/or an image ($0.01); local models unless the operator set an OpenAI key",
+     tags=("moderation",), auth="bearer", body=ModerationRequest, webhooks=True, headers={**PREFER, **IDEMPOTENCY},
+     ok={200: ModerationAnswer, 202: Accepted}, errors=PAID)
 async def moderate(request: Request) -> Response:
     st = state(request)
     early = await st.auth.early(request, public=True)

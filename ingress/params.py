@@ -18,3 +18,11 @@ def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> in
     if not lo <= v <= hi:
         raise BadRequest(f"Invalid {name}: must be between {lo} and {hi}")
     return v
+
+
+def text_param(request: Request, name: str) -> str | None:
+    """A query parameter as text; 400 if it holds U+0000 (Postgres text cannot, as for bodies)."""
+    raw = request.query_params.get(name)
+    if raw is not None and "\x00" in raw:
+        raise BadRequest(f"Invalid {name}: contains a NUL character (\\u0000)")
+    return raw

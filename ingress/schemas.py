@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+
+# Strict: a JSON "5" is not the integer 5 here, as /openapi.json (and every SDK) says.
+STRICT = ConfigDict(strict=True)
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: str = Field(min_length=1, max_length=32)
     content: str | list[Any] | None = None
@@ -17,14 +20,20 @@ class Message(BaseModel):
 class ChatRequest(BaseModel):
     """Reference fields; other OpenAI-compatible parameters (top_p, tools, …) pass through."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"anyOf": [
+        # What _messages_or_prompt enforces: messages (a non-empty list), or a non-empty prompt.
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string", "minLength": 1}}},
+    ]})
 
     uid: str | None = None
     model: str = Field(min_length=1, max_length=200)
-    messages: list[Message] | None = None
+    messages: list[Message] | None = Field(None, json_schema_extra={"minItems": 1})
     prompt: str | None = None
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)
     temperature: float | None = Field(None, ge=0, le=2)
+    # Answers here are whole: streaming is /v1's (POST /v1/chat/completions).
+    stream: Annotated[bool | None, WithJsonSchema({"enum": [False, None]})] = None
 
     @field_validator("messages")
     @classmethod
@@ -37,13 +46,13 @@ class ChatRequest(BaseModel):
     def _messages_or_prompt(self) -> ChatRequest:
         if self.messages is None and not self.prompt:
             raise ValueError("Missing messages parameter (or prompt)")
-        if (self.model_extra or {}).get("stream"):
+        if self.stream:
             raise ValueError("stream is not supported: poll /prediction-status or wait for the answer")
         return self
 
     def provider_body(self) -> dict[str, Any]:
         """What the provider gets: the request minus our own fields, prompt as a user message."""
-        body = self.model_dump(exclude_none=True, exclude={"uid", "prompt"})
+        body = self.model_dump(exclude_none=True, exclude={"uid", "prompt", "stream"})
         if self.messages is None:
             body["messages"] = [{"role": "user", "content": self.prompt}]
         body.pop("stream", None)
@@ -60,12 +69,16 @@ class ChatRequest(BaseModel):
 
 
 class AccountCreate(BaseModel):
+    model_config = STRICT
+
     email: str | None = Field(None, max_length=320)
 
 
 class AdminCredit(BaseModel):
+    model_config = STRICT
+
     uid: str = Field(min_length=1)
-    amount: float
+    amount: float = Field(ge=-1_000_000, le=1_000_000, json_schema_extra={"not": {"const": 0}})
     reason: str | None = Field(None, max_length=500)
 
     @field_validator("amount")

@@ -10,12 +10,15 @@ from __future__ import annotations
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import TypeAdapter
+from pydantic import Field, RootModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import StorageView
+from ingress.api_requests import UidQuery
+from ingress.api_spec import READ, api
 from ingress.body import read_json
 from ingress.responses import JSON
 from ingress.state import AppState, state
@@ -27,13 +30,17 @@ from storage.files.netcheck import check_reachable
 from storage.files.s3 import S3Store
 from storage.storage_configs import StorageConfigRepository
 
-_BODY: TypeAdapter[cfg.StorageBody] = TypeAdapter(cfg.StorageBody)
+
+class StorageRequest(RootModel[Annotated[cfg.StorageBody, Field(discriminator="provider")]]):
+    """The body, one shape per provider."""
 
 
 def _render(provider: str, settings: dict[str, Any], masked: dict[str, str]) -> dict[str, Any]:
     return {"provider": provider, **settings, **masked}
 
 
+@api("Where generated files are hosted (secrets masked)", tags=("files",), auth="bearer", query=UidQuery,
+     ok={200: StorageView}, errors=READ)
 async def get_storage(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
@@ -63,6 +70,8 @@ async def _check(st: AppState, provider: str, settings: dict[str, Any], secret: 
                 await store.close()
 
 
+@api("Host generated files on S3, Bunny or the default storage (checked with a test write first)",
+     tags=("files",), auth="bearer", body=StorageRequest, ok={200: StorageView}, errors=(*READ, 413))
 async def post_storage(request: Request) -> Response:
     st = state(request)
     early = await st.auth.early(request, public=False)
@@ -71,7 +80,7 @@ async def post_storage(request: Request) -> Response:
     who = await st.auth.confirm(request, early, uid if isinstance(uid, str) else None, public=False)
     if raw.get("provider") not in ("default", "s3", "bunny"):
         raise BadRequest("Invalid provider: expected 's3', 'bunny' or 'default'")
-    body = _BODY.validate_python(raw)
+    body = StorageRequest.model_validate(raw).root
     provider, settings, secret = cfg.split(body)
     if provider != "default":
         try:

@@ -14,6 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from billing.events import handle_event
+from ingress.api_models import Received
+from ingress.api_spec import api
 from ingress.responses import JSON
 from ingress.state import state
 from jobs.errors import BadRequest, PayloadTooLarge, Unavailable
@@ -23,6 +25,9 @@ log = logging.getLogger("syncnode.billing")
 _MAX = 1 << 20
 
 
+@api("Stripe events (Stripe-Signature, STRIPE_WEBHOOK_SECRET)", tags=("webhooks",), auth="signature",
+     raw_body="application/json", ok={200: Received}, errors=(400, 413, 503),
+     headers={"Stripe-Signature": "t=…,v1=…"}, required_headers=("Stripe-Signature",))
 async def stripe_webhook(request: Request) -> Response:
     st = state(request)
     secret = st.settings.stripe_webhook_secret

@@ -9,7 +9,10 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.params import int_param
+from ingress.api_models import StatusDocument, TaskDeleted, TaskDetail, TaskList
+from ingress.api_requests import JobQuery, TaskPath, TasksQuery, UidQuery
+from ingress.api_spec import READ, api
+from ingress.params import int_param, text_param
 from ingress.responses import JSON
 from ingress.state import state
 from jobs.errors import BadRequest, Conflict, NotFound
@@ -29,6 +32,8 @@ def _summary(row: asyncpg.Record) -> dict[str, Any]:
             "created_at": row["created_at"].isoformat().replace("+00:00", "Z")}
 
 
+@api("Task history, newest first", tags=("tasks",), auth="bearer", query=TasksQuery, ok={200: TaskList},
+     errors=READ)
 async def list_tasks(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
@@ -66,6 +71,8 @@ def _task_id(request: Request) -> int:
     return int(raw)
 
 
+@api("One task", tags=("tasks",), auth="bearer", path=TaskPath, query=UidQuery, ok={200: TaskDetail},
+     errors=READ)
 async def get_task(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
@@ -77,6 +84,8 @@ async def get_task(request: Request) -> Response:
                  "updated_at": row["updated_at"].isoformat().replace("+00:00", "Z")})
 
 
+@api("Delete a finished task from the history", tags=("tasks",), auth="bearer", path=TaskPath, query=UidQuery,
+     ok={200: TaskDeleted}, errors=(*READ, 409))
 async def delete_task(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
@@ -88,9 +97,11 @@ async def delete_task(request: Request) -> Response:
     return JSON({"deleted": True, "id": _task_id(request)})
 
 
+@api("Status and output of a task (also the body of its completion webhooks)", tags=("tasks",), auth="bearer",
+     query=JobQuery, ok={200: StatusDocument}, errors=READ)
 async def prediction_status(request: Request) -> Response:
     st = state(request)
-    job_id = request.query_params.get("job_id")
+    job_id = text_param(request, "job_id")
     if not job_id:
         raise BadRequest("Missing job_id parameter")
     who = await st.auth.principal(request, request.query_params.get("uid"), public=True)

@@ -17,7 +17,11 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import Received
+from ingress.api_requests import ReplicateHookQuery
+from ingress.api_spec import api
 from ingress.body import read_bytes
+from ingress.params import text_param
 from ingress.responses import JSON
 from ingress.state import state
 from jobs.errors import BadRequest, Unauthorized
@@ -26,12 +30,17 @@ from jobs.queue import Job
 from storage.predictions import PredictionRepository
 
 _MAX = 1 << 20
+_SIGNED = {"webhook-id": "Standard Webhooks message id", "webhook-timestamp": "Unix seconds",
+           "webhook-signature": "v1,<base64 HMAC> under the prediction's webhook secret"}
 _TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 
 
+@api("Replicate prediction webhooks (Standard Webhooks signature)", tags=("webhooks",), auth="signature",
+     query=ReplicateHookQuery, raw_body="application/json", ok={200: Received}, errors=(400, 401, 413),
+     headers=_SIGNED, required_headers=tuple(_SIGNED))
 async def replicate(request: Request) -> Response:
     st = state(request)
-    job_id = request.query_params.get("job_id")
+    job_id = text_param(request, "job_id")
     if not job_id:
         raise BadRequest("Missing job_id parameter")
     if not all(h in request.headers for h in ("webhook-id", "webhook-timestamp", "webhook-signature")):

@@ -50,6 +50,9 @@ async def system_resolve(host: str, port: int) -> list[str]:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise FetchRefused(f"cannot resolve host {host!r}: {e.strerror}")
+    except UnicodeError:
+        # The idna codec refuses an empty or 64+ character label (".exe", "a..b"): no such host.
+        raise FetchRefused(f"cannot resolve host {host!r}: not a valid host name")
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 

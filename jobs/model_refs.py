@@ -13,6 +13,9 @@ import re
 VERSION_RE = re.compile(r"[0-9a-f]{64}")
 MODEL_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(:[0-9a-f]{64})?", re.ASCII)
 
+# Both, as one JSON Schema pattern for /openapi.json (ASCII classes spelled out).
+MODEL_PATTERN = r"^([0-9a-f]{64}|[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(:[0-9a-f]{64})?)$"
+
 
 def is_version(model: str) -> bool:
     return VERSION_RE.fullmatch(model) is not None

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import ChatCompletion, V1Accepted
+from ingress.api_spec import IDEMPOTENCY, PAID, PREFER, api
 from ingress.body import read_json
 from ingress.chat import wants_async
 from ingress.hooks import checked_webhook, pop_webhook_fields
@@ -31,7 +33,7 @@ from jobs.names import CHAT, CHATGPT
 class ChatCompletionRequest(BaseModel):
     """Only what we must check; the body itself is forwarded untouched (``extra="allow"``)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1, max_length=200)
     messages: list[Message] = Field(min_length=1)
@@ -47,6 +49,9 @@ def prompt_text(req: ChatCompletionRequest) -> str:
     return ""
 
 
+@api("OpenAI's chat completions, passed through (stream: true answers with Server-Sent Events)", tags=("v1",),
+     auth="bearer", body=ChatCompletionRequest, webhooks=True, headers={**PREFER, **IDEMPOTENCY},
+     ok={200: (ChatCompletion, relay.EVENTS), 202: V1Accepted}, errors=PAID)
 async def chat_completions(request: Request) -> Response:
     st = state(request)
     # The credential first, from the headers: a caller without one costs no body read.

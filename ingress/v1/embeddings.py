@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import V1Embeddings
+from ingress.api_spec import IDEMPOTENCY, PAID, api
 from ingress.body import read_json
 from ingress.hooks import checked_webhook, pop_webhook_fields
 from ingress.responses import JSON
@@ -20,15 +22,18 @@ from ingress.v1.routing import route_for
 from jobs.names import EMBEDDINGS, EMBEDDINGS_OPENAI
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request
+_MANY = Field(min_length=1, max_length=MAX_INPUTS)
 
 
 class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1, max_length=200)
-    input: str | list[str] | list[int] | list[list[int]]
+    # The same bounds _non_empty checks (with its messages), stated per shape for /openapi.json.
+    input: (Annotated[str, Field(min_length=1)] | Annotated[list[str], _MANY] | Annotated[list[int], _MANY]
+            | Annotated[list[list[int]], _MANY])
 
-    @field_validator("input")
+    @field_validator("input", mode="before")
     @classmethod
     def _non_empty(cls, v: Any) -> Any:
         if not v:
@@ -38,6 +43,8 @@ class EmbeddingsRequest(BaseModel):
         return v
 
 
+@api("Embeddings through OpenRouter or OpenAI, passed through", tags=("v1",), auth="bearer",
+     body=EmbeddingsRequest, webhooks=True, headers=IDEMPOTENCY, ok={200: V1Embeddings}, errors=PAID)
 async def embeddings(request: Request) -> Response:
     st = state(request)
     # The credential first, from the headers: a caller without one costs no body read.

@@ -16,11 +16,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import V1ModelList
+from ingress.api_spec import api
 from ingress.responses import JSON
 from ingress.state import AppState, state
 from ingress.v1.routing import stored_keys
 from jobs import keys
-from jobs.errors import UpstreamError
+from jobs.errors import BadRequest, RateLimited, UpstreamError
 from storage.accounts import AccountRepository
 
 
@@ -47,11 +49,17 @@ def _model(m: dict[str, Any], owner: str) -> dict[str, Any]:
             "owned_by": m.get("owned_by") or (mid.split("/", 1)[0] if "/" in mid else owner)}
 
 
-async def _fetch(request: Request, provider: str, url: str, key: str) -> list[dict[str, Any]]:
+async def _fetch(request: Request, provider: str, url: str, key: str, key_name: str) -> list[dict[str, Any]]:
     try:
         resp = await _client(request).get(url, headers={"Authorization": f"Bearer {key}"})
     except httpx.HTTPError as e:
         raise UpstreamError(f"{provider}: listing models failed ({type(e).__name__})")
+    if resp.status_code == 429:
+        raise RateLimited(f"{provider} rate-limited the model listing", headers={"Retry-After": "1"})
+    if 400 <= resp.status_code < 500:
+        # The stored key is the caller's to fix, as a provider 4xx on a chat call is (a 400 there too).
+        raise BadRequest(f"{provider} answered {resp.status_code} to the model listing with your stored "
+                         f"{key_name}: check it, or replace it with POST /api-keys")
     if resp.status_code >= 300:
         raise UpstreamError(f"{provider} answered {resp.status_code} to the model listing")
     try:
@@ -64,13 +72,13 @@ async def _fetch(request: Request, provider: str, url: str, key: str) -> list[di
 
 
 async def _cached(st: AppState, request: Request, provider: str, scope: str, url: str,
-                  key: str) -> list[dict[str, Any]]:
+                  key: str, key_name: str) -> list[dict[str, Any]]:
     ck = keys.models_cache(provider, scope)
     hit = await st.redis.get(ck)
     if hit is not None:
         out: list[dict[str, Any]] = orjson.loads(hit)
         return out
-    models = await _fetch(request, provider, url, key)
+    models = await _fetch(request, provider, url, key, key_name)
     await st.redis.set(ck, orjson.dumps(models), ex=st.settings.v1_models_ttl_seconds)
     return models
 
@@ -81,6 +89,8 @@ async def _key(st: AppState, uid: str, name: str) -> str:
     return st.box.decrypt(ct)
 
 
+@api("The models the caller's stored keys can reach", tags=("v1",), auth="bearer", ok={200: V1ModelList},
+     errors=(400, 401, 403, 429, 502))
 async def list_models(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, None, public=False)
@@ -90,8 +100,9 @@ async def list_models(request: Request) -> Response:
     if "chatgpt_key" in have:
         key = await _key(st, who.uid, "chatgpt_key")
         scope = hashlib.sha256(key.encode()).hexdigest()[:32]
-        data += await _cached(st, request, "OpenAI", scope, f"{s.openai_base_url}/models", key)
+        data += await _cached(st, request, "OpenAI", scope, f"{s.openai_base_url}/models", key, "chatgpt_key")
     if "openrouter_key" in have:
         key = await _key(st, who.uid, "openrouter_key")
-        data += await _cached(st, request, "OpenRouter", "all", f"{s.openrouter_base_url}/models", key)
+        data += await _cached(st, request, "OpenRouter", "all", f"{s.openrouter_base_url}/models", key,
+                             "openrouter_key")
     return JSON({"object": "list", "data": data})

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import V1Moderations
+from ingress.api_spec import PAID, api
 from ingress.auth import Principal
 from ingress.body import read_json
 from ingress.hooks import WebhookTarget, checked_webhook, pop_webhook_fields
@@ -38,7 +40,18 @@ CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening"
 class ModerationsRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    input: str | list[str] | list[dict[str, Any]] = Field(min_length=1)
+    input: (Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1, max_length=MAX_INPUTS)]
+            | Annotated[list[dict[str, Any]], Field(min_length=1)])
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        # Before the union: its own messages would name a branch ("constrained-str"), not the problem.
+        if v == "" or v == []:
+            raise ValueError("input must not be empty")
+        if isinstance(v, list) and len(v) > MAX_INPUTS and all(isinstance(i, str) for i in v):
+            raise ValueError(f"at most {MAX_INPUTS} strings per request")
+        return v
     model: str | None = None
 
 
@@ -116,6 +129,8 @@ async def _one(st: AppState, who: Principal, m: ModerationRequest, calls: int,
             **result(sub.result["output"], s.moderation_category_threshold, s.moderation_underage_threshold)}
 
 
+@api("Our moderation backends in OpenAI's shape, with their honest coverage", tags=("v1",), auth="bearer",
+     body=ModerationsRequest, webhooks=True, ok={200: V1Moderations}, errors=PAID)
 async def moderations(request: Request) -> Response:
     st = state(request)
     # The credential, then whether the account can pay, from the headers: nothing read before.

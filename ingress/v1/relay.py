@@ -32,6 +32,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from ingress.api_requests import StreamPath
+from ingress.api_spec import Raw, api
 from ingress.responses import JSON
 from ingress.slots import slot
 from ingress.state import AppState, state
@@ -46,6 +48,10 @@ _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}", re.ASCII)
 _TASK_ID = re.compile(r"\d{1,18}", re.ASCII)
 _JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _BLOCK_MS = 1000
+# One event (as tools read a stream: its fields); data is a chunk's JSON, an error's, or [DONE].
+EVENTS = Raw("text/event-stream", {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "string"}, "id": {"type": "string"}, "event": {"type": "string"}}},
+    "Server-Sent Events: OpenAI's chunks, then data: [DONE]")
 
 
 def accepted(st: AppState, task_id: int, job_id: str, streamed: bool) -> Response:
@@ -258,6 +264,10 @@ async def open_stream(st: AppState, task_id: int, job_id: str, *, uid: str, canc
     return SSEResponse(relay.frames(entries), headers, cancel if cancel_on_disconnect else None, stack.aclose)
 
 
+@api("A streamed task's events, from after Last-Event-ID", tags=("v1",), auth="bearer", path=StreamPath,
+     headers={"Last-Event-ID": "Resume after this event id"},
+     ok={200: EVENTS},
+     errors=(400, 401, 402, 403, 404, 429, 502, 504))
 async def task_stream(request: Request) -> Response:
     """GET /v1/tasks/{id}/stream: a streamed task's events, after ``Last-Event-ID`` if sent."""
     st = state(request)

@@ -7,6 +7,9 @@ from datetime import datetime
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import ApiKeyCreated, ApiKeyList, KeyRevoked
+from ingress.api_requests import KeyPrefixPath, UidQuery
+from ingress.api_spec import READ, api
 from ingress.responses import JSON
 from ingress.state import state
 from jobs.errors import Conflict, NotFound
@@ -18,6 +21,8 @@ def _iso(v: datetime | None) -> str | None:
     return None if v is None else v.isoformat().replace("+00:00", "Z")
 
 
+@api("Your SyncNode API keys, by prefix", tags=("keys",), auth="bearer", query=UidQuery, ok={200: ApiKeyList},
+     errors=READ)
 async def list_keys(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
@@ -27,6 +32,8 @@ async def list_keys(request: Request) -> Response:
          "active": r["revoked_at"] is None} for r in rows]})
 
 
+@api("Create a SyncNode API key (shown once)", tags=("keys",), auth="bearer", query=UidQuery,
+     ok={201: ApiKeyCreated}, errors=READ)
 async def create_key(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
@@ -36,10 +43,14 @@ async def create_key(request: Request) -> Response:
     return JSON({"api_key": key, "prefix": key[:8]}, status_code=201)
 
 
+@api("Revoke the API key with this prefix", tags=("keys",), auth="bearer", path=KeyPrefixPath, query=UidQuery,
+     ok={200: KeyRevoked}, errors=READ)
 async def revoke_key(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
     prefix = request.path_params["prefix"]
+    if "\x00" in prefix:  # Postgres text cannot hold it: no key has such a prefix
+        raise NotFound("No API key with this prefix on this account")
     repo = ApiKeyRepository(st.db)
     revoked = await repo.revoke(who.uid, prefix)
     if not revoked and not await repo.exists(who.uid, prefix):

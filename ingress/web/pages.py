@@ -13,6 +13,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from ingress.api_requests import NextQuery, PageTaskPath
+from ingress.api_spec import Raw, api
 from ingress.state import state
 from ingress.web import sessions
 from jobs.errors import NotFound
@@ -38,6 +40,10 @@ def _headers(stripe_js_url: str) -> dict[str, str]:
             "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
 
 
+# A page, or (signed out, or already signed in on the sign-in page) a redirect to where to go.
+PAGE = {200: Raw("text/html", {"type": "string"}, "The page"), 303: None}
+
+
 def _safe_next(value: str | None) -> str:
     # Only a local path: an absolute or scheme-relative URL would make sign-in an open redirect.
     # Browsers drop tabs/newlines and read "\\" as "/" before resolving, so "/\t/evil" or "/\\evil"
@@ -61,10 +67,12 @@ async def _render(request: Request, template: str, *, public: bool = False, **ct
     }, headers=_headers(st.settings.stripe_js_url))
 
 
+@api("Web UI page: The dashboard", tags=("web",), auth="none", ok=PAGE, errors=(404,))
 async def home(request: Request) -> Response:
     return await _render(request, "home.html")
 
 
+@api("Web UI page: Sign in", tags=("web",), auth="none", query=NextQuery, ok=PAGE, errors=(404,))
 async def signin(request: Request) -> Response:
     target = _safe_next(request.query_params.get("next"))
     if await sessions.current(request) is not None:
@@ -72,14 +80,17 @@ async def signin(request: Request) -> Response:
     return await _render(request, "signin.html", public=True, next=target)
 
 
+@api("Web UI page: Sign up", tags=("web",), auth="none", ok=PAGE, errors=(404,))
 async def signup(request: Request) -> Response:
     return await _render(request, "signup.html", public=True)
 
 
+@api("Web UI page: Task history", tags=("web",), auth="none", ok=PAGE, errors=(404,))
 async def tasks(request: Request) -> Response:
     return await _render(request, "tasks.html")
 
 
+@api("Web UI page: One task", tags=("web",), auth="none", path=PageTaskPath, ok=PAGE, errors=(404,))
 async def task(request: Request) -> Response:
     task_id = request.path_params["id"]
     if not 0 < task_id < 10**18:  # no such task can exist (bigserial); do not echo huge numbers
@@ -87,17 +98,21 @@ async def task(request: Request) -> Response:
     return await _render(request, "task.html", task_id=task_id)
 
 
+@api("Web UI page: API keys", tags=("web",), auth="none", ok=PAGE, errors=(404,))
 async def keys(request: Request) -> Response:
     return await _render(request, "keys.html")
 
 
+@api("Web UI page: Billing", tags=("web",), auth="none", ok=PAGE, errors=(404,))
 async def billing(request: Request) -> Response:
     return await _render(request, "billing.html")
 
 
+@api("Web UI page: Playground", tags=("web",), auth="none", ok=PAGE, errors=(404,))
 async def playground(request: Request) -> Response:
     return await _render(request, "playground.html", public_url=state(request).settings.public_url)
 
 
+@api("Web UI page: API documentation", tags=("web",), auth="none", ok=PAGE, errors=(404,))
 async def docs(request: Request) -> Response:
     return await _render(request, "docs.html", public=True)

@@ -12,6 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.accounts import create_account, signup_allowance
+from ingress.api_models import SignedIn, SignedOut
+from ingress.api_requests import SignInRequest, SignUpRequest
+from ingress.api_spec import api
 from ingress.auth import SESSION_COOKIE
 from ingress.body import read_json
 from ingress.responses import JSON
@@ -24,6 +27,10 @@ from storage.sessions import FailureCounter
 from storage.web import LoginRepository, stamp
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}$")
+
+
+# Sign-in and sign-up are refused cross-site: the browser's Origin must be this gateway.
+_ORIGIN = {"Origin": "This gateway's own origin"}
 
 
 def _text(body: dict[str, Any], name: str) -> str:
@@ -63,6 +70,9 @@ async def _reserve(fails: FailureCounter, scopes: list[tuple[str, str, int]], wh
         raise RateLimited(f"{what}: try again in {wait} s", headers={"Retry-After": str(wait)})
 
 
+@api("Web UI: create an account with an email and password (open sign-up only); sets the session cookie",
+     tags=("web",), auth="none", body=SignUpRequest, headers=_ORIGIN, required_headers=("Origin",),
+     ok={201: SignedIn}, errors=(400, 403, 409, 413, 429))
 async def signup(request: Request) -> Response:
     st = state(request)
     check_origin(request, st.settings, required=True)
@@ -99,6 +109,9 @@ async def _verify(st: AppState, email: str, password: str) -> asyncpg.Record | N
     return row
 
 
+@api("Web UI: sign in with an API key, or an email and password; sets the session cookie", tags=("web",),
+     auth="none", body=SignInRequest, headers=_ORIGIN, required_headers=("Origin",), ok={200: SignedIn},
+     errors=(400, 401, 403, 413, 429))
 async def signin(request: Request) -> Response:
     st = state(request)
     check_origin(request, st.settings, required=True)
@@ -135,6 +148,8 @@ async def signin(request: Request) -> Response:
     return await _signed_in(request, str(row["uid"]), {}, login_stamp=stamp(row["updated_at"]))
 
 
+@api("Web UI: end the session (X-CSRF-Token with the cookie)", tags=("web",), auth="none",
+     ok={200: SignedOut}, errors=(403,))
 async def signout(request: Request) -> Response:
     st = state(request)
     token = request.cookies.get(SESSION_COOKIE)

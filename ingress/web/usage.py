@@ -5,6 +5,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.api_models import Usage
+from ingress.api_requests import UsageQuery
+from ingress.api_spec import READ, api
 from ingress.params import int_param
 from ingress.responses import JSON
 from ingress.state import state
@@ -15,6 +18,8 @@ from storage.status import PUBLIC_STATUS
 from storage.web import UsageRepository
 
 
+@api("Balance, net spend per day and task counts by status", tags=("keys",), auth="bearer", query=UsageQuery,
+     ok={200: Usage}, errors=READ)
 async def usage(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)

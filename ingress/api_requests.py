@@ -1,0 +1,131 @@
+"""What requests carry besides their main body model: path and query parameters, and the bodies
+that handlers check field by field (their messages name the field). ``/openapi.json`` documents
+these; each states the rules its handler enforces, and ``tests/test_openapi*.py`` hold them to it."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+# Query strings.
+
+class UidQuery(BaseModel):
+    uid: str | None = Field(None, description="Your own uid (checked against the credential)")
+
+
+class JobQuery(UidQuery):
+    job_id: str = Field(min_length=1, max_length=200)
+
+
+class TasksQuery(UidQuery):
+    page: int = Field(1, ge=1, le=1_000_000)
+    size: int = Field(10, ge=1, le=100)
+
+
+class HistoryQuery(UidQuery):
+    before: int | None = Field(None, ge=1, le=2**62, description="Entries older than this id")
+    limit: int = Field(20, ge=1, le=100)
+    size: int = Field(20, ge=1, le=100, description="The reference's name for limit")
+
+
+class ReplicateHookQuery(BaseModel):
+    job_id: str = Field(min_length=1, max_length=200)
+
+
+# Path parameters.
+
+class TaskPath(BaseModel):
+    id: int = Field(ge=1, le=2**63 - 1, description="The task's id")
+
+
+class StreamPath(BaseModel):
+    id: str = Field(pattern=r"^([0-9]{1,18}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$",
+                    description="The task's id, or its job_id")
+
+
+class FilePath(BaseModel):
+    path: str = Field(min_length=1, description="<job_id>/<n>.<ext>, as a task's output names it")
+
+
+# Bodies the handlers check field by field (their messages name the field); the same rules.
+
+# Printable ASCII without spaces: a key goes into an Authorization header (httpx refuses
+# anything else there, and a worker holding such a key crashed on every call of the account).
+KEY_CHARS = "[!-~]*"
+_KEY = Field(None, max_length=1000, json_schema_extra={"pattern": f"^{KEY_CHARS}$"},
+             description="The key; null or \"\" removes it")
+_ONE_OF_KEYS: list[JsonValue] = [{"required": [k]} for k in
+                                  ("openrouter_key", "chatgpt_key", "replicate_key", "huggingface_key")]
+
+
+class ProviderKeysUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": _ONE_OF_KEYS})
+    uid: str | None = None
+    openrouter_key: str | None = _KEY
+    chatgpt_key: str | None = _KEY
+    replicate_key: str | None = _KEY
+    huggingface_key: str | None = _KEY
+
+
+def _one_of(*names: str) -> list[JsonValue]:
+    return [{"required": [n], "properties": {n: {"not": {"type": "null"}}}} for n in names]
+
+
+class ThresholdUpdate(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"anyOf": _one_of("threshold", "recharge_below", "enabled")})
+    uid: str | None = None
+    threshold: float | None = Field(None, ge=1, le=10_000, description="Dollars to recharge")
+    recharge_below: float | None = Field(None, ge=0, le=10_000, description="Recharge when below (dollars)")
+    enabled: bool | None = None
+
+
+class TopUpRequest(BaseModel):
+    uid: str | None = None
+    amount: float = Field(ge=5, le=1000, multiple_of=0.01,
+                          description="Dollars, whole cents, within SYNCNODE_TOPUP_MIN..MAX (default 5..1000)")
+
+
+PAYMENT_METHOD = "pm_[A-Za-z0-9_]{1,252}"
+
+
+class CardAttach(BaseModel):
+    uid: str | None = None
+    payment_method: str = Field(json_schema_extra={"pattern": f"^{PAYMENT_METHOD}$"},
+                                description="A confirmed Stripe PaymentMethod id")
+
+
+class UidBody(BaseModel):
+    uid: str | None = None
+
+
+class PageTaskPath(BaseModel):
+    id: int = Field(ge=0, description="The task's id (the page loads it)")
+
+
+class KeyPrefixPath(BaseModel):
+    prefix: str = Field(min_length=1, description="The first 8 characters of the key")
+
+
+class UsageQuery(UidQuery):
+    days: int = Field(30, ge=1, le=366)
+
+
+EMAIL_PATTERN = r"^\s*[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}\s*$"
+
+
+class SignUpRequest(BaseModel):
+    email: str = Field(max_length=320, json_schema_extra={"pattern": EMAIL_PATTERN})
+    password: str = Field(min_length=8, max_length=1024)
+
+
+class SignInRequest(BaseModel):
+    """An API key, or an email and its password."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["api_key"]},
+                                                           {"required": ["email", "password"]}]})
+    api_key: str | None = Field(None, min_length=1)
+    email: str | None = Field(None, max_length=320, json_schema_extra={"pattern": EMAIL_PATTERN})
+    password: str | None = Field(None, min_length=1)
+
+
+class NextQuery(BaseModel):
+    next: str | None = Field(None, description="Where to go after signing in (a local path)")
