@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.accounts import _require_admin
+from ingress.api_spec import api
 from ingress.body import read_json
 from ingress.limits import GROUPS, IN_FLIGHT_POOLS, effective
 from ingress.responses import JSON
@@ -34,6 +35,16 @@ class LimitsUpdate(BaseModel):
     in_flight: dict[str, Count | None] = {}
 
 
+class LimitsQuery(BaseModel):
+    uid: str = Field(min_length=1, max_length=200)
+
+
+class LimitsAnswer(BaseModel):
+    uid: str
+    overrides: dict[str, dict[str, float]]
+    limits: dict[str, Any] = Field(description="What applies now: the settings with the overrides on top")
+
+
 def _check_names(body: LimitsUpdate) -> None:
     for section, names, allowed in (("rate", body.rate, GROUPS), ("burst", body.burst, GROUPS),
                                     ("in_flight", body.in_flight, IN_FLIGHT_POOLS)):
@@ -46,6 +57,8 @@ async def _answer(st: AppState, uid: str, overrides: dict[str, dict[str, float]]
     return JSON({"uid": uid, "overrides": overrides, "limits": effective(st.settings, overrides).to_json()})
 
 
+@api("Set an account's limit overrides (admin token)", tags=("admin",), auth="admin", body=LimitsUpdate,
+     ok={200: LimitsAnswer}, errors=(400, 401, 403, 404, 413))
 async def post_limits(request: Request) -> Response:
     st = state(request)
     _require_admin(st, request)
@@ -62,6 +75,8 @@ async def post_limits(request: Request) -> Response:
     return await _answer(st, body.uid, merged)
 
 
+@api("An account's limits and overrides (admin token)", tags=("admin",), auth="admin", query=LimitsQuery,
+     ok={200: LimitsAnswer}, errors=(400, 401, 403, 404))
 async def get_limits(request: Request) -> Response:
     st = state(request)
     _require_admin(st, request)

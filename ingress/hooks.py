@@ -150,6 +150,8 @@ def lookup_resolver(threads: int, timeout: float) -> Resolver:
             raise FetchRefused(f"cannot resolve host {host!r}: no answer within {timeout:g} s")
         except socket.gaierror as e:
             raise FetchRefused(f"cannot resolve host {host!r}: {e.strerror}")
+        except UnicodeError:  # a label IDNA cannot encode (empty, over 63 characters)
+            raise FetchRefused(f"cannot resolve host {host!r}: not a valid host name")
         return list(dict.fromkeys(str(info[4][0]) for info in infos))
     return resolve
 

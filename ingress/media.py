@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.admission import admit
 from ingress.api_models import Accepted
 from ingress.api_spec import IDEMPOTENCY, PAID, api
 from ingress.body import read_json
@@ -23,7 +24,7 @@ from ingress.chat import accepted
 from ingress.hooks import checked_webhook, pop_webhook_fields
 from ingress.image_input import BASE64_PATTERN, DecodeLimits, ImageBytes, check_decodes, decode_limits, probe
 from ingress.state import state
-from ingress.submit import body_hash, ensure_can_pay, paid_work, replay, submit
+from ingress.submit import ensure_can_pay, paid_work, replay, submit
 from jobs.errors import BadRequest
 from jobs.model_refs import MODEL_PATTERN, valid_model
 from jobs.names import FACE_SWAP, GENERATE
@@ -139,25 +140,16 @@ async def generate(request: Request) -> Response:
      webhooks=True, headers=IDEMPOTENCY, ok={202: Accepted}, errors=PAID)
 async def face_swap(request: Request) -> Response:
     st = state(request)
-    early = await st.auth.early(request, public=True)
-    idempotency_key = request.headers.get("idempotency-key")
-    calls = await ensure_can_pay(st, early, FACE_SWAP, idempotency_key) if early else 0
-    body = await read_json(request, st.settings.max_media_body_bytes)
-    hook_fields = pop_webhook_fields(body)
-    req = FaceSwapRequest.model_validate(body)
-    who = await st.auth.confirm(request, early, req.uid, public=True)
-    if early is None:  # uid-only mode: the body named the account
-        calls = await ensure_can_pay(st, who, FACE_SWAP, idempotency_key)
-    hook = await checked_webhook(st, who.uid, calls, hook_fields)
-    request_hash = body_hash(FACE_SWAP, req.model_dump(mode="json"), hook)
-    sub = await replay(st, who, idempotency_key, request_hash, wait=False)
+    a = await admit(request, FACE_SWAP, FaceSwapRequest)
+    who, req = a.who, a.req
+    sub = await replay(st, who, a.idempotency_key, a.request_hash, wait=False)
     if sub is not None:
         return accepted(st, sub.job_id)
     names = _input_map(st.settings.face_swap_input_map)
     limits = decode_limits(st.settings)
     # Two decodes: only for a caller who can pay, within their balance's share of checks at once.
     # A bad image is still never charged.
-    async with paid_work(st, who, calls):
+    async with paid_work(st, who, a.calls):
         images = {f: parse_image(f, getattr(req.input, f), limits.max_pixels)
                   for f in ("source_image", "target_image")}
         urls = await asyncio.gather(*(decoded_data_url(f, img, limits) for f, img in images.items()))
@@ -167,6 +159,6 @@ async def face_swap(request: Request) -> Response:
     model = st.settings.face_swap_model
     sub = await submit(st, who, FACE_SWAP, model=model, prompt="face swap",
                        request={"model": model, "input": {names.get(k, k): v for k, v in ours.items()}},
-                       idempotency_key=idempotency_key, wait=False, request_hash=request_hash,
-                       webhook=hook)
+                       idempotency_key=a.idempotency_key, wait=False, request_hash=a.request_hash,
+                       webhook=a.hook)
     return accepted(st, sub.job_id)

@@ -16,12 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.admission import Admitted, admit
 from ingress.api_models import Accepted, ModerationAnswer
 from ingress.api_spec import IDEMPOTENCY, PAID, PREFER, api
-from ingress.auth import Principal
-from ingress.body import read_json
 from ingress.chat import accepted, wants_async
-from ingress.hooks import WebhookTarget, checked_webhook, pop_webhook_fields
 from ingress.image_input import (
     BASE64_PATTERN,
     MIME_PATTERN,
@@ -34,7 +32,7 @@ from ingress.image_input import (
 )
 from ingress.responses import JSON
 from ingress.state import AppState, state
-from ingress.submit import Submitted, body_hash, ensure_can_pay, paid_work, replay, status_url, submit
+from ingress.submit import Submitted, paid_work, replay, status_url, submit
 from jobs import keys
 from jobs.errors import BadRequest, GatewayTimeout, UpstreamError
 from jobs.fetch import FetchPolicy, fetch
@@ -121,29 +119,19 @@ def task_request(req: ModerationRequest, img: ImageBytes | None, digest: str | N
      ok={200: ModerationAnswer, 202: Accepted}, errors=PAID)
 async def moderate(request: Request) -> Response:
     st = state(request)
-    early = await st.auth.early(request, public=True)
-    idempotency_key = request.headers.get("idempotency-key")
-    calls = await ensure_can_pay(st, early, MODERATION, idempotency_key) if early else 0
-    body = await read_json(request, st.settings.max_media_body_bytes)
-    hook_fields = pop_webhook_fields(body)
-    req = ModerationRequest.model_validate(body)
-    who = await st.auth.confirm(request, early, req.uid, public=True)
-    if early is None:  # uid-only mode: the body named the account
-        calls = await ensure_can_pay(st, who, MODERATION, idempotency_key)
-    hook = await checked_webhook(st, who.uid, calls, hook_fields)
+    a = await admit(request, MODERATION, ModerationRequest)
     wait = not wants_async(request)
-    request_hash = body_hash(MODERATION, req.model_dump(mode="json"), hook)
-    sub = await replay(st, who, idempotency_key, request_hash, wait)
+    sub = await replay(st, a.who, a.idempotency_key, a.request_hash, wait)
     if sub is None:
-        sub = await _run(st, who, req, calls, idempotency_key, (request_hash, hook), wait)
+        sub = await _run(st, a, wait)
     return _answer(st, sub, wait)
 
 
-async def _run(st: AppState, who: Principal, req: ModerationRequest, calls: int, idempotency_key: str | None,
-               ident: tuple[bytes, WebhookTarget | None], wait: bool) -> Submitted:
+async def _run(st: AppState, a: Admitted[ModerationRequest], wait: bool) -> Submitted:
+    who, req = a.who, a.req
     # Fetching, decoding and storing an image are work: only for a caller who can pay for it,
     # and for no more of their requests at once than their balance pays for.
-    async with paid_work(st, who, calls):
+    async with paid_work(st, who, a.calls):
         img = await load_image(st, req)
     digest = hashlib.sha256(img.data).hexdigest() if img is not None else None
 
@@ -155,8 +143,9 @@ async def _run(st: AppState, who: Principal, req: ModerationRequest, calls: int,
     model = st.settings.moderation_openai_model if st.settings.moderation_openai_key else "local"
     prompt = (req.text or "")[:500] or (req.imageUrl or "[image]")[:500]
     return await submit(st, who, MODERATION, model=model, prompt=prompt,
-                        request=task_request(req, img, digest), idempotency_key=idempotency_key, wait=wait,
-                        prepare=store_blob if img is not None else None, request_hash=ident[0], webhook=ident[1])
+                        request=task_request(req, img, digest), idempotency_key=a.idempotency_key, wait=wait,
+                        prepare=store_blob if img is not None else None, request_hash=a.request_hash,
+                        webhook=a.hook)
 
 
 def _answer(st: AppState, sub: Submitted, wait: bool) -> Response:

@@ -117,7 +117,7 @@ async def test_admin_limits_overrides_and_resets_one_account(
 async def test_admin_limits_refuses_bad_input_and_non_admins(
         client: httpx.AsyncClient, make_account: MakeAccount) -> None:
     acct = await make_account()
-    assert (await client.post("/admin/limits", json={"uid": acct.uid})).status_code == 403
+    assert (await client.post("/admin/limits", json={"uid": acct.uid})).status_code == 401
     assert (await client.post("/admin/limits", headers=acct.headers, json={"uid": acct.uid})).status_code == 403
     assert (await client.get("/admin/limits", headers=acct.headers, params={"uid": acct.uid})).status_code == 403
     u = acct.uid
