@@ -35,7 +35,8 @@ def procfile() -> dict[str, list[str]]:
     for line in (ROOT / "Procfile").read_text().splitlines():
         if line.strip():
             name, cmd = line.split(":", 1)
-            out[name] = shlex.split(cmd.replace("${PORT:-8000}", "8000"))
+            cmd = cmd.replace("${PORT:-8000}", "8000").replace("${SYNCNODE_SHUTDOWN_GRACE_SECONDS:-30}", "30")
+            out[name] = shlex.split(cmd)
     return out
 
 
