@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -20,6 +20,9 @@ from storage.limits import LimitsRepository
 
 Rate = Annotated[float, Field(ge=0, le=1_000_000)]
 Count = Annotated[int, Field(ge=0, le=1_000_000)]
+# The names are part of the schema (propertyNames), so the document refuses what the server does.
+Group = Literal["chat", "media", "moderation", "v1", "read", "account"]
+Pool = Literal["chat", "media", "moderation"]
 
 
 class LimitsUpdate(BaseModel):
@@ -30,9 +33,9 @@ class LimitsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     uid: str = Field(min_length=1, max_length=200)
-    rate: dict[str, Rate | None] = {}
-    burst: dict[str, Annotated[float, Field(ge=1, le=1_000_000)] | None] = {}
-    in_flight: dict[str, Count | None] = {}
+    rate: dict[Group, Rate | None] = {}
+    burst: dict[Group, Annotated[float, Field(ge=1, le=1_000_000)] | None] = {}
+    in_flight: dict[Pool, Count | None] = {}
 
 
 class LimitsQuery(BaseModel):
@@ -43,6 +46,9 @@ class LimitsAnswer(BaseModel):
     uid: str
     overrides: dict[str, dict[str, float]]
     limits: dict[str, Any] = Field(description="What applies now: the settings with the overrides on top")
+
+
+assert get_args(Group) == GROUPS and get_args(Pool) == IN_FLIGHT_POOLS
 
 
 def _check_names(body: LimitsUpdate) -> None:
@@ -65,7 +71,7 @@ async def post_limits(request: Request) -> Response:
     body = LimitsUpdate.model_validate(await read_json(request, 64 << 10))
     _check_names(body)
     changes: dict[str, dict[str, float | None]] = {
-        "rate": dict(body.rate), "burst": dict(body.burst),
+        "rate": {str(k): v for k, v in body.rate.items()}, "burst": {str(k): v for k, v in body.burst.items()},
         "in_flight": {k: None if v is None else float(v) for k, v in body.in_flight.items()}}
     merged = await LimitsRepository(st.db).merge(body.uid, changes)
     if merged is None:

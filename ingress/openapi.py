@@ -113,7 +113,8 @@ def _responses(op: Operation, path: str, schemas: _Schemas) -> dict[str, Any]:
             r["content"] = content
         out[str(status)] = r
     error = schemas.ref(OpenAIError if path.startswith(V1_PREFIX) else ErrorBody, "serialization")
-    for status in op.errors:
+    # Every call with an account's credential passes its rate limit (ingress/limits.py): 429.
+    for status in (*op.errors, *((429,) if op.auth == "bearer" else ())):
         out.setdefault(str(status), {"description": _REASONS.get(status, "Error"),
                                      "content": {"application/json": {"schema": error}}})
     return out

@@ -15,7 +15,7 @@ CHAT = "/chat-completion"
 
 
 def calls_for(prompt: str) -> list[dict[str, Any]]:
-    return [c for c in chat_provider.CALLS if c["body"]["messages"][-1]["content"] == prompt]
+    return chat_provider.calls_with_prompt(prompt)
 
 
 async def test_chat_completion_answers_with_the_reference_shape(

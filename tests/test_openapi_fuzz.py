@@ -46,6 +46,8 @@ STATEFUL_400 = {
     "/v1/moderations": "an image_url or webhook host must resolve to a public address (DNS)",
     "/storage": "S3/Bunny configurations are saved only after a test write to the endpoint (DNS)",
     "/admin/credit": "removing more than the balance is refused (400, pinned by tests/test_money.py)",
+    "/billing-threshold": "recharge_below must stay below the recharge amount the account has stored, and "
+                          "the bounds are the operator's top-up settings",
     "/webhooks/stripe": "only Stripe can sign: a well-formed but forged Stripe-Signature is 400, as Stripe asks",
 }
 # The fuzzed account has no card (saving one needs Stripe.js in a browser): the documented 402

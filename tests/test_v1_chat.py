@@ -17,7 +17,7 @@ from tests.fixtures.v1 import OpenAIClient, worker_settings
 
 
 def sent(prompt: str) -> list[dict[str, Any]]:
-    return [c for c in chat_provider.CALLS if c["body"]["messages"][-1]["content"] == prompt]
+    return chat_provider.calls_with_prompt(prompt)
 
 
 def user(prompt: str) -> list[Any]:

@@ -140,3 +140,13 @@ app = Starlette(routes=[
     Route("/_calls", calls), Route("/_reset", reset, methods=["POST"]),
     *chat_stream.ROUTES,
 ])
+
+
+def calls_with_prompt(prompt: str) -> list[dict[str, Any]]:
+    """The recorded calls whose last message is ``prompt`` (other tests, the fuzzer among them,
+    send messages without text content: tool calls, odd shapes)."""
+    def last(call: dict[str, Any]) -> Any:
+        messages = call["body"].get("messages") if isinstance(call.get("body"), dict) else None
+        return messages[-1].get("content") if isinstance(messages, list) and messages and \
+            isinstance(messages[-1], dict) else None
+    return [c for c in list(CALLS) if last(c) == prompt]
