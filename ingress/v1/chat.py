@@ -15,18 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.admission import admit_v1
 from ingress.api_models import ChatCompletion, V1Accepted
 from ingress.api_spec import IDEMPOTENCY, PAID, PREFER, api
-from ingress.body import read_json
 from ingress.chat import wants_async
-from ingress.hooks import checked_webhook, pop_webhook_fields
 from ingress.responses import JSON
 from ingress.schemas import Message
 from ingress.state import state
-from ingress.submit import ensure_can_pay, submit
+from ingress.submit import submit
 from ingress.v1 import relay
 from ingress.v1.answer import failure, timed_out
-from ingress.v1.routing import route_for
 from jobs.names import CHAT, CHATGPT
 
 
@@ -54,23 +52,14 @@ def prompt_text(req: ChatCompletionRequest) -> str:
      ok={200: (ChatCompletion, relay.EVENTS), 202: V1Accepted}, errors=PAID)
 async def chat_completions(request: Request) -> Response:
     st = state(request)
-    # The credential first, from the headers: a caller without one costs no body read.
-    who = await st.auth.principal(request, None, public=False)
-    raw = await read_json(request, st.settings.max_body_bytes)
-    hook_fields = pop_webhook_fields(raw)  # ours (completion webhooks), not the provider's
-    req = ChatCompletionRequest.model_validate(raw)
-    r = await route_for(st.db, who.uid, req.model, CHAT, CHATGPT)
-    idempotency_key = request.headers.get("idempotency-key")
-    # A webhook's address lookup is work: only for a caller who can pay (the charge stays the guard).
-    calls = await ensure_can_pay(st, who, r.kind, idempotency_key) if hook_fields[0] is not None else 1
-    hook = await checked_webhook(st, who.uid, calls, hook_fields)
-    body = {**raw, "model": r.model}
+    a = await admit_v1(request, ChatCompletionRequest, CHAT, CHATGPT)
+    who, req, r, body = a.who, a.req, a.route, a.raw
     if not req.stream:
         body.pop("stream", None)
         body.pop("stream_options", None)
     is_async = wants_async(request)
     sub = await submit(st, who, r.kind, model=r.model, prompt=prompt_text(req), request=body,
-                       idempotency_key=idempotency_key, webhook=hook,
+                       idempotency_key=a.idempotency_key, webhook=a.hook,
                        wait=not (req.stream or is_async))
     if is_async:
         return relay.accepted(st, sub.task_id, sub.job_id, req.stream)

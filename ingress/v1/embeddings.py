@@ -10,15 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.admission import admit_v1
 from ingress.api_models import V1Embeddings
 from ingress.api_spec import IDEMPOTENCY, PAID, api
-from ingress.body import read_json
-from ingress.hooks import checked_webhook, pop_webhook_fields
 from ingress.responses import JSON
 from ingress.state import state
-from ingress.submit import ensure_can_pay, submit
+from ingress.submit import submit
 from ingress.v1.answer import failure, timed_out
-from ingress.v1.routing import route_for
 from jobs.names import EMBEDDINGS, EMBEDDINGS_OPENAI
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request
@@ -47,20 +45,11 @@ class EmbeddingsRequest(BaseModel):
      body=EmbeddingsRequest, webhooks=True, headers=IDEMPOTENCY, ok={200: V1Embeddings}, errors=PAID)
 async def embeddings(request: Request) -> Response:
     st = state(request)
-    # The credential first, from the headers: a caller without one costs no body read.
-    who = await st.auth.principal(request, None, public=False)
-    raw = await read_json(request, st.settings.max_body_bytes)
-    hook_fields = pop_webhook_fields(raw)  # ours (completion webhooks), not the provider's
-    req = EmbeddingsRequest.model_validate(raw)
-    r = await route_for(st.db, who.uid, req.model, EMBEDDINGS, EMBEDDINGS_OPENAI)
-    idempotency_key = request.headers.get("idempotency-key")
-    # A webhook's address lookup is work: only for a caller who can pay (the charge stays the guard).
-    calls = await ensure_can_pay(st, who, r.kind, idempotency_key) if hook_fields[0] is not None else 1
-    hook = await checked_webhook(st, who.uid, calls, hook_fields)
+    a = await admit_v1(request, EmbeddingsRequest, EMBEDDINGS, EMBEDDINGS_OPENAI)
+    who, req, r = a.who, a.req, a.route
     first = req.input if isinstance(req.input, str) else req.input[0]
     sub = await submit(st, who, r.kind, model=r.model, prompt=first[:500] if isinstance(first, str) else "",
-                       request={**raw, "model": r.model},
-                       idempotency_key=idempotency_key, webhook=hook, wait=True)
+                       request=a.raw, idempotency_key=a.idempotency_key, webhook=a.hook, wait=True)
     if sub.result is None:
         raise timed_out(sub.job_id, sub.task_id)
     if sub.result["status"] == "completed":
