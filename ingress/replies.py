@@ -79,3 +79,7 @@ class Replies:
                 fut = self._waiting.get(job_id.decode())
                 if fut is not None and not fut.done():
                     fut.set_result(TaskResult.from_json(payload))
+            if first:
+                # The requests just woken answer before the next read is sent: at concurrency 1
+                # that write went first, on the answer's path.
+                await asyncio.sleep(0)
