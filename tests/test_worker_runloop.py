@@ -1,4 +1,4 @@
-"""The worker runs jobs itself once its claim has read them (``jobs/runjob.py``), yet the queue
+"""The worker runs jobs itself once its claim has read them (``workers/runtime/runloop.py``), yet the queue
 stays arq's: a plain arq client enqueues into a pool and reads back, with arq's own
 ``Job.info()`` / ``Job.result()``, what ran, how often, and how it ended."""
 
@@ -20,7 +20,7 @@ from arq.utils import timestamp_ms
 
 from jobs import keys
 from jobs.serialize import dumps, loads
-from jobs.worker import SyncNodeWorker
+from workers.runtime.worker import SyncNodeWorker
 
 runs: dict[str, int] = {}
 
