@@ -144,7 +144,7 @@ class Settings(BaseSettings):
     moderation_max_image_pixels: int = 25_000_000
     # How long a checked image waits in Redis for its job (syncnode:blob:<sha256>).
     moderation_blob_ttl_seconds: int = 600
-    # Fetching user-supplied URLs (jobs/fetch.py): moderation imageUrl, webhooks.
+    # Fetching user-supplied URLs (storage/egress.py): moderation imageUrl, webhooks.
     fetch_connect_timeout_seconds: float = 5.0
     fetch_timeout_seconds: float = 10.0
     fetch_max_redirects: int = 3

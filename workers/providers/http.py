@@ -21,6 +21,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from jobs.metrics import WorkerMetrics
 from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
+from workers.providers.retry import MAX_BACKOFF_S, RetryPolicy
 
 T = TypeVar("T")
 
@@ -149,15 +150,13 @@ def classify(provider: str, resp: httpx.Response) -> None:
     raise ProviderRejected(provider, msg, resp.status_code)
 
 
-async def call(provider: str, send: Callable[[], Awaitable[T]], *, max_retries: int,
-               retry_after_cap: float, metrics: WorkerMetrics | None = None,
-               retry_budget: float | None = None) -> T:
-    """Run ``send`` (one HTTP exchange that raises ProviderError) with bounded retries.
+async def call(provider: str, send: Callable[[], Awaitable[T]], retry: RetryPolicy, *,
+               metrics: WorkerMetrics | None = None) -> T:
+    """Run ``send`` (one HTTP exchange that raises ProviderError), retried as ``retry`` says.
 
     Backoff is exponential with full jitter; a Retry-After the provider sends is honoured,
-    unless it is longer than ``retry_after_cap`` (then the task fails now rather than later).
-    No retry starts after ``retry_budget`` seconds, so the job ends (and refunds) before the
-    queue's own timeout, which arq treats as final, cuts it off.
+    unless it is longer than ``retry.retry_after_cap`` (then the task fails now rather than
+    later). No retry starts after ``retry.budget`` seconds.
     """
     started = time.monotonic()
     attempt = 0
@@ -173,14 +172,14 @@ async def call(provider: str, send: Callable[[], Awaitable[T]], *, max_retries: 
                 provider, f"{type(e).__name__}: {e}".rstrip(": "))
             if metrics:
                 metrics.provider_error(provider, str(err.status or type(e).__name__))
-            if attempt >= max_retries:
+            if attempt >= retry.max_retries:
                 raise err
-            wait = random.uniform(0, min(8.0, 0.25 * 2**attempt))
+            wait = random.uniform(0, min(MAX_BACKOFF_S, 0.25 * 2**attempt))
             if err.retry_after is not None:
-                if err.retry_after > retry_after_cap:
+                if err.retry_after > retry.retry_after_cap:
                     raise err
                 wait = err.retry_after + random.uniform(0, 0.1)
-            if retry_budget is not None and time.monotonic() - started + wait > retry_budget:
+            if retry.budget is not None and time.monotonic() - started + wait > retry.budget:
                 raise err
             attempt += 1
             await asyncio.sleep(wait)
