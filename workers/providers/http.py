@@ -44,14 +44,37 @@ def make_client(base_url: str, *, connect_timeout: float, read_timeout: float, m
                                          ssl=httpx.create_ssl_context())
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
+    transport = transport or AiohttpTransport(client=session)
     client = httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout),
-        transport=transport or AiohttpTransport(client=session),
+        transport=transport,
         headers={"User-Agent": "SyncNode/0.1"},
     )
     client._cookies = _NoCookies()
+    _transports[client] = transport
     return client
+
+
+# The transport of each client ``make_client`` built (httpx keeps its own private).
+_transports: weakref.WeakKeyDictionary[httpx.AsyncClient, httpx.AsyncBaseTransport] = weakref.WeakKeyDictionary()
+
+
+async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """``client.send(request)``, read to the end, for a client of ``make_client``: straight to its
+    transport. What ``send`` adds on the way — auth, redirects, cookies, event hooks — ours never
+    use (no auth, no redirects followed, a jar that keeps nothing, no hooks), and it was ~8 % of
+    a chat worker's CPU at c=50 (py-spy). Timeouts ride in ``request.extensions`` as before."""
+    transport = _transports.get(client)
+    if transport is None:
+        return await client.send(request)
+    resp = await transport.handle_async_request(request)
+    resp.request = request
+    try:
+        await resp.aread()
+    finally:
+        await resp.aclose()
+    return resp
 
 
 class _Prepared:

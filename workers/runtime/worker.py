@@ -47,6 +47,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from jobs import keys
 from jobs.batch import Combiner
+from storage.redis_wire import packed_by_hiredis
 from workers.runtime.runloop import parse_claimed, run_claimed
 
 log = logging.getLogger("syncnode.worker")
@@ -240,6 +241,11 @@ class SyncNodeWorker(Worker):
                 default_queue_name=self.queue_name,
                 expires_extra_ms=self.expires_extra_ms,
             )
+            # Commands packed in C (storage/redis_wire.py): the connection create_pool opened
+            # for its ping is dropped so that every connection of the pool packs alike.
+            await self._pool.connection_pool.disconnect()
+            self._pool.connection_pool.reset()
+            packed_by_hiredis(self._pool.connection_pool)
         await log_redis_info(self.pool, log.info)
         self.ctx["redis"] = self.pool
         if self.on_startup:
