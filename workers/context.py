@@ -18,6 +18,7 @@ from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings
 from storage.db import create_pool
 from storage.files import s3 as s3_files
+from storage.predictions import PollBatches
 from storage.secrets import SecretBox
 from storage.status import StatusStore
 from storage.tasks import TaskRepository
@@ -42,6 +43,8 @@ class WorkerContext:
     reads: Combiner[str | None, str, asyncpg.Record | None] = field(init=False)
     completions: Combiner[str, tuple[str, Any], asyncpg.Record | None] = field(init=False)
     announcements: Combiner[str, tuple[str, dict[str, Any]], None] = field(init=False)
+    # The state reads and progress writes of the poll pool's many concurrent polls.
+    polls: PollBatches = field(init=False)
     # Cancel flags of the /v1 streams this process relays, looked up together (workers/cancels.py).
     stream_cancels: StreamCancels = field(init=False)
 
@@ -61,6 +64,7 @@ class WorkerContext:
         self.reads = Combiner(read)
         self.completions = Combiner(complete)
         self.announcements = Combiner(announce)
+        self.polls = PollBatches(self.db)
         self.stream_cancels = StreamCancels(self.redis, self.settings.v1_cancel_poll_seconds, self.background)
 
 

@@ -56,9 +56,10 @@ async def schedule_poll(w: WorkerContext, job_id: str, n: int, delay_s: float, t
     and would silently skip an enqueue under one of them."""
     poll_id = f"{job_id}:{tag}:{n}"
     args = (job_id, n, True) if tag == "poll" else (job_id, n, True, tag)
-    await w.queue.enqueue(Job("poll", MEDIA_POLL, poll_id, args, defer_ms=int(delay_s * 1000)))
-    # Only after the next link exists: the sweeper reads this to find chains that broke.
-    await w.redis.set(keys.poll_chain(job_id), poll_id, ex=w.settings.prediction_deadline_seconds + 3600)
+    # The chain key is set by the same enqueue script, so only once the next link exists: the
+    # sweeper reads it to find chains that broke. Concurrent polls share one pipeline.
+    chain = (keys.poll_chain(job_id), w.settings.prediction_deadline_seconds + 3600)
+    await w.queue.enqueue(Job("poll", MEDIA_POLL, poll_id, args, defer_ms=int(delay_s * 1000), pointer=chain))
 
 
 async def _publish_done(w: WorkerContext, job_id: str, row: asyncpg.Record, output: Any,
@@ -132,8 +133,7 @@ async def cancel_prediction(w: WorkerContext, key: str, prediction_id: str) -> N
 
 
 async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "poll") -> str:
-    repo = PredictionRepository(w.db)
-    st = await repo.state(job_id, with_request=False)
+    st = await w.polls.state(job_id)  # batched with the worker's other polls, as fresh as one read
     if st is None or st["status"] in TERMINAL or st["provider_id"] is None:
         return "done"
     if st["ciphertext"] is None:
@@ -173,7 +173,7 @@ async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "
             await schedule_poll(w, job_id, n + 1, w.settings.poll_cap_seconds, tag)
         return outcome
     if status != st["provider_status"]:
-        await repo.polled(job_id, status)
+        await w.polls.polled(job_id, status)
         # Conditional: the webhook path may have published the end since this poll read its row.
         await w.status.publish_progress(job_id, status, datetime.now(UTC).isoformat())
     if chain:
