@@ -11,8 +11,6 @@ from typing import Any
 
 import asyncpg
 
-from jobs.batch import Combiner
-
 Conn = asyncpg.Connection | asyncpg.Pool
 
 _STATE_SQL = """
@@ -132,32 +130,3 @@ class PredictionRepository:
             job_id, output, hosting_error,
         )
 
-
-class PollBatches:
-    """What every poll reads and writes, for all the polls of a worker that reach that step
-    together: one statement per batch instead of one round trip per poll (``jobs/batch.py``).
-
-    A read is as fresh as ``state``'s (the batch starts after the caller asked), so a poll sees
-    a cancel, a removed key or a terminal status exactly as an unbatched read would."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._repo = PredictionRepository(pool)
-        self._reads: Combiner[str, str, asyncpg.Record | None] = Combiner(self._read)
-        self._writes: Combiner[str, tuple[str, str], None] = Combiner(self._write)
-
-    async def state(self, job_id: str) -> asyncpg.Record | None:
-        """``PredictionRepository.state(job_id, with_request=False)``."""
-        return await self._reads.submit("", job_id)
-
-    async def polled(self, job_id: str, provider_status: str) -> None:
-        await self._writes.submit("", (job_id, provider_status))
-
-    async def _read(self, _: str, job_ids: list[str]) -> list[asyncpg.Record | None]:
-        rows = {r["job_id"]: r for r in await self._repo.states(list(set(job_ids)))}
-        return [rows.get(j) for j in job_ids]
-
-    async def _write(self, _: str, items: list[tuple[str, str]]) -> list[None]:
-        # Two polls of one prediction in a batch (a webhook's and the chain's): the last wins,
-        # as it would have in two statements; an UPDATE ... FROM must not see a row twice.
-        await self._repo.polled_many(list(dict(items).items()))
-        return [None] * len(items)

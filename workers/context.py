@@ -18,7 +18,7 @@ from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings
 from storage.db import create_pool
 from storage.files import s3 as s3_files
-from storage.predictions import PollBatches
+from storage.polls import PollBatches
 from storage.secrets import SecretBox
 from storage.status import StatusStore
 from storage.tasks import TaskRepository
@@ -64,7 +64,7 @@ class WorkerContext:
         self.reads = Combiner(read)
         self.completions = Combiner(complete)
         self.announcements = Combiner(announce)
-        self.polls = PollBatches(self.db)
+        self.polls = PollBatches(self.db, self.status)
         self.stream_cancels = StreamCancels(self.redis, self.settings.v1_cancel_poll_seconds, self.background)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -173,9 +172,7 @@ async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "
             await schedule_poll(w, job_id, n + 1, w.settings.poll_cap_seconds, tag)
         return outcome
     if status != st["provider_status"]:
-        await w.polls.polled(job_id, status)
-        # Conditional: the webhook path may have published the end since this poll read its row.
-        await w.status.publish_progress(job_id, status, datetime.now(UTC).isoformat())
+        await w.polls.polled(job_id, status)  # the row, then the status hash (conditionally)
     if chain:
         await schedule_poll(w, job_id, n + 1, backoff(w, n, webhook=st["webhook_secret"] is not None), tag)
     return "pending"
