@@ -33,13 +33,12 @@ from ingress.v1 import moderations as v1_moderations
 from ingress.v1 import relay as v1_relay
 from ingress.web import keys, pages, signin, usage
 from jobs import logs
-from jobs.batch import Combiner
 from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings
 from storage.db import create_pool
 from storage.secrets import SecretBox
 from storage.status import StatusStore
-from storage.tasks import TaskRepository
+from storage.task_batches import Tasks
 
 ROUTES = [
     # The reference's API.
@@ -139,7 +138,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             status=StatusStore(redis, settings.status_ttl_seconds),
             box=SecretBox(settings.master_key_value()),
             auth=Authenticator(settings, db, redis),
-            charges=Combiner(lambda key, items: TaskRepository(db).charge_batch(items)),
+            tasks=Tasks(db),
             billing=Billing(settings, db, gateway, queue) if gateway is not None else None,
             replies=Replies(redis),
         )

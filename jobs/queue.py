@@ -24,7 +24,8 @@ from redis.exceptions import NoScriptError, WatchError
 from jobs import keys
 from jobs.batch import Combiner
 from jobs.logs import REQUEST_ID
-from jobs.serialize import dumps, loads
+from jobs.results import TaskResult
+from jobs.serialize import dumps
 
 _ENQUEUE_LUA = """
 local function point()
@@ -146,7 +147,7 @@ class JobQueue:
             return [bool(r) for r in res]
         raise RuntimeError("could not load the enqueue script")
 
-    async def enqueue_and_wait(self, job: Job, timeout: float) -> dict[str, Any] | None:
+    async def enqueue_and_wait(self, job: Job, timeout: float) -> TaskResult | None:
         """Enqueue and block for the worker's result in the same round trip.
 
         Returns the result the worker pushed, or None when ``timeout`` passed first.
@@ -161,11 +162,11 @@ class JobQueue:
         for r in res:
             if isinstance(r, Exception):
                 raise r
-        return None if res[1] is None else dict(loads(res[1][1]))
+        return None if res[1] is None else TaskResult.from_json(res[1][1])
 
-    async def wait(self, job_id: str, timeout: float) -> dict[str, Any] | None:
+    async def wait(self, job_id: str, timeout: float) -> TaskResult | None:
         res = await self.redis.blpop([keys.done(job_id)], timeout=max(timeout, 0.01))
-        return None if res is None else dict(loads(res[1]))
+        return None if res is None else TaskResult.from_json(res[1])
 
     async def states(self, job_ids: list[str]) -> list[str]:
         """``state`` of many jobs in one round trip."""

@@ -103,14 +103,18 @@ async def test_concurrent_polls_share_a_read_and_each_sees_its_own_fresh_row(
 
 async def test_batched_progress_writes_keep_the_last_status_and_never_overwrite_an_end(
         app: Any, make_account: MakeAccount) -> None:
+    from jobs.results import TaskResult
     from storage.polls import PollBatches
+    from storage.status import now_iso
 
     st = app.state.sn
     ids = await _charged(app, make_account, 2)
     polls = PollBatches(st.db, st.status)
     try:
         # The webhook path published the end of ids[1] after its poll read "processing".
-        await st.status.publish(ids[1], {"status": "completed", "output": "done"}, notify=False)
+        done = TaskResult(status="completed", output="done", error=None, task_id=0, model=None, cost_micros=0,
+                          updated_at=now_iso())
+        await st.status.publish(ids[1], done, notify=False)
         await asyncio.gather(polls.polled(ids[0], "starting"), polls.polled(ids[0], "processing"),
                              polls.polled(ids[1], "processing"))
         rows = {r["job_id"]: r for r in await st.db.fetch(

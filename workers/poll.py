@@ -21,6 +21,7 @@ import asyncpg
 from jobs import keys
 from jobs.names import MEDIA_POLL
 from jobs.queue import Job
+from jobs.results import TaskResult
 from storage.predictions import PredictionRepository
 from storage.tasks import TERMINAL
 from workers.context import WorkerContext, wctx
@@ -61,14 +62,6 @@ async def schedule_poll(w: WorkerContext, job_id: str, n: int, delay_s: float, t
     await w.queue.enqueue(Job("poll", MEDIA_POLL, poll_id, args, defer_ms=int(delay_s * 1000), pointer=chain))
 
 
-async def _publish_done(w: WorkerContext, job_id: str, row: asyncpg.Record, output: Any,
-                        hosting_error: str | None) -> None:
-    await w.status.publish(job_id, {
-        "status": "completed", "output": output, "error": hosting_error, "task_id": row["id"],
-        "model": row["model"], "cost_micros": row["cost_micros"], "updated_at": row["updated_at"].isoformat(),
-    })
-
-
 async def _rehost_allowed(w: WorkerContext, job_id: str) -> bool:
     runs_key = keys.rehost_runs(job_id)
     async with w.redis.pipeline(transaction=True) as pipe:
@@ -103,7 +96,8 @@ async def _succeeded(w: WorkerContext, job_id: str, uid: str, pred: dict[str, An
     if row is None:
         await announce(w, job_id)
         return "duplicate"
-    await _publish_done(w, job_id, row, output, hosting_error)
+    # A completed task's error is a re-hosting failure: the output holds the provider's URLs.
+    await w.status.publish(job_id, TaskResult.finished(row, "completed", output=output, error=hosting_error))
     return "completed"
 
 
