@@ -35,8 +35,8 @@ from ingress.state import AppState, state
 from ingress.submit import Submitted, paid_work, replay, status_url, submit
 from jobs import keys
 from jobs.errors import BadRequest, GatewayTimeout
-from jobs.fetch import FetchPolicy, fetch
 from jobs.names import MODERATION
+from storage.egress import FetchPolicy, fetch
 
 MAX_TEXT_CHARS = 100_000
 

@@ -1,11 +1,11 @@
-"""The one enqueue interface. arq's wire format is known here and in ``jobs/worker.py`` only,
+"""The one enqueue interface. arq's wire format is known here and in ``workers/runtime/worker.py`` only,
 so the queue could be swapped without touching ingress or workers.
 
 An enqueue is one Lua call: it writes ``arq:job:<id>`` exactly as arq's ``enqueue_job`` would
 (skipping ids whose job or result still exists, arq's dedupe rule), adds the id to the pool's
 queue ZSET, seeds the task's status hash and pushes a wake token for the pool's idle workers
 when the job is runnable now, or when it is due before every other deferred job (an idle
-worker sleeps until the earliest one is due, ``jobs/worker.py``, and must plan again). Other
+worker sleeps until the earliest one is due, ``workers/runtime/worker.py``, and must plan again). Other
 deferred jobs push none: each token costs a worker a look at the queue, and a poll chain
 enqueues a deferred link per poll.
 A synchronous request pipelines that call with a BLPOP on the task's done list: one round trip.

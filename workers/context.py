@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from jobs.logs import POOL
 from jobs.metrics import WorkerMetrics
 from jobs.queue import JobQueue
-from jobs.settings import Settings, get_settings
+from jobs.settings import Settings, get_settings, tune_gc
 from storage.db import create_pool
 from storage.files import s3 as s3_files
 from storage.polls import PollBatches
@@ -79,6 +79,7 @@ def on_startup_for(pool_name: str, max_jobs: int) -> Any:
         )
         w.background.append(asyncio.create_task(w.metrics.run_flusher(redis)))
         ctx["sn"] = w
+        tune_gc(s)
 
     return on_startup
 

@@ -30,6 +30,7 @@ from workers.output import OutputRefused, normalize_output
 from workers.providers import replicate
 from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
 from workers.providers.http import call
+from workers.providers.retry import RetryPolicy
 from workers.runner import announce, finish_failed
 
 log = logging.getLogger("syncnode.poll")
@@ -116,11 +117,9 @@ async def finalize(w: WorkerContext, job_id: str, uid: str, pred: dict[str, Any]
 
 
 async def cancel_prediction(w: WorkerContext, key: str, prediction_id: str) -> None:
-    s = w.settings
     try:
         await call(replicate.PROVIDER, lambda: replicate.cancel(w.http["Replicate"], key, prediction_id),
-                   max_retries=s.provider_max_retries, retry_after_cap=s.provider_retry_after_cap_seconds,
-                   metrics=w.metrics)
+                   RetryPolicy.provider(w.settings), metrics=w.metrics)
     except ProviderError as e:  # the task ends anyway; Cancel-After stops it at Replicate too
         log.warning("cancel of prediction %s failed: %s", prediction_id, e)
 
