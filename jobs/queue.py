@@ -28,7 +28,11 @@ from jobs.results import TaskResult
 from jobs.serialize import dumps
 
 _ENQUEUE_LUA = """
+local function point()
+  if #KEYS > 5 then redis.call('SET', KEYS[6], ARGV[4], 'EX', ARGV[7]) end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
+  point()
   return 0
 end
 redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
@@ -43,10 +47,11 @@ if wake then
   redis.call('LPUSH', KEYS[4], '1')
   redis.call('LTRIM', KEYS[4], 0, 63)
 end
-if #ARGV > 6 and redis.call('EXISTS', KEYS[5]) == 0 then
-  redis.call('HSET', KEYS[5], unpack(ARGV, 7))
+if #ARGV > 7 and redis.call('EXISTS', KEYS[5]) == 0 then
+  redis.call('HSET', KEYS[5], unpack(ARGV, 8))
   redis.call('EXPIRE', KEYS[5], ARGV[5])
 end
+point()
 return 1
 """
 
@@ -74,6 +79,10 @@ class Job:
     urgent: bool = False
     # Set from the current request (or job) when enqueued; see REQUEST_ID_ARG.
     request_id: str | None = None
+    # (key, ttl seconds): a key set to this job's id in the same script, whether or not arq
+    # still held the id. A poll chain names its latest link this way (``syncnode:poll:<id>``)
+    # without a round trip of its own, and never before the link exists.
+    pointer: tuple[str, int] | None = None
 
 
 def _with_request_id(job: Job) -> Job:
@@ -99,7 +108,7 @@ class JobQueue:
         kwargs = {REQUEST_ID_ARG: job.request_id} if job.request_id else {}
         payload = serialize_job(job.function, job.args, kwargs, None, now, serializer=dumps)
         argv: list[Any] = [max(job.defer_ms, 0) + _EXPIRES_EXTRA_MS, payload, score, job.job_id, self.status_ttl,
-                           now]
+                           now, job.pointer[1] if job.pointer else 0]
         if job.status:
             for k, v in job.status.items():
                 argv += [k, v]
@@ -107,6 +116,8 @@ class JobQueue:
             keys.job_key_prefix + job.job_id, keys.result_key_prefix + job.job_id,
             keys.queue(job.pool), keys.wake(job.pool), keys.task_status(job.job_id),
         ]
+        if job.pointer:
+            ks.append(job.pointer[0])
         return sha, len(ks), ks, argv
 
     async def enqueue(self, job: Job) -> bool:

@@ -135,6 +135,16 @@ class StatusStore:
                   "updated_at", updated_at or now_iso()]
         return bool(await self._progress(keys=[keys.task_status(job_id)], args=[self.ttl, *fields]))
 
+    async def publish_progress_many(self, items: list[tuple[str, str, str]]) -> None:
+        """``publish_progress`` of several tasks, (job id, provider status, updated_at), in one
+        pipeline. EVAL, not EVALSHA: a pipeline of registered scripts first asks Redis whether
+        it has them (a round trip more), and a NOSCRIPT would cost the whole batch."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, provider_status, updated_at in items:
+                pipe.eval(_PROGRESS, 1, keys.task_status(job_id), self.ttl, "status", PUBLIC_STATUS["running"],
+                          "provider_status", provider_status, "updated_at", updated_at)
+            await pipe.execute()
+
     async def _announce_batch(self, _: str, items: list[tuple[str, TaskResult]]) -> list[None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id, result in items:

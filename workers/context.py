@@ -17,6 +17,7 @@ from jobs.queue import JobQueue
 from jobs.settings import Settings, get_settings, tune_gc
 from storage.db import create_pool
 from storage.files import s3 as s3_files
+from storage.polls import PollBatches
 from storage.secrets import SecretBox
 from storage.status import StatusStore
 from storage.task_batches import Tasks
@@ -39,11 +40,14 @@ class WorkerContext:
     # A busy worker reads and finishes its tasks in batches (storage/task_batches.py), and
     # announces them in batches (StatusStore.announce).
     tasks: Tasks = field(init=False)
+    # The state reads and progress writes of the poll pool's many concurrent polls.
+    polls: PollBatches = field(init=False)
     # Cancel flags of the /v1 streams this process relays, looked up together (workers/cancels.py).
     stream_cancels: StreamCancels = field(init=False)
 
     def __post_init__(self) -> None:
         self.tasks = Tasks(self.db)
+        self.polls = PollBatches(self.db, self.status)
         self.stream_cancels = StreamCancels(self.redis, self.settings.v1_cancel_poll_seconds, self.background)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -58,9 +57,10 @@ async def schedule_poll(w: WorkerContext, job_id: str, n: int, delay_s: float, t
     and would silently skip an enqueue under one of them."""
     poll_id = f"{job_id}:{tag}:{n}"
     args = (job_id, n, True) if tag == "poll" else (job_id, n, True, tag)
-    await w.queue.enqueue(Job("poll", MEDIA_POLL, poll_id, args, defer_ms=int(delay_s * 1000)))
-    # Only after the next link exists: the sweeper reads this to find chains that broke.
-    await w.redis.set(keys.poll_chain(job_id), poll_id, ex=w.settings.prediction_deadline_seconds + 3600)
+    # The chain key is set by the same enqueue script, so only once the next link exists: the
+    # sweeper reads it to find chains that broke. Concurrent polls share one pipeline.
+    chain = (keys.poll_chain(job_id), w.settings.prediction_deadline_seconds + 3600)
+    await w.queue.enqueue(Job("poll", MEDIA_POLL, poll_id, args, defer_ms=int(delay_s * 1000), pointer=chain))
 
 
 async def _rehost_allowed(w: WorkerContext, job_id: str) -> bool:
@@ -125,8 +125,7 @@ async def cancel_prediction(w: WorkerContext, key: str, prediction_id: str) -> N
 
 
 async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "poll") -> str:
-    repo = PredictionRepository(w.db)
-    st = await repo.state(job_id, with_request=False)
+    st = await w.polls.state(job_id)  # batched with the worker's other polls, as fresh as one read
     if st is None or st["status"] in TERMINAL or st["provider_id"] is None:
         return "done"
     if st["ciphertext"] is None:
@@ -166,9 +165,7 @@ async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "
             await schedule_poll(w, job_id, n + 1, w.settings.poll_cap_seconds, tag)
         return outcome
     if status != st["provider_status"]:
-        await repo.polled(job_id, status)
-        # Conditional: the webhook path may have published the end since this poll read its row.
-        await w.status.publish_progress(job_id, status, datetime.now(UTC).isoformat())
+        await w.polls.polled(job_id, status)  # the row, then the status hash (conditionally)
     if chain:
         await schedule_poll(w, job_id, n + 1, backoff(w, n, webhook=st["webhook_secret"] is not None), tag)
     return "pending"

@@ -81,29 +81,49 @@ class _Prepared:
     """What ``build_request`` recomputes for every call and is the same for all of a client's
     calls: the absolute URL of each path, the default headers, the timeout extension."""
 
-    __slots__ = ("urls", "headers", "extensions")
+    __slots__ = ("urls", "base", "get_headers", "headers", "extensions")
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.urls: dict[str, httpx.URL] = {}
-        self.headers = [*client.headers.multi_items(), ("Content-Type", "application/json")]
+        # The base as httpx merges a path onto it: its raw_path always ends in "/", but str() of a
+        # base with no path ("http://host:8080") has none, and "host:8080predictions" is no URL.
+        base = client.base_url
+        self.base = str(base.copy_with(raw_path=base.raw_path))
+        self.get_headers = client.headers.multi_items()
+        self.headers = [*self.get_headers, ("Content-Type", "application/json")]
         self.extensions = {"timeout": client.timeout.as_dict()}
 
 
 _prepared: weakref.WeakKeyDictionary[httpx.AsyncClient, _Prepared] = weakref.WeakKeyDictionary()
 
 
+def _prep(client: httpx.AsyncClient) -> _Prepared:
+    prep = _prepared.get(client)
+    if prep is None:
+        prep = _prepared[client] = _Prepared(client)
+    return prep
+
+
 def json_post(client: httpx.AsyncClient, path: str, body: Any, key: str) -> httpx.Request:
     """``client.build_request("POST", path, json=body, headers=<bearer key>)`` for a client with
     no cookies, auth or per-call options (ours): the same request, at a fraction of its CPU.
     The body is encoded once by orjson (httpx's ``json=`` goes through the stdlib encoder)."""
-    prep = _prepared.get(client)
-    if prep is None:
-        prep = _prepared[client] = _Prepared(client)
+    prep = _prep(client)
     url = prep.urls.get(path)
     if url is None:
         url = prep.urls[path] = client._merge_url(path)
     return httpx.Request("POST", url, headers=[*prep.headers, ("Authorization", f"Bearer {key}")],
                          content=orjson.dumps(body), extensions=prep.extensions)
+
+
+def bearer_get(client: httpx.AsyncClient, path: str, key: str) -> httpx.Request:
+    """``client.build_request("GET", path, headers=<bearer key>)``, as ``json_post`` builds its
+    POST. For paths that differ per call (a prediction's): the URL is parsed from one string
+    instead of merged with the base URL (a quarter of the CPU), and nothing is cached per path."""
+    prep = _prep(client)
+    return httpx.Request("GET", httpx.URL(prep.base + path.lstrip("/")),
+                         headers=[*prep.get_headers, ("Authorization", f"Bearer {key}")],
+                         extensions=prep.extensions)
 
 
 def retry_after_seconds(resp: httpx.Response) -> float | None:
