@@ -1,10 +1,13 @@
 """Flat combining: many concurrent callers, one round trip per batch.
 
 Per key, at most one batch runs at a time; whatever arrives while it runs goes into the next
-one. An idle key pays nothing: its caller runs a batch of one itself, inline (no task, no
+one. A quiet key pays nothing: its caller runs a batch of one itself, inline (no task, no
 future, no extra turn of the event loop: at concurrency 1 a request crosses five of these, and
 each task hop was a wake-up in series). A busy key amortises one statement, one commit and one
-fsync over every caller that arrived meanwhile, drained by a task of its own. For the ledger
+fsync over every caller that arrived meanwhile, drained by a task of its own; a key whose last
+batch had company keeps starting its batches in a task, a turn later, so that callers arriving
+in the same turn share the first statement too (inline, the first of them would go alone and
+cost a statement of its own). For the ledger
 this also means the hot account row is locked by one statement at a time instead of by a
 queue of waiting transactions.
 
@@ -31,15 +34,26 @@ class Combiner(Generic[K, T, R]):
         self._max = max_batch
         self._queues: dict[K, list[tuple[T, asyncio.Future[R]]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Keys whose last batch had more than one caller (or callers waiting behind it).
+        self._crowded: set[K] = set()
 
     async def submit(self, key: K, item: T) -> R:
         queue = self._queues.get(key)
-        if queue is None:
+        if queue is None and key not in self._crowded:
             return await self._inline(key, item)
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        queue.append((item, fut))
+        if queue is None:
+            self._queues[key] = [(item, fut)]
+            self._start_drain(key)
+        else:
+            queue.append((item, fut))
         # shield: a caller that goes away must not cancel the batch the others are in.
         return await asyncio.shield(fut)
+
+    def _start_drain(self, key: K) -> None:
+        task = asyncio.create_task(self._drain(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _inline(self, key: K, item: T) -> R:
         """The idle key's batch of one, run by its caller; arrivals meanwhile queue behind it."""
@@ -48,9 +62,8 @@ class Combiner(Generic[K, T, R]):
             results = await self._run(key, [item])
         finally:
             if self._queues[key]:
-                task = asyncio.create_task(self._drain(key))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._crowded.add(key)
+                self._start_drain(key)
             else:
                 del self._queues[key]
         (result,) = results
@@ -62,6 +75,10 @@ class Combiner(Generic[K, T, R]):
             while queue:
                 batch = queue[: self._max]
                 del queue[: self._max]
+                if len(batch) > 1:
+                    self._crowded.add(key)
+                else:
+                    self._crowded.discard(key)
                 try:
                     results = await self._run(key, [item for item, _ in batch])
                 except asyncio.CancelledError as e:

@@ -117,3 +117,23 @@ async def test_a_cancelled_caller_in_a_queued_batch_does_not_cancel_its_neighbou
     with pytest.raises(asyncio.CancelledError):
         await gone
     assert r.batches == [[1], [2, 3]]
+
+
+async def test_a_key_that_had_company_collects_its_next_callers_and_goes_inline_once_quiet() -> None:
+    r = Recorder()
+    r.gate.clear()
+    c: Combiner[str, int, int] = Combiner(r.run)
+    first = asyncio.create_task(c.submit("k", 1))
+    await r.started.wait()
+    behind = [asyncio.create_task(c.submit("k", i)) for i in (2, 3)]
+    await asyncio.sleep(0)
+    r.gate.set()
+    assert await asyncio.gather(first, *behind) == [2, 4, 6]
+    # Busy: callers arriving in one turn share one batch (inline, the first would go alone).
+    assert await asyncio.gather(*(c.submit("k", i) for i in (4, 5, 6))) == [8, 10, 12]
+    assert r.batches[-1] == [4, 5, 6]
+    # A batch of one: the key is quiet again, and the next call runs in its caller's task.
+    assert await c.submit("k", 7) == 14
+    me = asyncio.current_task()
+    assert await c.submit("k", 8) == 16
+    assert r.batches[-2:] == [[7], [8]] and r.ran_in[-2] is not me and r.ran_in[-1] is me
