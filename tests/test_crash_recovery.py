@@ -14,8 +14,8 @@ from jobs import keys
 from jobs.names import CHAT
 from storage.tasks import NewTask, TaskRepository
 from tests.fixtures.accounts import Account, audit
-from tests.test_chat import CHAT as CHAT_PATH
-from tests.test_chat import calls_for, poll_until_done
+from tests.helpers import CHAT as CHAT_PATH
+from tests.helpers import calls_for, poll_until_done
 
 
 async def _wait_for_call(prompt: str, timeout: float = 10) -> None:

@@ -11,7 +11,7 @@ from tests.fakes import bunny
 from tests.fakes.replicate import PNG
 from tests.fixtures.accounts import Account, audit
 from tests.fixtures.media import Sim
-from tests.test_media_generate import generate, wait_status
+from tests.helpers import generate, wait_status
 
 
 def _s3(moto_url: str) -> Any:

@@ -25,8 +25,7 @@ import pytest
 from jobs.logs import JOB_ID, REQUEST_ID, UID, JsonFormatter, TextFormatter
 from tests.fixtures.accounts import Account
 from tests.fixtures.moderation import b64, landscape
-from tests.test_chat import CHAT
-from tests.test_media_generate import wait_status
+from tests.helpers import CHAT, wait_status
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 Line = dict[str, Any]

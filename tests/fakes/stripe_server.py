@@ -26,7 +26,7 @@ RECEIVED: dict[str, int] = {}
 
 def _patch() -> Any:
     global _patched
-    from localstripe import resources  # type: ignore[import-untyped]
+    from localstripe import resources
 
     if not _patched:
         resources.store.dump_to_disk = lambda *a, **k: None
@@ -96,7 +96,7 @@ def main() -> None:
     args = p.parse_args()
     app = _patch()
     if args.webhook:
-        from localstripe.webhooks import register_webhook  # type: ignore[import-untyped]
+        from localstripe.webhooks import register_webhook
 
         register_webhook("syncnode", args.webhook, args.secret, None)
     print(f"localstripe on http://127.0.0.1:{args.port} (STRIPE_BASE_URL); any sk_test_… key works")
