@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
+import secrets
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tests.fakes import chat_provider
-from tests.fakes.replicate import PNG
+from tests.fakes.replicate_files import PNG
 from tests.fixtures.accounts import Account, audit
 
+if TYPE_CHECKING:
+    from playwright.async_api import Page
+
+    from tests.fixtures.web import LiveServer
+
 CHAT = "/chat-completion"
+PASSWORD = "correct horse battery staple"  # what sign_up uses in the web UI
 
 # The provider keys an account needs for every task-creating route below.
 KEYS = {"openrouter_key": "sk-or-v1-test-key-0001", "chatgpt_key": "sk-test-0002", "replicate_key": "r8_x"}
@@ -104,3 +112,18 @@ class FakeDNS:
         ip = seq[min(self.calls.count(name), len(seq) - 1)]
         self.calls.append(name)
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, int(port or 0)))]
+
+
+async def sign_up(page: Page, ui: LiveServer, email: str | None = None) -> str:
+    """Sign up in the web UI (a fresh email unless given); the new account's uid, on its dashboard."""
+    from playwright.async_api import expect  # the browser tests' dependency, loaded by them only
+
+    await page.goto(ui.url + "/ui/signup")
+    await page.get_by_label("Email").fill(email or f"user-{secrets.token_hex(4)}@example.com")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Create account").click()
+    await expect(page.locator("#new-key")).to_have_text(re.compile(r"^sn_"))
+    uid = (await page.locator("#new-uid").text_content()) or ""
+    await page.get_by_role("link", name="Go to your dashboard").click()
+    await expect(page.locator("#balance")).to_have_text("$5.00")
+    return uid

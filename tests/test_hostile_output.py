@@ -154,7 +154,7 @@ def _assert_passive(r: httpx.Response) -> None:
 async def test_svg_output_is_never_served_as_an_active_type(
         client: httpx.AsyncClient, replicate_account: Account, sim: Sim, media_workers: Any, app: Any,
         kind: str) -> None:
-    from tests.fakes.replicate import SVG
+    from tests.fakes.replicate_files import SVG
 
     job = await generate(client, replicate_account, "owner/model", {"sim": {"output": kind}})
     body = await wait_status(client, replicate_account, job)
@@ -166,7 +166,7 @@ async def test_svg_output_is_never_served_as_an_active_type(
 
 
 async def test_files_route_types_from_the_allow_list_not_the_name(client: httpx.AsyncClient, app: Any) -> None:
-    from tests.fakes.replicate import PNG, SVG
+    from tests.fakes.replicate_files import PNG, SVG
 
     root = app.state.sn.settings.data_dir / "files" / "legacy-job"
     root.mkdir(parents=True, exist_ok=True)

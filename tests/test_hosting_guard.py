@@ -20,7 +20,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes import bunny
-from tests.fakes.replicate import PNG
+from tests.fakes.replicate_files import PNG
 from tests.fixtures.accounts import Account
 from tests.fixtures.servers import ServerThread
 from tests.helpers import FakeDNS

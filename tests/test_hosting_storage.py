@@ -8,7 +8,7 @@ import boto3
 import httpx
 
 from tests.fakes import bunny
-from tests.fakes.replicate import PNG
+from tests.fakes.replicate_files import PNG
 from tests.fixtures.accounts import Account, audit
 from tests.fixtures.media import Sim
 from tests.helpers import generate, wait_status

@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 
-from tests.fakes.replicate import PNG, VERSION
+from tests.fakes.replicate import VERSION
+from tests.fakes.replicate_files import PNG
 from tests.fixtures.accounts import Account, audit
 from tests.fixtures.media import Sim
 from tests.helpers import generate, wait_status
