@@ -160,6 +160,7 @@ async def test_sweeper_finds_a_lost_task_behind_a_backlog(funded: Account, app: 
         after = {j: await st.redis.zscore(zset, j) for j in backlog[:50]}
     finally:
         await on_shutdown(ctx)
+        await ctx["redis"].aclose()  # the worker's own pool, which arq (not on_shutdown) closes
         for j in [*backlog, lost]:
             await st.queue.remove(CHAT.pool, j)
         await st.db.execute("UPDATE tasks SET status = 'canceled' WHERE uid = $1 AND status = 'queued'",

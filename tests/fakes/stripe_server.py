@@ -82,10 +82,17 @@ class LocalStripe:
         async def down() -> None:
             if self._runner is not None:
                 await self._runner.cleanup()
+            # Webhook sends still in flight: ended here, not destroyed pending with the loop.
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(down(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 def main() -> None:
