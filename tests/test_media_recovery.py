@@ -17,7 +17,7 @@ import pytest
 
 from tests.fixtures.accounts import Account, MakeAccount, audit
 from tests.fixtures.media import Sim
-from tests.fixtures.workers import start_inprocess_worker, stop_inprocess_worker
+from tests.fixtures.workers import start_inprocess_worker, stop_inprocess_worker, worker_ctx
 from tests.helpers import generate, wait_status
 
 if TYPE_CHECKING:
@@ -332,13 +332,10 @@ async def test_nul_in_prediction_output_is_stored(client: httpx.AsyncClient, rep
 
 async def test_lost_poll_chain_behind_500_running_predictions_is_restarted(
         make_account: MakeAccount, app: Any) -> None:
-    from arq.connections import RedisSettings, create_pool
-
     from jobs import keys
     from jobs.names import GENERATE
     from jobs.queue import Job
     from storage.tasks import NewTask, TaskRepository
-    from workers.context import on_shutdown, on_startup_for
     from workers.poll import sweep_predictions
 
     st = app.state.sn
@@ -356,13 +353,11 @@ async def test_lost_poll_chain_behind_500_running_predictions_is_restarted(
         link = f"{j}:poll:1"
         await st.queue.enqueue(Job("poll", "media.poll", link, (j, 1, True), defer_ms=600_000))
         await st.redis.set(keys.poll_chain(j), link, ex=600)
-    ctx: dict[str, Any] = {"redis": await create_pool(RedisSettings.from_dsn(st.settings.redis_url))}
-    await on_startup_for("media", 10)(ctx)
     try:
-        assert await sweep_predictions(ctx["sn"]) == 1
+        async with worker_ctx("media") as ctx:
+            assert await sweep_predictions(ctx["sn"]) == 1
         assert (await st.redis.get(keys.poll_chain(ids[-1]))).decode().startswith(f"{ids[-1]}:poll-s")
     finally:
-        await on_shutdown(ctx)
         for j in ids:
             await st.queue.remove("poll", f"{j}:poll:1")
             await st.redis.delete(keys.poll_chain(j))
