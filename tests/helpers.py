@@ -39,6 +39,12 @@ ROUTES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+def session_cookie(value: str) -> dict[str, str]:
+    """Headers that send exactly this web session cookie, whatever the client's jar holds
+    (httpx deprecates per-request ``cookies=``: it is unclear whether they persist)."""
+    return {"Cookie": f"sn_session={value}"}
+
+
 def calls_for(prompt: str) -> list[dict[str, Any]]:
     """The fake chat provider's calls whose messages carry ``prompt``."""
     return chat_provider.calls_with_prompt(prompt)
