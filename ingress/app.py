@@ -33,13 +33,13 @@ from ingress.v1 import moderations as v1_moderations
 from ingress.v1 import relay as v1_relay
 from ingress.web import keys, pages, signin, usage
 from jobs import logs
-from jobs.batch import Combiner
 from jobs.queue import JobQueue
-from jobs.settings import Settings, get_settings
+from jobs.settings import Settings, get_settings, tune_gc
 from storage.db import create_pool
+from storage.redis_wire import packed_by_hiredis
 from storage.secrets import SecretBox
 from storage.status import StatusStore
-from storage.tasks import TaskRepository
+from storage.task_batches import Tasks
 
 ROUTES = [
     # The reference's API.
@@ -125,12 +125,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # bounded just above the longest BLPOP (a sync wait). One retry on a fresh connection: after
         # a Redis restart the pool's idle connections are dead, and the first command on one must
         # not fail the request.
-        redis = Redis.from_pool(BlockingConnectionPool.from_url(
+        redis = Redis.from_pool(packed_by_hiredis(BlockingConnectionPool.from_url(
             settings.redis_url, max_connections=settings.redis_max_connections,
             timeout=settings.redis_pool_timeout_seconds,
             socket_connect_timeout=settings.redis_connect_timeout_seconds,
             socket_timeout=settings.sync_timeout_seconds + 10, socket_keepalive=True,
-            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError]))
+            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])))
         queue = JobQueue(redis, settings.status_ttl_seconds)
         gateway = StripeGateway(settings) if settings.stripe_secret_key is not None else None
         app.state.sn = AppState(
@@ -139,13 +139,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             status=StatusStore(redis, settings.status_ttl_seconds),
             box=SecretBox(settings.master_key_value()),
             auth=Authenticator(settings, db, redis),
-            charges=Combiner(lambda key, items: TaskRepository(db).charge_batch(items)),
+            tasks=Tasks(db),
             billing=Billing(settings, db, gateway, queue) if gateway is not None else None,
             replies=Replies(redis),
         )
         if settings.limits_enabled:
             app.state.sn.limiter = app.state.sn.auth.limiter = Limiter(settings, db, redis)
         app.state.sn.replies.start()
+        tune_gc(settings)
         try:
             yield
         finally:

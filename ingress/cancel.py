@@ -22,8 +22,8 @@ from ingress.tasks import _task_id
 from jobs.errors import Conflict, NotFound
 from jobs.names import MEDIA_CANCEL, MEDIA_KINDS
 from jobs.queue import Job
+from jobs.results import PUBLIC_STATUS, TaskResult
 from storage.predictions import PredictionRepository
-from storage.status import PUBLIC_STATUS
 from storage.tasks import TERMINAL, TaskRepository
 
 _WAIT_S = 5.0
@@ -34,9 +34,8 @@ async def _cancel_queued(st: AppState, job_id: str, pool: str) -> bool:
         return False
     row = await TaskRepository(st.db).finish_unpaid(job_id, "canceled", "Canceled by the user")
     if row is not None:
-        await st.status.publish(job_id, {
-            "status": "canceled", "output": None, "error": "Canceled by the user", "task_id": row["id"],
-            "model": row["model"], "cost_micros": 0, "updated_at": row["updated_at"].isoformat()})
+        await st.status.publish(job_id, TaskResult.finished(row, "canceled", error="Canceled by the user",
+                                                            refunded=True))
     return True
 
 

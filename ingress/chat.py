@@ -15,8 +15,9 @@ from ingress.responses import JSON
 from ingress.schemas import ChatRequest
 from ingress.state import AppState, state
 from ingress.submit import Submitted, ensure_can_pay, status_url, submit
-from jobs.errors import BadRequest, GatewayTimeout, UpstreamError
+from jobs.errors import GatewayTimeout
 from jobs.names import CHAT, CHATGPT, TaskKind
+from jobs.results import TaskResult
 from jobs.settings import to_dollars
 
 
@@ -30,12 +31,10 @@ def accepted(st: AppState, job_id: str) -> Response:
                  "status": "in_progress"}, status_code=202)
 
 
-def prediction(uid: str, sub: Submitted, model: str) -> dict[str, Any]:
-    r = sub.result or {}
+def prediction(uid: str, sub: Submitted, r: TaskResult, model: str) -> dict[str, Any]:
     return {"prediction": {
-        "id": sub.task_id, "uid": uid, "output": r.get("output"),
-        "cost": to_dollars(int(r.get("cost_micros", 0))), "model": r.get("model") or model,
-        "status": r.get("status", "in_progress"), "job_id": sub.job_id,
+        "id": sub.task_id, "uid": uid, "output": r.output, "cost": to_dollars(r.cost_micros),
+        "model": r.model or model, "status": r.status, "job_id": sub.job_id,
     }}
 
 
@@ -75,10 +74,7 @@ async def _chat(request: Request, kind: TaskKind) -> Response:
             "The task did not finish in time; it is still running: poll the get URL",
             extra={"job_id": sub.job_id, "get": status_url(st, sub.job_id)},
         )
-    body = prediction(who.uid, sub, req.model)
-    status = sub.result["status"]
-    if status == "completed":
-        return JSON(body)
-    message = sub.result.get("error") or f"Task {status}"
-    err = BadRequest if sub.result.get("client_error") else UpstreamError
-    raise err(message, extra={"job_id": sub.job_id, **body})
+    body = prediction(who.uid, sub, sub.result, req.model)
+    # The reference API: a provider's rate limit is a 502 like any provider that gave up.
+    sub.result.raise_for_failure(sub.job_id, extra=body, keep_rate_limit=False)
+    return JSON(body)

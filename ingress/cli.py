@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import math
 import os
@@ -14,7 +15,7 @@ from typing import Any
 
 from ingress.instance import down_command
 from ingress.supervisor import STOP_MARGIN_SECONDS, Guard, Shutdown, Supervisor
-from jobs import logs
+from jobs import keys, logs
 from jobs.settings import Settings, get_settings
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
 
@@ -126,32 +127,24 @@ def _read_password(from_stdin: bool) -> str:
     return first
 
 
+# The one way from the ``syncnode`` command into the workers package: by name, not by import,
+# since the ingress sits beside the workers, not above them (tests/test_layers.py).
+WORKER_ENTRY = "workers.cli:run_pool"
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
-    import uvloop
-    from arq.worker import get_kwargs
-
-    from jobs.worker import SyncNodeWorker
-    from workers.settings import POOL_SETTINGS
-
     s = get_settings()
     if args.check:
         return _check_worker(args.pool, s)
-    logs.setup(s.log_format, s.log_level)
-    uvloop.install()
-    settings_cls = POOL_SETTINGS[args.pool]
-    worker = SyncNodeWorker(**get_kwargs(settings_cls), pool_name=args.pool,
-                            lease_seconds=s.job_lease_seconds, burst=args.burst,
-                            shutdown_grace_seconds=s.shutdown_grace_seconds)
-    worker.run()
-    return 0
+    module, _, name = WORKER_ENTRY.partition(":")
+    run_pool: Callable[..., int] = getattr(importlib.import_module(module), name)
+    return run_pool(args.pool, burst=args.burst)
 
 
 def _check_worker(pool: str, s: Settings) -> int:
     """Exit 0 when a worker of ``pool`` wrote its health key lately (arq's ``--check``, our key names)."""
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
-
-    from jobs import keys
 
     async def go() -> bytes | None:
         redis = Redis.from_url(s.redis_url or "redis://127.0.0.1:6379", socket_timeout=5)
@@ -211,7 +204,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace, s: Settings, stack: list[EmbeddedPostgres | EmbeddedRedis], sup: Supervisor) -> int:
     from storage.migrate import migrate
-    from workers.settings import POOL_SETTINGS
 
     port = args.port or s.port
     env = dict(os.environ, SYNCNODE_PORT=str(port), SYNCNODE_MASTER_KEY=s.master_key_value(),
@@ -229,7 +221,7 @@ def _up(args: argparse.Namespace, s: Settings, stack: list[EmbeddedPostgres | Em
     sup.add("web", [py, "-m", "uvicorn", "ingress.app:create_app", "--factory", "--host", "127.0.0.1",
                     "--port", str(port), "--no-access-log",
                     "--timeout-graceful-shutdown", str(math.ceil(s.shutdown_grace_seconds))], env)
-    for pool in POOL_SETTINGS:
+    for pool in keys.POOLS:
         sup.add(pool, [py, "-m", "ingress.cli", "worker", pool], env)
     url = s.public_url_ or f"http://localhost:{port}"
     me = down_command().removesuffix(" down")
@@ -299,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     setpw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     setpw.set_defaults(fn=cmd_accounts_set_password)
     w = sub.add_parser("worker", help="run one worker of a pool")
-    w.add_argument("pool", choices=["chat", "media", "poll", "moderation", "billing", "webhooks"])
+    w.add_argument("pool", choices=keys.POOLS)
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     w.add_argument("--check", action="store_true",
                    help="health check: exit 0 if a worker of the pool reported lately, else 1")

@@ -4,7 +4,7 @@ and the delivery log (GET /tasks/{id}/deliveries). Delivery itself is ``workers/
 
 A target is checked before the charge, so a refused one costs nothing and is never called: https
 (http only for a ``SYNCNODE_WEBHOOK_ALLOW`` host), and every address its host resolves to public,
-by the same rules as every other user-supplied URL (``jobs.fetch``). The worker checks again at
+by the same rules as every other user-supplied URL (``storage.egress``). The worker checks again at
 connect time and connects to the address it checked (DNS may answer differently later).
 
 Webhooks have their own allow list: ``SYNCNODE_FETCH_ALLOW`` names internal hosts the operator
@@ -36,8 +36,8 @@ from ingress.state import AppState, state
 from ingress.tasks import _task_id
 from jobs import keys
 from jobs.errors import BadRequest, NotFound, RateLimited
-from jobs.fetch import FetchRefused, Resolver, check_literal, vetted_addresses
 from jobs.settings import Settings
+from storage.egress import FetchRefused, Resolver, check_literal, vetted_addresses
 from storage.tasks import TaskRepository
 from storage.webhooks import WebhookRepository, new_signing_secret, signing_secrets
 

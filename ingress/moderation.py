@@ -34,9 +34,9 @@ from ingress.responses import JSON
 from ingress.state import AppState, state
 from ingress.submit import Submitted, paid_work, replay, status_url, submit
 from jobs import keys
-from jobs.errors import BadRequest, GatewayTimeout, UpstreamError
-from jobs.fetch import FetchPolicy, fetch
+from jobs.errors import BadRequest, GatewayTimeout
 from jobs.names import MODERATION
+from storage.egress import FetchPolicy, fetch
 
 MAX_TEXT_CHARS = 100_000
 
@@ -154,8 +154,5 @@ def _answer(st: AppState, sub: Submitted, wait: bool) -> Response:
     if sub.result is None:
         raise GatewayTimeout("Moderation did not finish in time; it is still running: poll the get URL",
                              extra={"job_id": sub.job_id, "get": status_url(st, sub.job_id)})
-    if sub.result["status"] == "completed":
-        return JSON(sub.result["output"])
-    message = sub.result.get("error") or f"Task {sub.result['status']}"
-    err = BadRequest if sub.result.get("client_error") else UpstreamError
-    raise err(message, extra={"job_id": sub.job_id})
+    # The reference API: a provider's rate limit is a 502 like any provider that gave up.
+    return JSON(sub.result.raise_for_failure(sub.job_id, keep_rate_limit=False).output)

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from jobs import keys
-from jobs.serialize import loads
+from jobs.results import TaskResult
 
 log = logging.getLogger("syncnode.ingress")
 
@@ -34,7 +34,7 @@ class Replies:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self.key = keys.reply(uuid.uuid4().hex)
-        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._waiting: dict[str, asyncio.Future[TaskResult]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -48,9 +48,9 @@ class Replies:
         for fut in self._waiting.values():
             fut.cancel()
 
-    async def wait(self, job_id: str, enqueue: Awaitable[Any], timeout: float) -> dict[str, Any] | None:
+    async def wait(self, job_id: str, enqueue: Awaitable[Any], timeout: float) -> TaskResult | None:
         """Run ``enqueue`` (a coroutine) and wait for the task's result; None after ``timeout``."""
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
         self._waiting[job_id] = fut
         try:
             await enqueue
@@ -78,4 +78,4 @@ class Replies:
                 job_id, _, payload = raw.partition(b"\0")
                 fut = self._waiting.get(job_id.decode())
                 if fut is not None and not fut.done():
-                    fut.set_result(dict(loads(payload)))
+                    fut.set_result(TaskResult.from_json(payload))

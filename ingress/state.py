@@ -9,12 +9,11 @@ import asyncpg
 from redis.asyncio import Redis
 from starlette.requests import Request
 
-from jobs.batch import Combiner
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from storage.secrets import SecretBox
 from storage.status import StatusStore
-from storage.tasks import ChargeOutcome, NewTask
+from storage.task_batches import Tasks
 
 if TYPE_CHECKING:
     from billing.context import Billing
@@ -32,8 +31,8 @@ class AppState:
     status: StatusStore
     box: SecretBox
     auth: Authenticator
-    # Charges without an Idempotency-Key, combined by (shard, price) across accounts (one statement per batch).
-    charges: Combiner[tuple[str, int], NewTask, ChargeOutcome]
+    # Charges, batched across concurrent requests (storage/task_batches.py).
+    tasks: Tasks
     # Card payments; None without STRIPE_SECRET_KEY.
     billing: Billing | None = None
     # Where synchronous requests hear their task ended (None: each waits on its own done list).

@@ -23,7 +23,7 @@ from ingress.body import read_json
 from ingress.responses import JSON
 from ingress.state import AppState, state
 from jobs.errors import BadRequest
-from jobs.fetch import guarded_client
+from storage.egress import guarded_client
 from storage.files import StorageError
 from storage.files import config as cfg
 from storage.files.netcheck import check_reachable

@@ -40,15 +40,13 @@ from jobs.errors import (
 )
 from jobs.names import TaskKind
 from jobs.queue import Job
+from jobs.results import TaskResult
 from jobs.settings import to_dollars
 from storage.billing import BillingRepository
-from storage.status import PUBLIC_STATUS, StatusStore
+from storage.status import StatusStore
 from storage.tasks import TERMINAL, NewTask, TaskRepository
 
 log = logging.getLogger("syncnode.ingress")
-
-# Charge batches in flight at once per price; an account's charges always share one shard.
-_CHARGE_SHARDS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +54,7 @@ class Submitted:
     task_id: int
     job_id: str
     # The final result when the caller waited and it arrived in time.
-    result: dict[str, Any] | None
-
-
-def result_from_row(row: asyncpg.Record) -> dict[str, Any]:
-    """The same shape a worker pushes on the done list, rebuilt from the durable row."""
-    return {
-        "status": PUBLIC_STATUS[row["status"]], "output": row["output"], "error": row["error"],
-        "task_id": row["id"], "model": row["model"],
-        "cost_micros": 0 if row["refunded"] else row["cost_micros"],
-        "updated_at": row["updated_at"].isoformat(),
-    }
+    result: TaskResult | None
 
 
 def status_url(st: AppState, job_id: str) -> str:
@@ -178,13 +166,7 @@ async def _charge_and_enqueue(st: AppState, who: Principal, kind: TaskKind, job_
                   idempotency_key=idempotency_key, request_hash=request_hash,
                   webhook=webhook[0] if webhook else None, webhook_events=webhook[1] if webhook else None)
     try:
-        if idempotency_key is None and webhook is None:
-            # Same price per batch: each account's running sum then takes exactly the requests
-            # that one-by-one charging would have taken. Accounts share batches (one commit for
-            # many callers), spread over a few shards so one slow statement holds up only a part.
-            outcome = await st.charges.submit((str(hash(who.uid) % _CHARGE_SHARDS), price), new)
-        else:
-            outcome = await repo.charge_and_create(new)
+        outcome = await st.tasks.charge(new)
     except asyncpg.UniqueViolationError:
         await uncount()
         # Another request with the same Idempotency-Key committed first: answer as its replay.
@@ -232,7 +214,7 @@ async def _withdraw(st: AppState, task_id: int, job_id: str) -> Submitted:
     if await repo.withdraw(job_id, "The queue was unavailable; nothing was charged") is None:
         row = await repo.by_job_id(job_id)
         assert row is not None
-        return Submitted(task_id, job_id, result_from_row(row))
+        return Submitted(task_id, job_id, TaskResult.from_row(row))
     raise Unavailable("The queue is unavailable right now; nothing was charged: retry shortly",
                       headers={"Retry-After": "1"})
 
@@ -254,7 +236,7 @@ async def _replay(st: AppState, prior: asyncpg.Record, request_hash: bytes | Non
         raise IdempotencyConflict()
     job_id = prior["job_id"]
     if prior["status"] in TERMINAL or not wait:
-        return Submitted(prior["id"], job_id, result_from_row(prior) if prior["status"] in TERMINAL else None)
+        return Submitted(prior["id"], job_id, TaskResult.from_row(prior) if prior["status"] in TERMINAL else None)
     # The first request owns the done list; a replay watches the status hash instead. Replays are
     # free, so how many may wait on one task is bounded; the rest are told to poll (409).
     async with slot(st.redis, keys.replay_waiters(job_id), st.settings.sync_timeout_seconds + 5) as held:
@@ -271,7 +253,7 @@ async def _wait_replay(st: AppState, prior: asyncpg.Record, job_id: str) -> Subm
         if cur is not None and cur["status"] != "in_progress":
             row = await TaskRepository(st.db).by_job_id(job_id)
             assert row is not None
-            return Submitted(prior["id"], job_id, result_from_row(row))
+            return Submitted(prior["id"], job_id, TaskResult.from_row(row))
         # Backing off: a replay that waits long costs a read a second, not twenty.
         await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         pause = min(1.0, pause * 1.5)

@@ -17,8 +17,9 @@ from ingress.responses import JSON
 from ingress.state import state
 from jobs.errors import BadRequest, Conflict, NotFound
 from jobs.names import KINDS
+from jobs.results import PUBLIC_STATUS, TaskResult
 from jobs.settings import to_dollars
-from storage.status import PUBLIC_STATUS, status_document
+from storage.status import status_document
 from storage.tasks import TaskRepository
 
 
@@ -113,5 +114,6 @@ async def prediction_status(request: Request) -> Response:
         row = await TaskRepository(st.db).by_job_id(job_id)
         if row is None or row["uid"] != who.uid or row["deleted_at"] is not None:
             raise NotFound("No such job_id for this account")
-        status, output, error = PUBLIC_STATUS[row["status"]], row["output"], row["error"]
+        r = TaskResult.from_row(row)
+        status, output, error = r.status, r.output, r.error
     return JSON(status_document(job_id, status, output, error))

@@ -1,11 +1,11 @@
-"""The one enqueue interface. arq's wire format is known here and in ``jobs/worker.py`` only,
+"""The one enqueue interface. arq's wire format is known here and in ``workers/runtime/worker.py`` only,
 so the queue could be swapped without touching ingress or workers.
 
 An enqueue is one Lua call: it writes ``arq:job:<id>`` exactly as arq's ``enqueue_job`` would
 (skipping ids whose job or result still exists, arq's dedupe rule), adds the id to the pool's
 queue ZSET, seeds the task's status hash and pushes a wake token for the pool's idle workers
 when the job is runnable now, or when it is due before every other deferred job (an idle
-worker sleeps until the earliest one is due, ``jobs/worker.py``, and must plan again). Other
+worker sleeps until the earliest one is due, ``workers/runtime/worker.py``, and must plan again). Other
 deferred jobs push none: each token costs a worker a look at the queue, and a poll chain
 enqueues a deferred link per poll.
 A synchronous request pipelines that call with a BLPOP on the task's done list: one round trip.
@@ -24,10 +24,15 @@ from redis.exceptions import NoScriptError, WatchError
 from jobs import keys
 from jobs.batch import Combiner
 from jobs.logs import REQUEST_ID
-from jobs.serialize import dumps, loads
+from jobs.results import TaskResult
+from jobs.serialize import dumps
 
 _ENQUEUE_LUA = """
+local function point()
+  if #KEYS > 5 then redis.call('SET', KEYS[6], ARGV[4], 'EX', ARGV[7]) end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
+  point()
   return 0
 end
 redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
@@ -42,10 +47,11 @@ if wake then
   redis.call('LPUSH', KEYS[4], '1')
   redis.call('LTRIM', KEYS[4], 0, 63)
 end
-if #ARGV > 6 and redis.call('EXISTS', KEYS[5]) == 0 then
-  redis.call('HSET', KEYS[5], unpack(ARGV, 7))
+if #ARGV > 7 and redis.call('EXISTS', KEYS[5]) == 0 then
+  redis.call('HSET', KEYS[5], unpack(ARGV, 8))
   redis.call('EXPIRE', KEYS[5], ARGV[5])
 end
+point()
 return 1
 """
 
@@ -73,6 +79,10 @@ class Job:
     urgent: bool = False
     # Set from the current request (or job) when enqueued; see REQUEST_ID_ARG.
     request_id: str | None = None
+    # (key, ttl seconds): a key set to this job's id in the same script, whether or not arq
+    # still held the id. A poll chain names its latest link this way (``syncnode:poll:<id>``)
+    # without a round trip of its own, and never before the link exists.
+    pointer: tuple[str, int] | None = None
 
 
 def _with_request_id(job: Job) -> Job:
@@ -98,7 +108,7 @@ class JobQueue:
         kwargs = {REQUEST_ID_ARG: job.request_id} if job.request_id else {}
         payload = serialize_job(job.function, job.args, kwargs, None, now, serializer=dumps)
         argv: list[Any] = [max(job.defer_ms, 0) + _EXPIRES_EXTRA_MS, payload, score, job.job_id, self.status_ttl,
-                           now]
+                           now, job.pointer[1] if job.pointer else 0]
         if job.status:
             for k, v in job.status.items():
                 argv += [k, v]
@@ -106,6 +116,8 @@ class JobQueue:
             keys.job_key_prefix + job.job_id, keys.result_key_prefix + job.job_id,
             keys.queue(job.pool), keys.wake(job.pool), keys.task_status(job.job_id),
         ]
+        if job.pointer:
+            ks.append(job.pointer[0])
         return sha, len(ks), ks, argv
 
     async def enqueue(self, job: Job) -> bool:
@@ -135,7 +147,7 @@ class JobQueue:
             return [bool(r) for r in res]
         raise RuntimeError("could not load the enqueue script")
 
-    async def enqueue_and_wait(self, job: Job, timeout: float) -> dict[str, Any] | None:
+    async def enqueue_and_wait(self, job: Job, timeout: float) -> TaskResult | None:
         """Enqueue and block for the worker's result in the same round trip.
 
         Returns the result the worker pushed, or None when ``timeout`` passed first.
@@ -150,11 +162,11 @@ class JobQueue:
         for r in res:
             if isinstance(r, Exception):
                 raise r
-        return None if res[1] is None else dict(loads(res[1][1]))
+        return None if res[1] is None else TaskResult.from_json(res[1][1])
 
-    async def wait(self, job_id: str, timeout: float) -> dict[str, Any] | None:
+    async def wait(self, job_id: str, timeout: float) -> TaskResult | None:
         res = await self.redis.blpop([keys.done(job_id)], timeout=max(timeout, 0.01))
-        return None if res is None else dict(loads(res[1]))
+        return None if res is None else TaskResult.from_json(res[1])
 
     async def states(self, job_ids: list[str]) -> list[str]:
         """``state`` of many jobs in one round trip."""

@@ -14,13 +14,13 @@ import asyncpg
 Conn = asyncpg.Connection | asyncpg.Pool
 
 _STATE_SQL = """
-SELECT t.id, t.uid, t.kind, t.model, {request}, t.status, t.provider_id, t.cost_micros,
+SELECT t.job_id, t.id, t.uid, t.kind, t.model, {request}, t.status, t.provider_id, t.cost_micros,
        t.created_at, t.updated_at, p.create_started_at, p.webhook_secret,
        coalesce(p.cancel_requested, false) AS cancel_requested, p.provider_status, pk.ciphertext
 FROM tasks t
 LEFT JOIN predictions p ON p.job_id = t.job_id
 LEFT JOIN provider_keys pk ON pk.uid = t.uid AND pk.name = 'replicate_key'
-WHERE t.job_id = $1
+WHERE t.job_id {where}
 """
 
 
@@ -34,7 +34,13 @@ class PredictionRepository:
         ``request`` (model and input: up to two 15 MiB base64 images for a face swap) is only
         read when asked for: the create job needs it, the many polls of a prediction do not."""
         return await self.conn.fetchrow(
-            _STATE_SQL.format(request="t.request" if with_request else "NULL::jsonb AS request"), job_id)
+            _STATE_SQL.format(request="t.request" if with_request else "NULL::jsonb AS request", where="= $1"),
+            job_id)
+
+    async def states(self, job_ids: list[str]) -> list[asyncpg.Record]:
+        """``state(with_request=False)`` of several tasks in one round trip (rows carry job_id)."""
+        return list(await self.conn.fetch(
+            _STATE_SQL.format(request="NULL::jsonb AS request", where="= ANY($1::text[])"), job_ids))
 
     async def begin_create(self, job_id: str, webhook_secret: bytes | None) -> bool:
         """Record that a create POST is about to be sent. False if one was already started."""
@@ -66,6 +72,16 @@ class PredictionRepository:
             WHERE job_id = $1
             """,
             job_id, provider_status,
+        )
+
+    async def polled_many(self, items: list[tuple[str, str]]) -> None:
+        """``polled`` for several predictions in one statement (job ids are unique in a batch)."""
+        await self.conn.execute(
+            """
+            UPDATE predictions p SET polls = p.polls + 1, provider_status = v.status, updated_at = now()
+            FROM unnest($1::text[], $2::text[]) AS v(job_id, status) WHERE p.job_id = v.job_id
+            """,
+            [j for j, _ in items], [st for _, st in items],
         )
 
     async def claimed(self, provider_ids: list[str]) -> set[str]:
@@ -113,3 +129,4 @@ class PredictionRepository:
             """,
             job_id, output, hosting_error,
         )
+

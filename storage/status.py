@@ -9,12 +9,10 @@ from typing import Any
 from redis.asyncio import Redis
 
 from jobs import keys
+from jobs.batch import Combiner
 from jobs.names import KINDS
+from jobs.results import PUBLIC_STATUS, TaskResult
 from jobs.serialize import dumps, loads
-
-# The status a client sees: queued and running tasks are both "in_progress" (reference).
-PUBLIC_STATUS = {"queued": "in_progress", "running": "in_progress", "completed": "completed",
-                 "failed": "failed", "canceled": "canceled"}
 
 DONE_TTL_SECONDS = 120
 
@@ -87,6 +85,8 @@ class StatusStore:
         self.redis = redis
         self.ttl = ttl_seconds
         self._progress = redis.register_script(_PROGRESS)
+        # A busy worker's completions meanwhile go out in one pipeline (see ``announce``).
+        self._announcements: Combiner[str, tuple[str, TaskResult], None] = Combiner(self._announce_batch)
 
     @staticmethod
     def initial(uid: str, task_id: int, kind: str) -> dict[str, str]:
@@ -97,14 +97,15 @@ class StatusStore:
             seed["pool"] = KINDS[kind].pool
         return seed
 
-    async def publish(self, job_id: str, result: dict[str, Any], *, notify: bool = True) -> None:
-        """Write a new status and, for a final one, wake whoever waits on the task.
-
-        ``result`` holds status (public spelling), output, error and anything a waiter needs.
-        """
+    async def publish(self, job_id: str, result: TaskResult, *, notify: bool = True) -> None:
+        """Write a task's final status and, with ``notify``, wake whoever waits on the task."""
         async with self.redis.pipeline(transaction=False) as pipe:
             self._queue_publish(pipe, job_id, result, notify)
             await pipe.execute()
+
+    async def announce(self, job_id: str, result: TaskResult) -> None:
+        """``publish``, in one pipeline with every other announcement made meanwhile (jobs/batch.py)."""
+        await self._announcements.submit("", (job_id, result))
 
     async def publish_progress(self, job_id: str, provider_status: str, updated_at: str | None = None) -> bool:
         """Record that a task is still running, unless it already ended; True if written."""
@@ -112,29 +113,33 @@ class StatusStore:
                   "updated_at", updated_at or now_iso()]
         return bool(await self._progress(keys=[keys.task_status(job_id)], args=[self.ttl, *fields]))
 
-    async def publish_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        """Final statuses of several tasks in one pipeline (one round trip)."""
+    async def publish_progress_many(self, items: list[tuple[str, str, str]]) -> None:
+        """``publish_progress`` of several tasks, (job id, provider status, updated_at), in one
+        pipeline. EVAL, not EVALSHA: a pipeline of registered scripts first asks Redis whether
+        it has them (a round trip more), and a NOSCRIPT would cost the whole batch."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, provider_status, updated_at in items:
+                pipe.eval(_PROGRESS, 1, keys.task_status(job_id), self.ttl, "status", PUBLIC_STATUS["running"],
+                          "provider_status", provider_status, "updated_at", updated_at)
+            await pipe.execute()
+
+    async def _announce_batch(self, _: str, items: list[tuple[str, TaskResult]]) -> list[None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id, result in items:
                 self._queue_publish(pipe, job_id, result, True)
             await pipe.execute()
+        return [None] * len(items)
 
-    def _queue_publish(self, pipe: Any, job_id: str, result: dict[str, Any], notify: bool) -> None:
-        fields = {
-            "status": result["status"],
-            "output": dumps(result.get("output")),
-            "error": result.get("error") or "",
-            "updated_at": result.get("updated_at") or now_iso(),
-        }
-        if "provider_status" in result:
-            fields["provider_status"] = str(result["provider_status"])
-        if fields["status"] != "in_progress":
+    def _queue_publish(self, pipe: Any, job_id: str, result: TaskResult, notify: bool) -> None:
+        fields = {"status": result.status, "output": dumps(result.output), "error": result.error or "",
+                  "updated_at": result.updated_at}
+        if result.status != "in_progress":
             # EVAL, not EVALSHA: a NOSCRIPT inside this pipeline would cost the whole publish.
             # Before the result goes out: whoever it wakes may send the next call at once.
             pipe.eval(_RELEASE, 1, keys.task_status(job_id), keys.IN_FLIGHT_PREFIX, job_id)
         if notify:
             pipe.eval(_FINAL, 2, keys.task_status(job_id), keys.done(job_id), self.ttl, DONE_TTL_SECONDS, job_id,
-                      dumps(result), *[x for kv in fields.items() for x in kv])
+                      result.to_json(), *[x for kv in fields.items() for x in kv])
             return
         pipe.hset(keys.task_status(job_id), mapping=fields)
         pipe.expire(keys.task_status(job_id), self.ttl)

@@ -18,7 +18,7 @@ import psutil
 import pytest
 from PIL import Image, ImageFile
 
-from jobs.fetch import FetchRefused, guarded_aiohttp_client
+from storage.egress import FetchRefused, guarded_aiohttp_client
 from tests.fixtures.accounts import Account, MakeAccount, audit
 
 BIG = 15 << 20

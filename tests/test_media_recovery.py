@@ -55,12 +55,16 @@ async def _until_running(app: Any, job_id: str) -> Any:
 async def test_late_progress_never_overwrites_a_final_status(client: httpx.AsyncClient, replicate_account: Account,
                                                              sim: Sim, media_only: Any, app: Any) -> None:
     from jobs import keys
+    from jobs.results import TaskResult
+    from storage.status import now_iso
     from workers.poll import media_poll
 
     job = await generate(client, replicate_account, "owner/model", {"sim": {"outcome": "never"}})
     await _until_running(app, job)
     # The webhook path published the end meanwhile; a poll that read "processing" writes after it.
-    await app.state.sn.status.publish(job, {"status": "completed", "output": "done"}, notify=False)
+    done = TaskResult(status="completed", output="done", error=None, task_id=0, model=None, cost_micros=0,
+                      updated_at=now_iso())
+    await app.state.sn.status.publish(job, done, notify=False)
     await media_poll(media_only.ctx, job, 0, False)
     raw = await app.state.sn.redis.hget(keys.task_status(job), "status")
     assert raw == b"completed"

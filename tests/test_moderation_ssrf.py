@@ -11,8 +11,8 @@ import httpcore
 import httpx
 import pytest
 
-from jobs import fetch as fetch_mod
-from jobs.fetch import FetchPolicy, FetchRefused, fetch, why_not_public
+from storage import egress
+from storage.egress import FetchPolicy, FetchRefused, fetch, why_not_public
 from tests.fixtures.accounts import MakeAccount, audit
 from tests.fixtures.moderation import ImageServer
 
@@ -58,7 +58,7 @@ async def test_loopback_refused_and_never_fetched(host: str, client: httpx.Async
 async def test_public_name_resolving_to_loopback(client: httpx.AsyncClient, make_account: MakeAccount,
                                                  image_server: ImageServer,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fetch_mod, "system_resolve", resolving_to("127.0.0.1"))
+    monkeypatch.setattr(egress, "system_resolve", resolving_to("127.0.0.1"))
     acct = await make_account()
     before = len(image_server.hits)
     msg = await refused(client, acct, f"http://images.example.com:{image_server.port}/img.png")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from jobs.settings import Settings
 from workers.providers import chat
 from workers.providers.errors import ProviderRejected, ProviderRetryable
 from workers.providers.http import call, make_client, retry_after_seconds
+from workers.providers.retry import RetryPolicy
 
 
 def client_for(responses: list[httpx.Response | Exception]) -> tuple[httpx.AsyncClient, list[httpx.Request]]:
@@ -30,7 +32,7 @@ OK = httpx.Response(200, json={"choices": [{"message": {"content": "hi"}}]})
 
 async def run(c: httpx.AsyncClient, retries: int = 3, cap: float = 5) -> object:
     return await call("OpenRouter", lambda: chat.complete(c, "OpenRouter", "k", {"model": "m"}),
-                      max_retries=retries, retry_after_cap=cap)
+                      RetryPolicy(max_retries=retries, retry_after_cap=cap))
 
 
 async def test_connect_errors_and_5xx_are_retried() -> None:
@@ -83,3 +85,15 @@ async def test_cookies_from_one_call_never_reach_the_next() -> None:
     await run(c)
     await run(c)
     assert len(seen) == 2 and "cookie" not in seen[1].headers
+
+
+def test_the_retry_policy_is_read_from_settings_in_one_place() -> None:
+    s = Settings(provider_max_retries=2, provider_retry_after_cap_seconds=20, chat_job_timeout_seconds=300,
+                 provider_read_timeout=120)
+    assert RetryPolicy.provider(s) == RetryPolicy(max_retries=2, retry_after_cap=20.0)
+    # A chat call leaves its last try a whole read timeout (and 10 s) inside the job's timeout.
+    assert RetryPolicy.chat(s) == RetryPolicy(max_retries=2, retry_after_cap=20.0, budget=170.0)
+    assert RetryPolicy.provider(s).retries(0).longest_call(10) == 10
+    # Between tries call() waits a backoff of at most 8 s, or a Retry-After up to the cap.
+    assert RetryPolicy(max_retries=2, retry_after_cap=5).longest_call(10) == 3 * 10 + 2 * 8
+    assert RetryPolicy(max_retries=2, retry_after_cap=20).longest_call(10) == 3 * 10 + 2 * 20

@@ -23,6 +23,7 @@ from tests.fixtures.servers import ServerThread
 from tests.helpers import CHAT
 from workers.providers import chat
 from workers.providers.http import call, make_client
+from workers.providers.retry import RetryPolicy
 
 
 async def test_nul_in_a_request_is_400_naming_the_field(client: httpx.AsyncClient, funded: Account,
@@ -113,7 +114,7 @@ async def test_provider_cookies_never_cross_accounts() -> None:
         c = make_client(f"http://localhost:{server.port}", connect_timeout=2, read_timeout=5)
         for key in ("user-a", "user-b"):
             await call("OpenRouter", functools.partial(chat.complete, c, "OpenRouter", key, {"model": "m"}),
-                       max_retries=0, retry_after_cap=1)
+                       RetryPolicy(max_retries=0, retry_after_cap=1))
         await c.aclose()
     finally:
         server.stop()
@@ -132,7 +133,7 @@ async def test_retries_stop_at_the_budget(budget: float) -> None:
     c = make_client("https://x.test", connect_timeout=1, read_timeout=1, transport=httpx.MockTransport(handler))
     started = time.monotonic()
     with pytest.raises(Exception, match="busy"):
-        await call("OpenAI", lambda: chat.complete(c, "OpenAI", "k", {}), max_retries=50, retry_after_cap=5,
-                   retry_budget=budget)
+        await call("OpenAI", lambda: chat.complete(c, "OpenAI", "k", {}),
+                   RetryPolicy(max_retries=50, retry_after_cap=5, budget=budget))
     assert time.monotonic() - started < budget + 0.3 and calls <= 3
     _ = uuid

@@ -32,7 +32,7 @@ async def start_webhooks_worker(max_jobs: int | None = None) -> tuple[Any, async
     from arq.worker import get_kwargs
 
     from jobs.settings import get_settings
-    from jobs.worker import SyncNodeWorker
+    from workers.runtime.worker import SyncNodeWorker
     from workers.settings import POOL_SETTINGS
 
     kwargs: dict[str, Any] = get_kwargs(POOL_SETTINGS["webhooks"])

@@ -1,28 +1,131 @@
-"""The worker runs jobs itself once its claim has read them (``jobs/runjob.py``), yet the queue
-stays arq's: a plain arq client enqueues into a pool and reads back, with arq's own
-``Job.info()`` / ``Job.result()``, what ran, how often, and how it ended."""
+"""The worker runs jobs itself once its claim has read them (``workers/runtime/runloop.py``), yet the
+queue stays arq's: a plain arq client, or our own enqueue, puts jobs in a pool, and arq's own
+``Job.info()`` / ``Job.result()`` read back what ran, how often, and how it ended.
+
+``workers/runtime`` overrides private methods of arq 0.28.0 and calls others; the first tests
+pin that seam, so an arq upgrade fails here, by name, before it fails in production."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import inspect
 import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import arq
 import pytest
 from arq import Retry, func
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import abort_jobs_ss
-from arq.jobs import Job, JobStatus
+from arq.jobs import Job, JobResult, JobStatus
 from arq.utils import timestamp_ms
+from arq.worker import Worker
 
 from jobs import keys
+from jobs.queue import Job as QueuedJob
+from jobs.queue import JobQueue
 from jobs.serialize import dumps, loads
-from jobs.worker import SyncNodeWorker
+from workers.runtime.worker import SyncNodeWorker
+
+# Every arq callable workers/runtime overrides or calls, with its parameters as arq 0.28.0 has them.
+ARQ_SIGNATURES = {
+    "Worker.__init__": "(self, functions=(), *, queue_name='arq:queue', cron_jobs=None, redis_settings=None, "
+                       "redis_pool=None, burst=False, on_startup=None, on_shutdown=None, on_job_start=None, "
+                       "on_job_end=None, after_job_end=None, handle_signals=True, job_completion_wait=0, "
+                       "max_jobs=10, job_timeout=300, keep_result=3600, keep_result_forever=False, poll_delay=0.5, "
+                       "queue_read_limit=None, max_tries=5, health_check_interval=3600, health_check_key=None, "
+                       "ctx=None, retry_jobs=True, allow_abort_jobs=False, max_burst_jobs=-1, job_serializer=None, "
+                       "job_deserializer=None, expires_extra_ms=86400000, timezone=None, log_results=True)",
+    "Worker._poll_iteration": "(self)",
+    "Worker.finish_job": "(self, job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, "
+                         "keep_in_progress)",
+    "Worker.finish_failed_job": "(self, job_id, result_data)",
+    "Worker.record_health": "(self)",
+    "Worker._release_sem_dec_counter_on_complete": "(self)",
+    "Worker.main": "(self)",
+    "Worker.handle_sig": "(self, signum)",
+    "Worker.close": "(self)",
+    "Worker.heart_beat": "(self)",
+    "Worker._cancel_aborted_jobs": "(self)",
+    "Worker._jobs_started": "(self)",
+    "Worker.run": "(self)",
+    "jobs.serialize_job": "(function_name, args, kwargs, job_try, enqueue_time_ms, *, serializer=None)",
+    "jobs.serialize_result": "(function, args, kwargs, job_try, enqueue_time_ms, success, result, start_ms, "
+                             "finished_ms, ref, queue_name, job_id, *, serializer=None)",
+    "jobs.deserialize_job_raw": "(r, *, deserializer=None)",
+    "utils.args_to_string": "(args, kwargs)",
+    "utils.ms_to_datetime": "(unix_ms)",
+    "utils.timestamp_ms": "()",
+    "utils.to_ms": "(td)",
+    "connections.create_pool": "(settings_=None, *, retry=0, job_serializer=None, job_deserializer=None, "
+                               "default_queue_name='arq:queue', expires_extra_ms=86400000)",
+    "connections.log_redis_info": "(redis, log_func)",
+    "worker.get_kwargs": "(settings_cls)",
+}
+# arq's Worker methods whose bodies workers/runtime rewrote rather than extended (no super()):
+# the first 16 hex digits of the sha256 of their source. When one changes, read ours against it.
+ARQ_REWRITTEN = {
+    "_poll_iteration": "f8d39d823a0a59f2",  # worker.py _poll_iteration + _claim_jobs
+    "start_jobs": "b45797cfa40bed7f",  # the claim script (_CLAIM_LUA)
+    "run_job": "589a19059ff84ee7",  # runloop.py run_claimed
+    "finish_job": "903f09c92830d3fd",  # worker.py _finish_batch
+    "main": "45ca1591c9717466",  # worker.py main
+}
+# Worker attributes (set in arq's __init__) that workers/runtime reads or writes.
+ARQ_ATTRIBUTES = (
+    "_handle_signals", "_last_health_check", "_pool", "aborting_tasks", "allow_abort_jobs", "allow_pick_jobs",
+    "burst", "ctx", "expires_extra_ms", "functions", "health_check_interval", "in_progress_timeout_s",
+    "job_counter", "job_deserializer", "job_serializer", "job_tasks", "job_timeout_s", "jobs_complete",
+    "jobs_failed", "jobs_retried", "keep_result_forever", "keep_result_s", "loop", "main_task", "max_burst_jobs",
+    "max_jobs", "max_tries", "on_job_end", "on_job_start", "on_startup", "on_stop", "poll_delay_s", "queue_name",
+    "queue_read_limit", "redis_settings", "retry_jobs", "sem", "tasks",
+)
+# What the claim script and the lease write under arq's names (jobs/keys.py imports arq's).
+ARQ_CONSTANTS = {
+    "in_progress_key_prefix": "arq:in-progress:", "job_key_prefix": "arq:job:", "result_key_prefix": "arq:result:",
+    "retry_key_prefix": "arq:retry:", "abort_jobs_ss": "arq:abort", "keep_cronjob_progress": 60,
+}
 
 runs: dict[str, int] = {}
+
+
+def _bare_signature(f: Any) -> str:
+    sig = inspect.signature(f)
+    params = [p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values()]
+    return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
+
+
+def _arq_callable(name: str) -> Any:
+    owner, _, attr = name.partition(".")
+    return getattr(Worker if owner == "Worker" else getattr(arq, owner), attr)
+
+
+def test_the_arq_version_is_the_one_workers_runtime_was_written_against() -> None:
+    assert arq.VERSION == "0.28.0", "workers/runtime overrides arq internals: re-check them, then these pins"
+
+
+def test_the_arq_internals_we_override_or_call_keep_their_signatures() -> None:
+    changed = {name: _bare_signature(_arq_callable(name)) for name in ARQ_SIGNATURES}
+    assert changed == ARQ_SIGNATURES
+
+
+def test_the_arq_methods_we_rewrote_are_unchanged() -> None:
+    seen = {name: hashlib.sha256(inspect.getsource(getattr(Worker, name)).encode()).hexdigest()[:16]
+            for name in ARQ_REWRITTEN}
+    assert seen == ARQ_REWRITTEN
+
+
+async def test_the_arq_worker_state_we_touch_still_exists() -> None:
+    w = Worker(functions=[func(add, name="add")], handle_signals=False)
+    assert [a for a in ARQ_ATTRIBUTES if not hasattr(w, a)] == []
+    assert {name: getattr(arq.constants, name) for name in ARQ_CONSTANTS} == ARQ_CONSTANTS
+    assert {f.name for f in dataclasses.fields(arq.worker.Function)} >= {
+        "coroutine", "timeout_s", "keep_result_s", "keep_result_forever", "max_tries"}
 
 
 async def add(ctx: dict[str, Any], a: int, b: int) -> int:
@@ -75,6 +178,27 @@ async def test_an_arq_client_enqueues_and_reads_what_ran(arq_pool: tuple[ArqRedi
     assert await job.status() == JobStatus.complete
     # arq's dedupe still holds: the id has a kept result, so the same id is not enqueued again.
     assert await client.enqueue_job("add", 1, 1, _job_id=f"{pool}-add") is None
+
+
+async def test_a_job_our_queue_enqueued_reads_back_with_arq_s_own_job(arq_pool: tuple[ArqRedis, str]) -> None:
+    client, pool = arq_pool
+    queue = JobQueue(client, status_ttl_seconds=60)
+    job_id = f"{pool}-ours"
+    assert await queue.enqueue(QueuedJob(pool, "add", job_id, (4, 5), defer_ms=400))
+    job = Job(job_id, client, _queue_name=keys.queue(pool), _deserializer=loads)
+    queued = await job.info()  # before it runs: arq reads our payload as its own job definition
+    assert queued is not None and not isinstance(queued, JobResult)
+    assert (queued.function, tuple(queued.args), queued.kwargs) == ("add", (4, 5), {})
+    job_try: int | None = queued.job_try  # arq annotates an int; a job not yet run has none
+    assert job_try is None
+    assert queued.score is not None and queued.score > timestamp_ms()
+    assert await job.status() == JobStatus.deferred
+    assert await job.result(timeout=5, poll_delay=0.05) == 9
+    done = await job.info()
+    assert isinstance(done, JobResult) and done.success and done.job_try == 1 and done.result == 9
+    assert (done.function, tuple(done.args), done.queue_name) == ("add", (4, 5), keys.queue(pool))
+    # arq's dedupe holds for our enqueue too: the id has a kept result.
+    assert await queue.enqueue(QueuedJob(pool, "add", job_id, (1, 1))) is False
 
 
 async def test_retries_count_tries_as_arq_does(arq_pool: tuple[ArqRedis, str]) -> None:

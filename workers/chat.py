@@ -11,6 +11,7 @@ from jobs.names import CHAT, CHATGPT, EMBEDDINGS, EMBEDDINGS_OPENAI, TaskKind
 from workers.context import WorkerContext, wctx
 from workers.providers import chat as chat_api
 from workers.providers.http import call
+from workers.providers.retry import RetryPolicy
 from workers.runner import run_task
 from workers.stream import StreamRun, is_streamed
 
@@ -18,13 +19,9 @@ from workers.stream import StreamRun, is_streamed
 def _job(kind: TaskKind) -> Any:
     async def work(w: WorkerContext, row: asyncpg.Record, key: str | None) -> Any:
         client = w.http[kind.provider]
-        s = w.settings
         assert key is not None
         return await call(kind.provider, lambda: chat_api.complete(client, kind.provider, key, row["request"]),
-                          max_retries=s.provider_max_retries,
-                          retry_after_cap=s.provider_retry_after_cap_seconds, metrics=w.metrics,
-                          # the last try may still take a whole read timeout
-                          retry_budget=max(10.0, s.chat_job_timeout_seconds - s.provider_read_timeout - 10))
+                          RetryPolicy.chat(w.settings), metrics=w.metrics)
 
     async def job(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
         w = wctx(ctx)
@@ -47,12 +44,9 @@ def _job(kind: TaskKind) -> Any:
 def _embed_job(kind: TaskKind) -> Any:
     async def work(w: WorkerContext, row: asyncpg.Record, key: str | None) -> Any:
         client = w.http[kind.provider]
-        s = w.settings
         assert key is not None
         return await call(kind.provider, lambda: chat_api.embed(client, kind.provider, key, row["request"]),
-                          max_retries=s.provider_max_retries,
-                          retry_after_cap=s.provider_retry_after_cap_seconds, metrics=w.metrics,
-                          retry_budget=max(10.0, s.chat_job_timeout_seconds - s.provider_read_timeout - 10))
+                          RetryPolicy.chat(w.settings), metrics=w.metrics)
 
     async def job(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
         return await run_task(wctx(ctx), kind.function, job_id, kind.key_name, work)

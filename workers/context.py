@@ -11,16 +11,16 @@ import asyncpg
 import httpx
 from redis.asyncio import Redis
 
-from jobs.batch import Combiner
 from jobs.logs import POOL
 from jobs.metrics import WorkerMetrics
 from jobs.queue import JobQueue
-from jobs.settings import Settings, get_settings
+from jobs.settings import Settings, get_settings, tune_gc
 from storage.db import create_pool
 from storage.files import s3 as s3_files
+from storage.polls import PollBatches
 from storage.secrets import SecretBox
 from storage.status import StatusStore
-from storage.tasks import TaskRepository
+from storage.task_batches import Tasks
 from workers.cancels import StreamCancels
 from workers.providers.http import make_client
 
@@ -37,30 +37,17 @@ class WorkerContext:
     metrics: WorkerMetrics
     http: dict[str, httpx.AsyncClient] = field(default_factory=dict)
     background: list[asyncio.Task[Any]] = field(default_factory=list)
-    # A busy worker reads, finishes and announces its tasks in batches (see jobs/batch.py):
-    # one statement / one pipeline for every job that reached that step meanwhile.
-    reads: Combiner[str | None, str, asyncpg.Record | None] = field(init=False)
-    completions: Combiner[str, tuple[str, Any], asyncpg.Record | None] = field(init=False)
-    announcements: Combiner[str, tuple[str, dict[str, Any]], None] = field(init=False)
+    # A busy worker reads and finishes its tasks in batches (storage/task_batches.py), and
+    # announces them in batches (StatusStore.announce).
+    tasks: Tasks = field(init=False)
+    # The state reads and progress writes of the poll pool's many concurrent polls.
+    polls: PollBatches = field(init=False)
     # Cancel flags of the /v1 streams this process relays, looked up together (workers/cancels.py).
     stream_cancels: StreamCancels = field(init=False)
 
     def __post_init__(self) -> None:
-        async def read(key_name: str | None, job_ids: list[str]) -> list[asyncpg.Record | None]:
-            rows = {r["job_id"]: r for r in await TaskRepository(self.db).for_worker_many(job_ids, key_name)}
-            return [rows.get(j) for j in job_ids]
-
-        async def complete(_: str, items: list[tuple[str, Any]]) -> list[asyncpg.Record | None]:
-            rows = {r["job_id"]: r for r in await TaskRepository(self.db).complete_many(items)}
-            return [rows.get(job_id) for job_id, _ in items]
-
-        async def announce(_: str, items: list[tuple[str, dict[str, Any]]]) -> list[None]:
-            await self.status.publish_many(items)
-            return [None] * len(items)
-
-        self.reads = Combiner(read)
-        self.completions = Combiner(complete)
-        self.announcements = Combiner(announce)
+        self.tasks = Tasks(self.db)
+        self.polls = PollBatches(self.db, self.status)
         self.stream_cancels = StreamCancels(self.redis, self.settings.v1_cancel_poll_seconds, self.background)
 
 
@@ -92,6 +79,7 @@ def on_startup_for(pool_name: str, max_jobs: int) -> Any:
         )
         w.background.append(asyncio.create_task(w.metrics.run_flusher(redis)))
         ctx["sn"] = w
+        tune_gc(s)
 
     return on_startup
 

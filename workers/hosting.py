@@ -16,7 +16,7 @@ or as attachments (``storage.files.sniff.hosted_type``). The user's key goes onl
 configured Replicate API origin (``https://api.replicate.com`` unless the operator says
 otherwise), never to the public CDN and never over plain http elsewhere.
 
-Every connection is guarded (``jobs.fetch``: public addresses only, pinned to the address
+Every connection is guarded (``storage.egress``: public addresses only, pinned to the address
 checked); the configured Replicate host is trusted as operator configuration. The whole copy
 has a deadline below the poll job's timeout, so a slow download ends as a ``hosting_error``
 with the provider's URLs rather than as a killed job.
@@ -36,8 +36,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from jobs.fetch import FetchRefused, guarded_aiohttp_client
 from jobs.settings import Settings
+from storage.egress import FetchRefused, guarded_aiohttp_client
 from storage.files import FileStore, StorageError
 from storage.files import config as files_config
 from storage.files.netcheck import check_reachable, host_port

@@ -31,6 +31,7 @@ from workers.poll import cancel_prediction, schedule_poll
 from workers.providers import replicate
 from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
 from workers.providers.http import call
+from workers.providers.retry import RetryPolicy
 from workers.runner import announce, finish_failed, provider_failed
 
 log = logging.getLogger("syncnode.media")
@@ -60,7 +61,7 @@ async def _webhook_secret(w: WorkerContext, key: str) -> str:
         t = s.replicate_create_timeout_seconds
         _secrets[h] = await call(
             replicate.PROVIDER, lambda: replicate.webhook_secret(w.http["Replicate"], key, timeout=t),
-            max_retries=_SECRET_RETRIES, retry_after_cap=s.provider_retry_after_cap_seconds)
+            RetryPolicy.provider(s).retries(_SECRET_RETRIES))
     return _secrets[h]
 
 
@@ -71,15 +72,10 @@ def create_budget_seconds(s: Settings) -> float:
     timeout is final, and would leave the sweeper to sort out a create whose fate is unknown.
     """
     t = s.replicate_create_timeout_seconds
-    # call()'s wait between tries: backoff up to 8 s, or a Retry-After up to the cap.
-    wait = max(8.0, s.provider_retry_after_cap_seconds)
-
-    def tried(retries: int, one: float) -> float:
-        return (retries + 1) * one + retries * wait
-
-    secret = tried(_SECRET_RETRIES, t)
-    lookup = tried(_LOOKUP_RETRIES, _LOST_PAGES * t)  # before the create and after an unsure one
-    create = tried(s.provider_max_retries, t)
+    retry = RetryPolicy.provider(s)
+    secret = retry.retries(_SECRET_RETRIES).longest_call(t)
+    lookup = retry.retries(_LOOKUP_RETRIES).longest_call(_LOST_PAGES * t)  # before the create and after an unsure one
+    create = retry.longest_call(t)
     return secret + 2 * lookup + create + _UNSURE_PAUSE_S
 
 
@@ -100,7 +96,7 @@ async def _find_lost(w: WorkerContext, st: asyncpg.Record, key: str) -> str | No
     try:
         found = await call(replicate.PROVIDER,
                            lambda: replicate.created_since(w.http["Replicate"], key, since, _LOST_PAGES, timeout=t),
-                           max_retries=_LOOKUP_RETRIES, retry_after_cap=s.provider_retry_after_cap_seconds)
+                           RetryPolicy.provider(s).retries(_LOOKUP_RETRIES))
     except ProviderRetryable as e:
         # Whether a prediction exists is unknown: failing now would refund work that may be
         # running. arq runs the job again later (then the sweeper, which re-runs it a few times).
@@ -151,8 +147,7 @@ async def _create(w: WorkerContext, st: asyncpg.Record, job_id: str, key: str) -
                                       cancel_after_s=cancel_after, timeout=s.replicate_create_timeout_seconds)
 
     try:
-        pred = await call(replicate.PROVIDER, send, max_retries=s.provider_max_retries,
-                          retry_after_cap=s.provider_retry_after_cap_seconds, metrics=w.metrics)
+        pred = await call(replicate.PROVIDER, send, RetryPolicy.provider(s), metrics=w.metrics)
     except replicate.CreateUncertain:
         await asyncio.sleep(_UNSURE_PAUSE_S)
         lost = await _find_lost(w, await repo.state(job_id) or st, key)

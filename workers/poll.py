@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -22,6 +21,7 @@ import asyncpg
 from jobs import keys
 from jobs.names import MEDIA_POLL
 from jobs.queue import Job
+from jobs.results import TaskResult
 from storage.predictions import PredictionRepository
 from storage.tasks import TERMINAL
 from workers.context import WorkerContext, wctx
@@ -30,6 +30,7 @@ from workers.output import OutputRefused, normalize_output
 from workers.providers import replicate
 from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
 from workers.providers.http import call
+from workers.providers.retry import RetryPolicy
 from workers.runner import announce, finish_failed
 
 log = logging.getLogger("syncnode.poll")
@@ -56,17 +57,10 @@ async def schedule_poll(w: WorkerContext, job_id: str, n: int, delay_s: float, t
     and would silently skip an enqueue under one of them."""
     poll_id = f"{job_id}:{tag}:{n}"
     args = (job_id, n, True) if tag == "poll" else (job_id, n, True, tag)
-    await w.queue.enqueue(Job("poll", MEDIA_POLL, poll_id, args, defer_ms=int(delay_s * 1000)))
-    # Only after the next link exists: the sweeper reads this to find chains that broke.
-    await w.redis.set(keys.poll_chain(job_id), poll_id, ex=w.settings.prediction_deadline_seconds + 3600)
-
-
-async def _publish_done(w: WorkerContext, job_id: str, row: asyncpg.Record, output: Any,
-                        hosting_error: str | None) -> None:
-    await w.status.publish(job_id, {
-        "status": "completed", "output": output, "error": hosting_error, "task_id": row["id"],
-        "model": row["model"], "cost_micros": row["cost_micros"], "updated_at": row["updated_at"].isoformat(),
-    })
+    # The chain key is set by the same enqueue script, so only once the next link exists: the
+    # sweeper reads it to find chains that broke. Concurrent polls share one pipeline.
+    chain = (keys.poll_chain(job_id), w.settings.prediction_deadline_seconds + 3600)
+    await w.queue.enqueue(Job("poll", MEDIA_POLL, poll_id, args, defer_ms=int(delay_s * 1000), pointer=chain))
 
 
 async def _rehost_allowed(w: WorkerContext, job_id: str) -> bool:
@@ -103,7 +97,8 @@ async def _succeeded(w: WorkerContext, job_id: str, uid: str, pred: dict[str, An
     if row is None:
         await announce(w, job_id)
         return "duplicate"
-    await _publish_done(w, job_id, row, output, hosting_error)
+    # A completed task's error is a re-hosting failure: the output holds the provider's URLs.
+    await w.status.publish(job_id, TaskResult.finished(row, "completed", output=output, error=hosting_error))
     return "completed"
 
 
@@ -122,18 +117,15 @@ async def finalize(w: WorkerContext, job_id: str, uid: str, pred: dict[str, Any]
 
 
 async def cancel_prediction(w: WorkerContext, key: str, prediction_id: str) -> None:
-    s = w.settings
     try:
         await call(replicate.PROVIDER, lambda: replicate.cancel(w.http["Replicate"], key, prediction_id),
-                   max_retries=s.provider_max_retries, retry_after_cap=s.provider_retry_after_cap_seconds,
-                   metrics=w.metrics)
+                   RetryPolicy.provider(w.settings), metrics=w.metrics)
     except ProviderError as e:  # the task ends anyway; Cancel-After stops it at Replicate too
         log.warning("cancel of prediction %s failed: %s", prediction_id, e)
 
 
 async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "poll") -> str:
-    repo = PredictionRepository(w.db)
-    st = await repo.state(job_id, with_request=False)
+    st = await w.polls.state(job_id)  # batched with the worker's other polls, as fresh as one read
     if st is None or st["status"] in TERMINAL or st["provider_id"] is None:
         return "done"
     if st["ciphertext"] is None:
@@ -173,9 +165,7 @@ async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "
             await schedule_poll(w, job_id, n + 1, w.settings.poll_cap_seconds, tag)
         return outcome
     if status != st["provider_status"]:
-        await repo.polled(job_id, status)
-        # Conditional: the webhook path may have published the end since this poll read its row.
-        await w.status.publish_progress(job_id, status, datetime.now(UTC).isoformat())
+        await w.polls.polled(job_id, status)  # the row, then the status hash (conditionally)
     if chain:
         await schedule_poll(w, job_id, n + 1, backoff(w, n, webhook=st["webhook_secret"] is not None), tag)
     return "pending"

@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from jobs import keys
 from jobs.logs import UID
-from storage.status import PUBLIC_STATUS
+from jobs.results import TaskResult, Upstream
 from storage.tasks import TERMINAL, TaskRepository
 from workers.context import WorkerContext
 from workers.output import OutputRefused, normalize_output
@@ -37,20 +37,14 @@ _INFRASTRUCTURE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyn
 Work = Callable[[WorkerContext, asyncpg.Record, str | None], Awaitable[Any]]
 
 
-def _result(row: asyncpg.Record, status: str, output: Any, error: str | None,
-            cost_micros: int, **extra: Any) -> dict[str, Any]:
-    return {"status": PUBLIC_STATUS.get(status, status), "output": output, "error": error,
-            "task_id": row["id"], "model": row["model"], "cost_micros": cost_micros,
-            "updated_at": row["updated_at"].isoformat(), **extra}
-
-
 async def finish_failed(w: WorkerContext, job_id: str, error: str, *, status: str = "failed",
-                        client_error: bool = False, **extra: Any) -> bool:
+                        client_error: bool = False, upstream: Upstream | None = None) -> bool:
     """Fail (or cancel) and refund once; announce whatever the final state turned out to be.
     True if this call was the one that failed it."""
     row = await TaskRepository(w.db).finish_unpaid(job_id, status, error)
     if row is not None:
-        await w.status.publish(job_id, _result(row, status, None, error, 0, client_error=client_error, **extra))
+        await w.status.publish(job_id, TaskResult.finished(row, status, error=error, refunded=True,
+                                                           client_error=client_error, upstream=upstream))
         return True
     await announce(w, job_id)
     return False
@@ -59,15 +53,13 @@ async def finish_failed(w: WorkerContext, job_id: str, error: str, *, status: st
 async def provider_failed(w: WorkerContext, job_id: str, e: ProviderError) -> str:
     """A provider's 4xx fails the task with its own message (the caller's fault: 400); anything
     else reached here after every retry (502). Either way the charge is refunded."""
-    # What /v1 needs to answer as OpenAI would (a provider's 429 → 429 with its Retry-After).
-    upstream: dict[str, Any] = {"upstream_status": e.status,
-                                "retry_after": e.retry_after if isinstance(e, ProviderRetryable) else None}
+    upstream = Upstream(e.status, e.retry_after if isinstance(e, ProviderRetryable) else None)
     if isinstance(e, ProviderStreamBroken):
         await _stream_broken(w, job_id, e)
     elif isinstance(e, ProviderRejected):
-        await finish_failed(w, job_id, str(e), client_error=True, **upstream)
+        await finish_failed(w, job_id, str(e), client_error=True, upstream=upstream)
     else:
-        await finish_failed(w, job_id, f"{e} (gave up after retries)", **upstream)
+        await finish_failed(w, job_id, f"{e} (gave up after retries)", upstream=upstream)
     return "failed"
 
 
@@ -81,7 +73,7 @@ async def _stream_broken(w: WorkerContext, job_id: str, e: ProviderStreamBroken)
         output = None
     row = await TaskRepository(w.db).fail_charged(job_id, str(e), output)
     if row is not None:
-        await w.status.publish(job_id, _result(row, "failed", output, str(e), row["cost_micros"]))
+        await w.status.publish(job_id, TaskResult.finished(row, "failed", output=output, error=str(e)))
     else:
         await announce(w, job_id)
 
@@ -90,8 +82,7 @@ async def announce(w: WorkerContext, job_id: str) -> None:
     """Re-publish a finished task (a re-run job, or a crash between Postgres and Redis)."""
     row = await TaskRepository(w.db).by_job_id(job_id)
     if row is not None and row["status"] in TERMINAL:
-        cost = 0 if row["refunded"] else row["cost_micros"]
-        await w.status.publish(job_id, _result(row, row["status"], row["output"], row["error"], cost))
+        await w.status.publish(job_id, TaskResult.from_row(row))
 
 
 async def run_task(w: WorkerContext, function: str, job_id: str, key_name: str | None,
@@ -124,7 +115,7 @@ async def _remember_error(w: WorkerContext, job_id: str, e: BaseException) -> No
 
 
 async def _run(w: WorkerContext, job_id: str, key_name: str | None, work: Work) -> str:
-    row = await w.reads.submit(key_name, job_id)
+    row = await w.tasks.for_worker(job_id, key_name)
     if row is None:
         log.warning("job %s has no task row; dropped", job_id)
         return "missing"
@@ -157,9 +148,9 @@ async def _run(w: WorkerContext, job_id: str, key_name: str | None, work: Work) 
     except OutputRefused as e:
         await finish_failed(w, job_id, str(e))
         return "failed"
-    done = await w.completions.submit("", (job_id, output))
+    done = await w.tasks.complete(job_id, output)
     if done is None:
         await announce(w, job_id)  # another run finished it first
         return "duplicate"
-    await w.announcements.submit("", (job_id, _result(done, "completed", output, None, done["cost_micros"])))
+    await w.status.announce(job_id, TaskResult.finished(done, "completed", output=output))
     return "completed"

@@ -35,6 +35,7 @@ from workers.context import WorkerContext
 from workers.providers import chat as chat_api
 from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable, ProviderStreamBroken
 from workers.providers.http import call
+from workers.providers.retry import RetryPolicy
 
 log = logging.getLogger("syncnode.stream")
 
@@ -92,7 +93,6 @@ class StreamRun:
         body = {**req, "stream": True, "stream_options": {**(req.get("stream_options") or {}),
                                                          "include_usage": True}}
         client = w.http[self.provider]
-        s = w.settings
 
         async def first() -> tuple[AsyncGenerator[list[bytes], None], list[bytes]]:
             events = chat_api.stream(client, self.provider, key, body)
@@ -105,9 +105,7 @@ class StreamRun:
                 raise
 
         # Retried like any call, but only until the first chunk: after it the client has text.
-        events, batch = await call(self.provider, first, max_retries=s.provider_max_retries,
-                                   retry_after_cap=s.provider_retry_after_cap_seconds, metrics=w.metrics,
-                                   retry_budget=max(10.0, s.chat_job_timeout_seconds - s.provider_read_timeout - 10))
+        events, batch = await call(self.provider, first, RetryPolicy.chat(w.settings), metrics=w.metrics)
         asm = Assembler()
         reader = asyncio.create_task(self._pump(events, batch, asm, wants_usage))
         watcher = w.stream_cancels.watch(self.job_id)

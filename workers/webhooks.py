@@ -29,10 +29,11 @@ import orjson
 from standardwebhooks import Webhook
 
 from jobs import keys
-from jobs.fetch import FetchRefused, guarded_client
 from jobs.names import WEBHOOK_DELIVER
 from jobs.queue import Job
-from storage.status import PUBLIC_STATUS, status_document
+from jobs.results import PUBLIC_STATUS
+from storage.egress import FetchRefused, guarded_client
+from storage.status import status_document
 from storage.tasks import TERMINAL
 from storage.webhooks import WebhookRepository, signing_secrets
 from workers.context import WorkerContext, wctx

@@ -24,7 +24,7 @@ from ingress.schemas import Message
 from ingress.state import state
 from ingress.submit import submit
 from ingress.v1 import relay
-from ingress.v1.answer import failure, timed_out
+from ingress.v1.answer import timed_out
 from jobs.names import CHAT, CHATGPT
 
 
@@ -67,6 +67,4 @@ async def chat_completions(request: Request) -> Response:
         return await relay.open_stream(st, sub.task_id, sub.job_id, uid=who.uid, cancel_on_disconnect=True)
     if sub.result is None:
         raise timed_out(sub.job_id, sub.task_id)
-    if sub.result["status"] == "completed":
-        return JSON(sub.result["output"])
-    raise failure(sub.result, sub.job_id)
+    return JSON(sub.result.raise_for_failure(sub.job_id).output)

@@ -16,7 +16,7 @@ from ingress.api_spec import IDEMPOTENCY, PAID, api
 from ingress.responses import JSON
 from ingress.state import state
 from ingress.submit import submit
-from ingress.v1.answer import failure, timed_out
+from ingress.v1.answer import timed_out
 from jobs.names import EMBEDDINGS, EMBEDDINGS_OPENAI
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request
@@ -52,6 +52,4 @@ async def embeddings(request: Request) -> Response:
                        request=a.raw, idempotency_key=a.idempotency_key, webhook=a.hook, wait=True)
     if sub.result is None:
         raise timed_out(sub.job_id, sub.task_id)
-    if sub.result["status"] == "completed":
-        return JSON(sub.result["output"])
-    raise failure(sub.result, sub.job_id)
+    return JSON(sub.result.raise_for_failure(sub.job_id).output)

@@ -25,7 +25,7 @@ from ingress.moderation import ModerationRequest, load_image, task_request
 from ingress.responses import JSON
 from ingress.state import AppState, state
 from ingress.submit import ensure_can_pay, paid_work, refusal, submit
-from ingress.v1.answer import failure, timed_out
+from ingress.v1.answer import timed_out
 from jobs import keys
 from jobs.errors import BadRequest
 from jobs.names import MODERATION
@@ -122,11 +122,10 @@ async def _one(st: AppState, who: Principal, m: ModerationRequest, calls: int,
                        prepare=store_blob if img is not None else None, webhook=hook)
     if sub.result is None:
         raise timed_out(sub.job_id, sub.task_id)
-    if sub.result["status"] != "completed":
-        raise failure(sub.result, sub.job_id)
+    output = sub.result.raise_for_failure(sub.job_id).output
     s = st.settings
     return {"job_id": sub.job_id, "model": model,
-            **result(sub.result["output"], s.moderation_category_threshold, s.moderation_underage_threshold)}
+            **result(output, s.moderation_category_threshold, s.moderation_underage_threshold)}
 
 
 @api("Our moderation backends in OpenAI's shape, with their honest coverage", tags=("v1",), auth="bearer",

@@ -37,10 +37,11 @@ from ingress.api_spec import Raw, api
 from ingress.responses import JSON
 from ingress.slots import slot
 from ingress.state import AppState, state
-from ingress.v1.answer import NO_RETRY, failure, timed_out
+from ingress.v1.answer import NO_RETRY, timed_out
 from ingress.v1.feed import Feed, feeds
 from jobs import keys
-from jobs.errors import BadRequest, GatewayTimeout, NotFound, RateLimited
+from jobs.errors import BadRequest, GatewayTimeout, NotFound, RateLimited, SyncNodeError
+from jobs.results import Upstream, failure_error
 from storage.tasks import TERMINAL, TaskRepository
 
 Entry = tuple[str, dict[bytes, bytes]]
@@ -80,6 +81,14 @@ def frame(entry: Entry) -> bytes | None:
     if data is None:
         return None
     return b"id: " + entry_id.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def end_failure(fields: dict[bytes, bytes], job_id: str) -> SyncNodeError:
+    """The answer to a stream that ended before its first chunk, as a whole task's failure would be."""
+    status, ra = _text(fields.get(b"upstream_status")), _text(fields.get(b"retry_after"))
+    upstream = Upstream(int(status) if status else None, float(ra) if ra else None) if status or ra else None
+    return failure_error(_text(fields.get(b"error")) or f"Task {_text(fields.get(b'end'))}", job_id,
+                         client_error=fields.get(b"client_error") == b"1", upstream=upstream)
 
 
 def end_frame(fields: dict[bytes, bytes]) -> bytes:
@@ -251,7 +260,7 @@ async def open_stream(st: AppState, task_id: int, job_id: str, *, uid: str, canc
             raise timed_out(job_id, task_id)
         fields = entries[0][1]
         if b"d" not in fields and fields.get(b"end") != b"completed" and last_id == "0":
-            raise failure({k.decode(): _text(v) for k, v in fields.items()}, job_id)
+            raise end_failure(fields, job_id)
     except BaseException:
         await stack.aclose()
         raise

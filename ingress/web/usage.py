@@ -12,9 +12,9 @@ from ingress.params import int_param
 from ingress.responses import JSON
 from ingress.state import state
 from jobs.errors import NotFound
+from jobs.results import PUBLIC_STATUS
 from jobs.settings import to_dollars
 from storage.accounts import AccountRepository
-from storage.status import PUBLIC_STATUS
 from storage.web import UsageRepository
 
 

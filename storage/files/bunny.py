@@ -2,7 +2,7 @@
 password in the ``AccessKey`` header; files are public under the pull zone's URL.
 
 The region host is the user's to choose, so the client handed in must be a guarded one
-(``jobs.fetch.guarded_client``), and nothing the remote answers is echoed back: only its
+(``storage.egress.guarded_client``), and nothing the remote answers is echoed back: only its
 status code, so the endpoint cannot be used to read another server's responses.
 """
 
@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from jobs.fetch import FetchRefused
+from storage.egress import FetchRefused
 from storage.files import StorageError
 from storage.files.sniff import stored_as
 

@@ -78,7 +78,7 @@ def endpoints(provider: str, settings: dict[str, Any]) -> list[str]:
 def build(provider: str, settings: dict[str, Any], secret: dict[str, str], *, http: httpx.AsyncClient,
           local_root: Path, public_url: str, timeout: float, allow: frozenset[str],
           shared: bool = True) -> FileStore:
-    """``http`` must be a guarded client (``jobs.fetch.guarded_client``): Bunny's host is the user's.
+    """``http`` must be a guarded client (``storage.egress.guarded_client``): Bunny's host is the user's.
     ``allow`` is SYNCNODE_FETCH_ALLOW, for S3's own guarded connections; ``shared=False`` for a
     one-off store whose S3 client the caller closes (``S3Store.close``)."""
     if provider == "s3":

@@ -1,10 +1,10 @@
 """Refuse user-supplied storage endpoints that point into the gateway's own network (SSRF).
 
-The rules are ``jobs.fetch``'s (public unicast only, IPv4 embedded in IPv6 judged by the
+The rules are ``storage.egress``'s (public unicast only, IPv4 embedded in IPv6 judged by the
 IPv4 address, ``SYNCNODE_FETCH_ALLOW`` entries let named ``host:port`` through). This check
 runs before a save or an upload so the user gets a clear message early; it is not what keeps
 them out: every connection is guarded again at connect time, pinned to the address that was
-checked (``jobs.fetch.GuardedBackend`` / ``GuardedResolver``), since DNS may answer
+checked (``storage.egress.GuardedBackend`` / ``GuardedResolver``), since DNS may answer
 differently the second time.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from jobs import fetch
+from storage import egress
 from storage.files import StorageError
 
 
@@ -31,13 +31,13 @@ def host_port(url: str) -> tuple[str, int]:
     return parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)
 
 
-async def check_reachable(url: str, allow: frozenset[str], resolver: fetch.Resolver | None = None) -> None:
+async def check_reachable(url: str, allow: frozenset[str], resolver: egress.Resolver | None = None) -> None:
     """Raise StorageError if ``url`` is malformed or leads to a non-public address not allowed."""
     host, port = host_port(url)
     try:
-        fetch.check_literal(host, port, allow)
-        await fetch.vetted_addresses(host, port, allow, resolver)
-    except fetch.FetchRefused as e:
+        egress.check_literal(host, port, allow)
+        await egress.vetted_addresses(host, port, allow, resolver)
+    except egress.FetchRefused as e:
         raise StorageError(f"{e}. A private address is refused unless the operator allows it "
                            "with SYNCNODE_FETCH_ALLOW")
 
@@ -51,6 +51,6 @@ def is_public_url(url: str) -> bool:
     if host == "localhost" or host.endswith((".localhost", ".local", ".internal", ".lan")):
         return False
     try:
-        return fetch.why_not_public(ipaddress.ip_address(host)) is None
+        return egress.why_not_public(ipaddress.ip_address(host)) is None
     except ValueError:
         return "." in host

@@ -1,7 +1,7 @@
 """An S3 (or S3-compatible: R2, MinIO, Wasabi…) bucket through aiobotocore.
 
 The endpoint is the user's to choose, so every connection goes through
-``jobs.fetch.GuardedResolver`` (aiohttp connects to exactly the addresses it vetted: no second
+``storage.egress.GuardedResolver`` (aiohttp connects to exactly the addresses it vetted: no second
 DNS answer) and an IP-literal endpoint, which aiohttp never resolves, is checked up front.
 Environment proxies are off: a proxy would connect for us, past the guard.
 
@@ -22,7 +22,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from jobs.fetch import FetchRefused, GuardedResolver, check_literal
+from storage.egress import FetchRefused, GuardedResolver, check_literal
 from storage.files import StorageError
 from storage.files.netcheck import host_port
 from storage.files.sniff import stored_as

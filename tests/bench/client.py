@@ -20,7 +20,7 @@ from typing import Any
 from storage.embedded import free_port
 from tests.bench.stack import _wait_http
 from workers.providers import chat as chat_api
-from workers.providers.http import make_client
+from workers.providers.http import json_post, make_client
 
 BODY: dict[str, Any] = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}],
                         "max_tokens": 50}
@@ -31,6 +31,11 @@ async def legacy(client: Any, key: str) -> Any:
     return resp.json()
 
 
+async def before(client: Any, key: str) -> Any:
+    resp = await client.send(json_post(client, "/chat/completions", BODY, key))
+    return resp.json()
+
+
 async def current(client: Any, key: str) -> Any:
     return await chat_api.complete(client, "OpenRouter", key, BODY)
 
@@ -38,10 +43,11 @@ async def current(client: Any, key: str) -> Any:
 async def run(port: int, calls: int) -> None:
     client = make_client(f"http://127.0.0.1:{port}", connect_timeout=5, read_timeout=30)
     try:
-        for way in (legacy, current):
+        for way in (legacy, before, current):
             await way(client, "warm")
         for rnd in range(3):
-            for name, way in (("httpx client.post", legacy), ("json_post + send", current)):
+            for name, way in (("httpx client.post", legacy), ("json_post + client.send", before),
+                              ("json_post + transport (chat.complete)", current)):
                 t0, c0 = time.perf_counter(), time.process_time()
                 for _ in range(calls):
                     await way(client, "sk-or-v1-bench")

@@ -20,6 +20,7 @@ from workers.moderation.categories import VULGAR, Measured, Thresholds
 from workers.moderation.openai import Image
 from workers.providers.errors import ProviderRejected
 from workers.providers.http import call, make_client
+from workers.providers.retry import RetryPolicy
 
 log = logging.getLogger("syncnode.moderation")
 T = TypeVar("T")
@@ -95,8 +96,6 @@ class ModerationEngine:
     async def _openai(self, text: str | None, image: Image | None) -> tuple[Measured | None, Measured | None]:
         assert self.client is not None and self.key is not None
         client, key, model = self.client, self.key, self.settings.moderation_openai_model
-        s = self.settings
         result = await call(openai_api.PROVIDER, lambda: openai_api.moderate(client, key, model, text, image),
-                            max_retries=s.provider_max_retries,
-                            retry_after_cap=s.provider_retry_after_cap_seconds, metrics=self.metrics)
+                            RetryPolicy.provider(self.settings), metrics=self.metrics)
         return openai_api.split(result, text is not None, image is not None)

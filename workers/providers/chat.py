@@ -8,12 +8,12 @@ from typing import Any
 import httpx
 
 from workers.providers.errors import ProviderRejected, ProviderRetryable
-from workers.providers.http import classify, json_post
+from workers.providers.http import classify, json_post, send
 
 
 async def complete(client: httpx.AsyncClient, provider: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
     """One exchange; raises ProviderError. The retry loop is the caller's (``http.call``)."""
-    resp = await client.send(json_post(client, "/chat/completions", body, key))
+    resp = await send(client, json_post(client, "/chat/completions", body, key))
     classify(provider, resp)
     try:
         data = resp.json()

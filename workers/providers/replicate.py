@@ -14,7 +14,7 @@ import httpx
 
 from jobs.model_refs import is_version
 from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
-from workers.providers.http import classify
+from workers.providers.http import bearer_get, classify, send
 
 PROVIDER = "Replicate"
 # Replicate's own terminal statuses; ``aborted`` is newer than most clients know.
@@ -71,7 +71,7 @@ async def create(client: httpx.AsyncClient, key: str, model: str, input_: dict[s
 
 
 async def get(client: httpx.AsyncClient, key: str, prediction_id: str) -> dict[str, Any]:
-    resp = await client.get(f"/predictions/{prediction_id}", headers=_auth(key))
+    resp = await send(client, bearer_get(client, f"/predictions/{prediction_id}", key))
     try:
         return _json(resp)
     except json.JSONDecodeError:

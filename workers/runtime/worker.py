@@ -13,7 +13,7 @@
   does the read and every claim atomically.
 * The claim also reads the job: arq's run_job opens each job with a MULTI/EXEC (GET the job,
   INCR its try counter, ZREM it from the abort set); the claim script does those commands for
-  every job it takes and hands their replies to ``jobs/runjob.py``, arq's run_job from there on.
+  every job it takes and hands their replies to ``workers/runtime/runloop.py``, arq's run_job from there on.
 * Finishing in batches: arq ends every job with its own MULTI/EXEC; here the jobs that finish
   while one such transaction is in flight share the next one (``jobs/batch.py``).
 * A lease with a heartbeat: arq holds ``arq:in-progress:<id>`` for the largest job timeout
@@ -47,7 +47,8 @@ from redis.exceptions import NoScriptError, RedisError
 
 from jobs import keys
 from jobs.batch import Combiner
-from jobs.runjob import parse_claimed, run_claimed
+from storage.redis_wire import packed_by_hiredis
+from workers.runtime.runloop import parse_claimed, run_claimed
 
 log = logging.getLogger("syncnode.worker")
 
@@ -240,6 +241,11 @@ class SyncNodeWorker(Worker):
                 default_queue_name=self.queue_name,
                 expires_extra_ms=self.expires_extra_ms,
             )
+            # Commands packed in C (storage/redis_wire.py): the connection create_pool opened
+            # for its ping is dropped so that every connection of the pool packs alike.
+            await self._pool.connection_pool.disconnect()
+            self._pool.connection_pool.reset()
+            packed_by_hiredis(self._pool.connection_pool)
         await log_redis_info(self.pool, log.info)
         self.ctx["redis"] = self.pool
         if self.on_startup:

@@ -2,7 +2,7 @@
 
 arq opens every job with a MULTI/EXEC of its own (GET the job, INCR and EXPIRE its try counter,
 ZREM it from the abort set): one more round trip per job, after the claim. The claim script
-(``jobs/worker.py``) does those same commands atomically while it takes the job and hands over
+(``workers/runtime/worker.py``) does those same commands atomically while it takes the job and hands over
 what they returned, so a job starts without another look at Redis. What follows is arq's
 run_job from there on, with the same results, retries, aborts, timeouts and keys, minus the
 per-job log formatting nobody reads at this volume (it is built only when INFO is on).

@@ -11,6 +11,9 @@ The check sits in an httpcore network backend, the one place every connection is
 no code path (redirect, retry, keep-alive) can skip it. aiohttp clients (re-hosting, aiobotocore)
 get the same rules through a resolver that returns only vetted addresses (aiohttp connects to
 exactly those), plus a per-request check of IP literals, which aiohttp never resolves.
+
+It lives in ``storage/`` because the lowest of its users is there (the hosting backends in
+``storage/files/``); the ingress and the workers sit above and import it from here.
 """
 
 from __future__ import annotations
