@@ -77,5 +77,12 @@ class Replies:
             for raw in ([first[1]] if first else []) + (rest or []):
                 job_id, _, payload = raw.partition(b"\0")
                 fut = self._waiting.get(job_id.decode())
-                if fut is not None and not fut.done():
+                if fut is None or fut.done():
+                    continue
+                try:
                     fut.set_result(TaskResult.from_json(payload))
+                except (ValueError, KeyError, TypeError) as e:
+                    # One unreadable result fails its own request (500), not the listener that
+                    # every synchronous wait of this process depends on.
+                    log.error("unreadable result for %s", job_id.decode(), exc_info=True)
+                    fut.set_exception(RuntimeError(f"unreadable task result: {e}"))

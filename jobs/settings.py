@@ -322,10 +322,18 @@ class Settings(BaseSettings):
         return path.read_text().strip()
 
 
+_gc_tuned = False
+
+
 def tune_gc(settings: Settings) -> None:
     """Once a process has built its long-lived objects (pools, clients, models), move them out
     of the collector's way (``gc.freeze``: full collections stop re-scanning them) and collect
-    the young generation less often."""
+    the young generation less often. Once per process: a second app or in-process worker (tests)
+    would otherwise run a full collection on a loop that is already serving."""
+    global _gc_tuned
+    if _gc_tuned:
+        return
+    _gc_tuned = True
     gc.collect()
     gc.freeze()
     if settings.gc_threshold > 0:

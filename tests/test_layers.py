@@ -29,13 +29,22 @@ ALLOWED: dict[str, frozenset[str]] = {
 INNER: dict[str, str] = {"workers.runtime": "workers"}
 
 
-def imported(tree: ast.AST) -> Iterator[tuple[int, str]]:
-    """(line, dotted name) of every absolute import in a module, wherever it sits."""
+def imported(tree: ast.AST, package: str) -> Iterator[tuple[int, str]]:
+    """(line, dotted name) of every import in a module of ``package``, wherever it sits.
+
+    A relative import is resolved first: ``from .. import settings`` in workers/runtime/ is
+    workers.settings, and must count as much as the absolute spelling."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             yield from ((node.lineno, a.name) for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             yield node.lineno, node.module
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+            if node.module:
+                yield node.lineno, f"{base}.{node.module}"
+            else:
+                yield from ((node.lineno, f"{base}.{a.name}") for a in node.names)
 
 
 def violations(root: Path) -> list[str]:
@@ -43,7 +52,8 @@ def violations(root: Path) -> list[str]:
     for package, allowed in ALLOWED.items():
         for path in sorted((root / package).rglob("*.py")):
             module = ".".join(path.relative_to(root).with_suffix("").parts)
-            for line, name in imported(ast.parse(path.read_text(), str(path))):
+            own = module.removesuffix(".__init__") if path.name == "__init__.py" else module.rpartition(".")[0]
+            for line, name in imported(ast.parse(path.read_text(), str(path)), own):
                 top = name.split(".")[0]
                 if top in ALLOWED and top != package and top not in allowed:
                     found.append(f"{path.relative_to(root)}:{line}: {package} imports {name}")
@@ -66,6 +76,7 @@ def test_the_check_finds_an_upward_import_wherever_it_hides(tmp_path: Path) -> N
         "billing/cards.py": "from workers import runner\n",
         "workers/runtime/worker.py": "from workers import settings\nfrom workers.runtime import runloop\n",
         "workers/chat.py": "from billing import client\nfrom storage import egress\nfrom jobs import keys\n",
+        "workers/runtime/runloop.py": "from .. import settings\nfrom ..providers import http\nfrom . import worker\n",
     }
     for name, text in modules.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +86,8 @@ def test_the_check_finds_an_upward_import_wherever_it_hides(tmp_path: Path) -> N
         "ingress/chat.py:1: ingress imports workers.settings",
         "jobs/queue.py:2: jobs imports storage.db",
         "storage/tasks.py:3: storage imports ingress",
+        "workers/runtime/runloop.py:1: workers.runtime imports workers.settings",
+        "workers/runtime/runloop.py:2: workers.runtime imports workers.providers",
         "workers/runtime/worker.py:1: workers.runtime imports workers",
     ]
 

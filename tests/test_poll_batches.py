@@ -162,3 +162,14 @@ def test_a_prepared_get_is_the_request_httpx_would_build() -> None:
         assert ours.method == theirs.method and ours.url == theirs.url, path
         assert sorted(ours.headers.multi_items()) == sorted(theirs.headers.multi_items())
         assert ours.extensions == theirs.extensions
+
+
+def test_a_prepared_get_works_for_a_base_url_with_no_path() -> None:
+    # SYNCNODE_REPLICATE_BASE_URL may name a proxy at a host's root: httpx keeps that base's "/"
+    # only in raw_path, not in str(), so "host:port" + "predictions/…" once parsed as a bad port.
+    from workers.providers.http import bearer_get, make_client
+
+    for base in ("http://127.0.0.1:8080", "https://replicate-proxy.internal"):
+        client = make_client(base, connect_timeout=3, read_timeout=7)
+        ours = bearer_get(client, "/predictions/abc123", "r8_key")
+        assert ours.url == client.build_request("GET", "/predictions/abc123").url == base + "/predictions/abc123"

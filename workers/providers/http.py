@@ -85,7 +85,10 @@ class _Prepared:
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.urls: dict[str, httpx.URL] = {}
-        self.base = str(client.base_url)  # httpx keeps a base URL's path ending in "/"
+        # The base as httpx merges a path onto it: its raw_path always ends in "/", but str() of a
+        # base with no path ("http://host:8080") has none, and "host:8080predictions" is no URL.
+        base = client.base_url
+        self.base = str(base.copy_with(raw_path=base.raw_path))
         self.get_headers = client.headers.multi_items()
         self.headers = [*self.get_headers, ("Content-Type", "application/json")]
         self.extensions = {"timeout": client.timeout.as_dict()}
