@@ -186,16 +186,17 @@ class EmbeddedPostgres:
             shutil.chown(self.data_dir, user, user)
             self.data_dir.chmod(0o700)
         self._init_secured(bindir, user)
-        log = open(self.data_dir / "server.log", "ab")
-        # SIGINT is Postgres's fast shutdown: sessions are ended, nothing waits for clients.
-        self.proc = subprocess.Popen(
-            [str(bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-             "-k", str(self.data_dir), "-c", "listen_addresses=127.0.0.1",
-             "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", "max_connections=400",
-             "-c", "shared_buffers=128MB"],
-            stdout=log, stderr=log, start_new_session=True, preexec_fn=self._preexec(signal.SIGINT),
-            **_as(user),
-        )
+        # The child keeps its own descriptor of the log: ours is closed once it is handed over.
+        with open(self.data_dir / "server.log", "ab") as log:
+            # SIGINT is Postgres's fast shutdown: sessions are ended, nothing waits for clients.
+            self.proc = subprocess.Popen(
+                [str(bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+                 "-k", str(self.data_dir), "-c", "listen_addresses=127.0.0.1",
+                 "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", "max_connections=400",
+                 "-c", "shared_buffers=128MB"],
+                stdout=log, stderr=log, start_new_session=True, preexec_fn=self._preexec(signal.SIGINT),
+                **_as(user),
+            )
         _wait_port(self.port, self.proc, "Postgres", self.data_dir / "server.log")
         # The port opens before recovery/start-up ends ("the database system is starting up").
         deadline = time.monotonic() + 60
@@ -326,9 +327,9 @@ class EmbeddedRedis:
                 "--pidfile", str(self.pidfile)]
         # Dev keeps queued jobs across restarts (AOF); tests and benchmarks keep nothing.
         args += ["--appendonly", "yes", "--save", "60 1"] if self.persist else ["--appendonly", "no", "--save", ""]
-        log = open(self.data_dir / "redis.log", "ab")
         preexec = procs.die_with_parent(signal.SIGTERM) if self.die_with_parent else None
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, preexec_fn=preexec)
+        with open(self.data_dir / "redis.log", "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, preexec_fn=preexec)
         _wait_port(self.port, self.proc, "Redis", self.data_dir / "redis.log")
         (self.data_dir / "port").write_text(f"{self.port}\n")  # Redis retitles itself: argv has no --port
         # Redis writes its pid file only after it listens; stop_stale needs it.

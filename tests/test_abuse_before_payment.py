@@ -134,6 +134,7 @@ async def test_decompression_bomb_is_refused_from_its_header(
     acct = await make_account(keys={"replicate_key": "r8_bomb"})
     bomb = base64.b64encode(bomb_png()).decode()
     small = base64.b64encode(noise_png(8)).decode()
+    body: dict[str, Any]
     if route == "face-swap":
         path, body = "/face-swap/run", {"input": {"source_image": small, "target_image": bomb}}
     else:

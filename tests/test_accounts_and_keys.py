@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.fixtures.accounts import Account, MakeAccount
-from tests.test_chat import CHAT
+from tests.helpers import CHAT
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.fixtures.accounts import MakeAccount
 from tests.fixtures.stripe import THREE_D_SECURE, CardAccount, StripeAdmin, post_event
-from tests.test_billing_topup import balanced, payments
+from tests.helpers import balanced, payments
 
 
 async def _ledger_credit(app: Any, pi: str) -> Any:
@@ -124,6 +124,15 @@ async def test_event_credits_the_amount_received(client: httpx.AsyncClient, app:
     assert await balanced(app, acct.uid) == 12_000_000
 
 
+async def _customer(db: Any, uid: str) -> str | None:
+    from storage.billing import BillingRepository
+
+    profile = await BillingRepository(db).profile(uid)
+    assert profile is not None
+    customer: str | None = profile["stripe_customer_id"]
+    return customer
+
+
 async def _lost_intent_row(app: Any, uid: str, amount_micros: int) -> Any:
     from storage.payments import PaymentRepository
 
@@ -140,13 +149,11 @@ def _intent_event(row: Any, uid: str, customer: str | None, cents: int, **meta: 
 
 async def test_succeeded_event_adopts_only_the_row_it_was_made_for(
         client: httpx.AsyncClient, app: Any, card_account: CardAccount) -> None:
-    from storage.billing import BillingRepository
     from storage.payments import PaymentRepository
 
     db = app.state.sn.db
     acct, other = await card_account(), await card_account()
-    customer = (await BillingRepository(db).profile(acct.uid))["stripe_customer_id"]
-    other_customer = (await BillingRepository(db).profile(other.uid))["stripe_customer_id"]
+    customer, other_customer = await _customer(db, acct.uid), await _customer(db, other.uid)
     row = await _lost_intent_row(app, acct.uid, 10_000_000)
     hostile = [
         _intent_event(row, other.uid, customer, 1000),  # someone else's uid
@@ -158,7 +165,7 @@ async def test_succeeded_event_adopts_only_the_row_it_was_made_for(
     for ev in hostile:
         assert (await post_event(client, "payment_intent.succeeded", ev)).json()["outcome"] == "ignored"
     fresh = await PaymentRepository(db).get(row["id"])
-    assert fresh["payment_intent"] is None and fresh["status"] == "pending"
+    assert fresh is not None and fresh["payment_intent"] is None and fresh["status"] == "pending"
     assert await balanced(app, acct.uid) == 5_000_000 and await balanced(app, other.uid) == 5_000_000
     # A failed row never takes an intent, even a matching one.
     failed = await _lost_intent_row(app, acct.uid, 10_000_000)
@@ -169,5 +176,6 @@ async def test_succeeded_event_adopts_only_the_row_it_was_made_for(
     ev = _intent_event(row, acct.uid, customer, 1000)
     assert (await post_event(client, "payment_intent.succeeded", ev)).json()["outcome"] == "credited"
     assert (await post_event(client, "payment_intent.succeeded", ev)).json()["outcome"] == "already credited"
-    assert (await PaymentRepository(db).get(row["id"]))["payment_intent"] == ev["id"]
+    adopted = await PaymentRepository(db).get(row["id"])
+    assert adopted is not None and adopted["payment_intent"] == ev["id"]
     assert await balanced(app, acct.uid) == 15_000_000

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from tests.fixtures.stripe import CardAccount, StripeAdmin, post_event
-from tests.test_billing_topup import balanced
+from tests.helpers import balanced
 
 
 async def _paid(client: httpx.AsyncClient, card_account: CardAccount, stripe_admin: StripeAdmin,

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from storage.embedded import free_port
 from tests.fixtures.servers import ServerThread
 from tests.fixtures.stripe import CardAccount, StripeAdmin, post_event
-from tests.test_billing_topup import balanced, payments
+from tests.helpers import balanced, payments
 
 
 def _broken_stripe(mode: str) -> Starlette:

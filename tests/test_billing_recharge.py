@@ -10,8 +10,7 @@ from typing import Any
 import httpx
 
 from tests.fixtures.stripe import DECLINED_AT_PAYMENT, CardAccount
-from tests.test_billing_topup import balanced, payments
-from tests.test_chat import CHAT
+from tests.helpers import CHAT, balanced, payments
 
 KEYS = {"openrouter_key": "sk-or-v1-recharge"}
 

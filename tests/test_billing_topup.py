@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.accounts import Account, MakeAccount, audit
+from tests.fixtures.accounts import Account, MakeAccount
 from tests.fixtures.stripe import (
     DECLINED_AT_ATTACH,
     DECLINED_AT_PAYMENT,
@@ -20,16 +20,7 @@ from tests.fixtures.stripe import (
     StripeAdmin,
     post_event,
 )
-
-
-async def balanced(app: Any, uid: str) -> int:
-    balance, total = await audit(app, uid)
-    assert balance == total
-    return balance
-
-
-async def payments(app: Any, uid: str) -> list[Any]:
-    return list(await app.state.sn.db.fetch("SELECT * FROM payments WHERE uid = $1 ORDER BY id", uid))
+from tests.helpers import balanced, payments
 
 
 async def test_save_card_then_top_up_credits_once(client: httpx.AsyncClient, make_account: MakeAccount,

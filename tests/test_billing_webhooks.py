@@ -10,8 +10,7 @@ from typing import Any
 import httpx
 
 from tests.fixtures.stripe import CardAccount, StripeAdmin, post_event, signed
-from tests.test_billing_topup import balanced, payments
-from tests.test_chat import CHAT
+from tests.helpers import CHAT, balanced, payments
 
 KEYS = {"openrouter_key": "sk-or-v1-billing"}
 
@@ -132,7 +131,7 @@ async def test_payment_failed_event_is_recorded(client: httpx.AsyncClient, card_
 async def test_localstripe_signed_event_credits_a_3d_secure_top_up(
         client: httpx.AsyncClient, card_account: CardAccount, stripe_admin: StripeAdmin, app: Any) -> None:
     """The event localstripe itself signs and sends (not one we built) is accepted and credits."""
-    from localstripe import webhooks  # type: ignore[import-untyped]
+    from localstripe import webhooks
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
 import httpx
 
-from tests.fakes import chat_provider
 from tests.fixtures.accounts import Account, MakeAccount, audit
-
-CHAT = "/chat-completion"
-
-
-def calls_for(prompt: str) -> list[dict[str, Any]]:
-    return chat_provider.calls_with_prompt(prompt)
+from tests.helpers import CHAT, calls_for, poll_until_done
 
 
 async def test_chat_completion_answers_with_the_reference_shape(
@@ -74,18 +67,6 @@ async def test_respond_async_then_poll(client: httpx.AsyncClient, funded: Accoun
     status = await poll_until_done(client, funded, body["job_id"])
     assert status["replicate_status"] == "completed" and status["updated"] is True
     assert status["output"]["choices"][0]["message"]["content"] == "echo: later"
-
-
-async def poll_until_done(client: httpx.AsyncClient, acct: Account, job_id: str,
-                          timeout: float = 15) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        r = await client.get("/prediction-status", params={"job_id": job_id}, headers=acct.headers)
-        assert r.status_code == 200, r.text
-        if r.json()["replicate_status"] != "in_progress":
-            return dict(r.json())
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{job_id} still in progress after {timeout}s")
 
 
 async def test_sync_timeout_answers_504_with_job_id_and_the_task_still_completes(

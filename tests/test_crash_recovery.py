@@ -14,8 +14,9 @@ from jobs import keys
 from jobs.names import CHAT
 from storage.tasks import NewTask, TaskRepository
 from tests.fixtures.accounts import Account, audit
-from tests.test_chat import CHAT as CHAT_PATH
-from tests.test_chat import calls_for, poll_until_done
+from tests.fixtures.workers import worker_ctx
+from tests.helpers import CHAT as CHAT_PATH
+from tests.helpers import calls_for, poll_until_done
 
 
 async def _wait_for_call(prompt: str, timeout: float = 10) -> None:
@@ -127,10 +128,7 @@ async def test_enqueue_lost_but_the_job_ran_answers_its_result(
 
 
 async def test_sweeper_finds_a_lost_task_behind_a_backlog(funded: Account, app: Any) -> None:
-    from arq.connections import RedisSettings, create_pool
-
     from jobs.queue import Job
-    from workers.context import on_shutdown, on_startup_for
     from workers.sweeper import sweep
 
     st = app.state.sn
@@ -150,16 +148,14 @@ async def test_sweeper_finds_a_lost_task_behind_a_backlog(funded: Account, app: 
     await repo.charge_and_create(task(lost))  # committed, never enqueued: newest of all
     await st.db.execute("UPDATE tasks SET created_at = created_at - interval '1 minute' WHERE uid = $1",
                         funded.uid)
-    ctx: dict[str, Any] = {"redis": await create_pool(RedisSettings.from_dsn(st.settings.redis_url))}
-    await on_startup_for("chat", 10)(ctx)
     zset = keys.queue(CHAT.pool)
     try:
-        before = {j: await st.redis.zscore(zset, j) for j in backlog[:50]}
-        counts = await sweep(ctx)
-        lost_state = await st.queue.state(lost)
-        after = {j: await st.redis.zscore(zset, j) for j in backlog[:50]}
+        async with worker_ctx("chat") as ctx:
+            before = {j: await st.redis.zscore(zset, j) for j in backlog[:50]}
+            counts = await sweep(ctx)
+            lost_state = await st.queue.state(lost)
+            after = {j: await st.redis.zscore(zset, j) for j in backlog[:50]}
     finally:
-        await on_shutdown(ctx)
         for j in [*backlog, lost]:
             await st.queue.remove(CHAT.pool, j)
         await st.db.execute("UPDATE tasks SET status = 'canceled' WHERE uid = $1 AND status = 'queued'",

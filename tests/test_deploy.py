@@ -18,7 +18,7 @@ import yaml
 
 from jobs import keys
 from tests.fixtures.accounts import Account
-from tests.test_chat import CHAT
+from tests.helpers import CHAT
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

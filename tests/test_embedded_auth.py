@@ -68,7 +68,8 @@ def test_fresh_servers_require_a_password_kept_in_private_files(tmp_path: Path) 
         # Not on the command line, where every local user's `ps` would show it.
         assert rd.proc is not None
         cmdline = Path(f"/proc/{rd.proc.pid}/cmdline").read_bytes().decode(errors="replace")
-        assert urlsplit(url).password not in cmdline
+        password = urlsplit(url).password
+        assert password and password not in cmdline
     finally:
         rd.stop()
         pg.stop()
@@ -137,6 +138,13 @@ def _hold(pidfile: Path, script: Path, *args: str) -> subprocess.Popen[str]:
     return proc
 
 
+def _end(proc: subprocess.Popen[str]) -> None:
+    """Kill if still running, reap, and close our end of its stdout pipe."""
+    with proc:  # Popen's exit closes the pipes and waits
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_down_waits_for_a_lock_holder_that_is_not_an_up_and_never_signals_it(tmp_path: Path) -> None:
     inst = Instance(tmp_path)
     holder = _hold(inst.path, tmp_path / "holder.py")  # e.g. another `down` from an older version
@@ -146,8 +154,7 @@ def test_down_waits_for_a_lock_holder_that_is_not_an_up_and_never_signals_it(tmp
         assert stop_running(inst, timeout=0.5) is None
         assert time.monotonic() - t0 >= 0.4 and holder.poll() is None
     finally:
-        holder.kill()
-        holder.wait()
+        _end(holder)
 
 
 def test_down_signals_a_live_up(tmp_path: Path) -> None:
@@ -157,9 +164,7 @@ def test_down_signals_a_live_up(tmp_path: Path) -> None:
         assert stop_running(inst, timeout=10) == up.pid
         assert up.wait(5) == -signal.SIGTERM
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
+        _end(up)
 
 
 _DOWN = """
@@ -183,6 +188,5 @@ def test_down_cleaning_up_records_no_pid_for_a_second_down_to_signal(tmp_path: P
         assert stop_running(second, timeout=0.3) is None  # waited, signalled nobody
         assert first.poll() is None
     finally:
-        first.kill()
-        first.wait()
+        _end(first)
     assert Instance(tmp_path).running_pid() is None

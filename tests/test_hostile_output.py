@@ -20,9 +20,7 @@ from tests.fakes import bunny
 from tests.fakes import replicate as replicate_sim
 from tests.fixtures.accounts import Account, audit
 from tests.fixtures.media import Sim
-from tests.test_hosting_guard import FakeDNS
-from tests.test_media_generate import generate, wait_status
-from tests.test_media_lifecycle import _refunds
+from tests.helpers import CHAT, FakeDNS, generate, refunds, wait_status
 
 FULL = (5_000_000, 5_000_000)        # a refunded account: balance = Σ ledger = the funding
 CHARGED = (4_980_000, 4_980_000)     # one /generate paid for
@@ -45,7 +43,7 @@ async def test_unencodable_output_fails_once_and_is_refunded(
     body = await _settled(client, replicate_account, job)
     assert body["replicate_status"] == "failed" and "nested more than 64 levels" in body["error"], body
     assert await _downloads(sim) == []  # refused before re-hosting: nothing copied
-    assert await _refunds(app, job) == 1
+    assert await refunds(app, job) == 1
     assert await audit(app, replicate_account.uid) == FULL
 
 
@@ -65,7 +63,7 @@ async def test_rehosting_is_not_started_a_third_time(
             await stop_inprocess_worker(*w)
     assert body["replicate_status"] == "failed" and "interrupted more than once" in body["error"], body
     assert await _downloads(sim) == []
-    assert await _refunds(app, job) == 1
+    assert await refunds(app, job) == 1
     assert await audit(app, replicate_account.uid) == FULL
 
 
@@ -75,7 +73,7 @@ async def test_output_past_the_parsers_limits_fails_at_once(
     job = await generate(client, replicate_account, "owner/model", {"sim": {"output": "unreadable"}})
     body = await _settled(client, replicate_account, job)
     assert body["replicate_status"] == "failed" and "cannot be read" in body["error"], body
-    assert await _refunds(app, job) == 1
+    assert await refunds(app, job) == 1
     gets = (await sim.op("stats"))["gets"]
     await asyncio.sleep(1.0)
     assert (await sim.op("stats"))["gets"] == gets  # the chain ended
@@ -95,7 +93,7 @@ async def test_big_ints_and_lone_surrogates_are_normalised_and_copied_once(
     else:
         assert body["output"] == {"caption": "bad \ufffd text", "\ufffdkey": hosted}
     assert len(await _downloads(sim)) == 1
-    assert await _refunds(app, job) == 0
+    assert await refunds(app, job) == 0
     assert await audit(app, replicate_account.uid) == CHARGED
 
 
@@ -106,7 +104,7 @@ async def test_ten_thousand_file_urls_stop_at_the_cap(
     assert body["replicate_status"] == "failed", body
     assert "10000 files; at most 100" in body["error"] and "SYNCNODE_HOSTING_MAX_FILES" in body["error"]
     assert await _downloads(sim) == []  # counted before any download
-    assert await _refunds(app, job) == 1
+    assert await refunds(app, job) == 1
     assert await audit(app, replicate_account.uid) == FULL
 
 
@@ -124,7 +122,7 @@ async def test_total_bytes_stop_at_the_cap(
     assert len(await _downloads(sim)) == 3  # two whole, the third cut off; no second attempt
     assert (await sim.op("stats"))["file_bytes"] <= (1 << 20) + (1 << 20)
     assert not (s.data_dir / "files" / job).exists() or not any((s.data_dir / "files" / job).iterdir())
-    assert await _refunds(app, job) == 1
+    assert await refunds(app, job) == 1
     assert await audit(app, replicate_account.uid) == FULL
 
 
@@ -139,7 +137,7 @@ async def test_two_gib_declared_stops_before_reading(
     assert body["replicate_status"] == "failed" and "total more than" in body["error"], body
     assert len(await _downloads(sim)) == 1
     assert (await sim.op("stats"))["file_bytes"] < 16 << 20  # what sat in socket buffers at most
-    assert await _refunds(app, job) == 1
+    assert await refunds(app, job) == 1
     assert await audit(app, replicate_account.uid) == FULL
 
 
@@ -156,7 +154,7 @@ def _assert_passive(r: httpx.Response) -> None:
 async def test_svg_output_is_never_served_as_an_active_type(
         client: httpx.AsyncClient, replicate_account: Account, sim: Sim, media_workers: Any, app: Any,
         kind: str) -> None:
-    from tests.fakes.replicate import SVG
+    from tests.fakes.replicate_files import SVG
 
     job = await generate(client, replicate_account, "owner/model", {"sim": {"output": kind}})
     body = await wait_status(client, replicate_account, job)
@@ -168,7 +166,7 @@ async def test_svg_output_is_never_served_as_an_active_type(
 
 
 async def test_files_route_types_from_the_allow_list_not_the_name(client: httpx.AsyncClient, app: Any) -> None:
-    from tests.fakes.replicate import PNG, SVG
+    from tests.fakes.replicate_files import PNG, SVG
 
     root = app.state.sn.settings.data_dir / "files" / "legacy-job"
     root.mkdir(parents=True, exist_ok=True)
@@ -223,7 +221,7 @@ async def test_deadline_race_ends_delivered_or_refunded_never_both(
     await asyncio.sleep(3.5)  # the deadline passes; the chain's links keep polling past it
     r = await client.get("/prediction-status", params={"job_id": job}, headers=replicate_account.headers)
     assert r.json()["replicate_status"] == "in_progress", r.json()  # not refunded under the copy
-    assert await _refunds(app, job) == 0
+    assert await refunds(app, job) == 0
     # The lock holder finishes: delivered and paid for.
     (pred,) = (await sim.predictions()).values()
     assert pred["status"] == "succeeded"
@@ -232,7 +230,7 @@ async def test_deadline_race_ends_delivered_or_refunded_never_both(
     await app.state.sn.redis.delete(keys.finishing(job))
     body = await _settled(client, replicate_account, job)
     assert body["replicate_status"] == "completed" and body["output"] == f"http://gateway.test/files/{job}/0.png"
-    assert await _refunds(app, job) == 0
+    assert await refunds(app, job) == 0
     assert await audit(app, replicate_account.uid) == CHARGED
 
 
@@ -269,8 +267,6 @@ def test_key_origin_is_https_api_replicate_com_by_default() -> None:
 
 async def test_chat_output_is_normalised_or_refused_without_hurting_its_batch(
         client: httpx.AsyncClient, funded: Account, chat_worker: Any, app: Any) -> None:
-    from tests.test_chat import CHAT
-
     models = ["hostile-output", "deep-output", "m", "m"]
     rs = await asyncio.gather(*(client.post(CHAT, headers=funded.headers, json={"model": m, "prompt": "p"})
                                 for m in models))

@@ -9,7 +9,6 @@ gets. No test sends traffic outside 127.0.0.0/8.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -21,9 +20,10 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes import bunny
-from tests.fakes.replicate import PNG
+from tests.fakes.replicate_files import PNG
 from tests.fixtures.accounts import Account
 from tests.fixtures.servers import ServerThread
+from tests.helpers import FakeDNS
 
 HITS: list[str] = []
 
@@ -51,24 +51,6 @@ def inside() -> Iterator[ServerThread]:
     srv.start()
     yield srv
     srv.stop()
-
-
-class FakeDNS:
-    """Answers for made-up names, in order (the last answer repeats); other names resolve as usual."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, answers: dict[str, list[str]]) -> None:
-        self.real = loop.getaddrinfo
-        self.answers = answers
-        self.calls: list[str] = []
-
-    async def getaddrinfo(self, host: Any, port: Any, *args: Any, **kw: Any) -> Any:
-        name = host.decode() if isinstance(host, bytes) else host
-        if name not in self.answers:
-            return await self.real(host, port, *args, **kw)
-        seq = self.answers[name]
-        ip = seq[min(self.calls.count(name), len(seq) - 1)]
-        self.calls.append(name)
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, int(port or 0)))]
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import boto3
 import httpx
 
 from tests.fakes import bunny
-from tests.fakes.replicate import PNG
+from tests.fakes.replicate_files import PNG
 from tests.fixtures.accounts import Account, audit
 from tests.fixtures.media import Sim
-from tests.test_media_generate import generate, wait_status
+from tests.helpers import generate, wait_status
 
 
 def _s3(moto_url: str) -> Any:

@@ -10,7 +10,7 @@ import jwt
 import pytest
 
 from tests.fixtures.accounts import Account, MakeAccount, audit
-from tests.test_chat import CHAT
+from tests.helpers import CHAT
 
 
 @pytest.mark.parametrize(("body", "status", "words"), [
@@ -148,7 +148,7 @@ async def test_bad_tokens_are_401(client: httpx.AsyncClient, jwt_keys: dict[str,
     elif case == "wrong_audience":
         token = _hs256("u1", secret, aud="anon")
     else:
-        token = jwt.encode({"sub": "u1", "aud": "authenticated", "exp": int(time.time()) + 60}, None,
+        token = jwt.encode({"sub": "u1", "aud": "authenticated", "exp": int(time.time()) + 60}, "",
                            algorithm="none")
     r = await client.get("/balance", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 401, r.text

@@ -25,8 +25,7 @@ import pytest
 from jobs.logs import JOB_ID, REQUEST_ID, UID, JsonFormatter, TextFormatter
 from tests.fixtures.accounts import Account
 from tests.fixtures.moderation import b64, landscape
-from tests.test_chat import CHAT
-from tests.test_media_generate import wait_status
+from tests.helpers import CHAT, wait_status
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 Line = dict[str, Any]
@@ -173,8 +172,9 @@ def test_text_lines_name_the_ids_and_json_lines_only_known_fields() -> None:
 
 def _chat_worker_process(log_path: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, SYNCNODE_LOG_FORMAT="json", SYNCNODE_LOG_LEVEL="DEBUG")
-    return subprocess.Popen([sys.executable, "-m", "ingress.cli", "worker", "chat"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=log_path.open("wb"))
+    with log_path.open("wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "ingress.cli", "worker", "chat"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=log)
 
 
 async def _wait_ready(log_path: Path, proc: subprocess.Popen[bytes]) -> None:

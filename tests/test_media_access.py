@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from tests.fixtures.accounts import Account, MakeAccount, audit
-from tests.test_media_generate import generate
+from tests.helpers import generate
 
 
 async def test_another_accounts_media_task_is_404(client: httpx.AsyncClient, replicate_account: Account,

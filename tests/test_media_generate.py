@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Any
 
 import httpx
 
-from tests.fakes.replicate import PNG, VERSION
+from tests.fakes.replicate import VERSION
+from tests.fakes.replicate_files import PNG
 from tests.fixtures.accounts import Account, audit
 from tests.fixtures.media import Sim
-
-
-async def wait_status(client: httpx.AsyncClient, acct: Account, job_id: str, timeout: float = 15,
-                      path: str = "/prediction-status") -> dict[str, Any]:
-    for _ in range(int(timeout / 0.05)):
-        r = await client.get(path, params={"job_id": job_id}, headers=acct.headers)
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        if body["replicate_status"] != "in_progress":
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{job_id} still in progress")
-
-
-async def generate(client: httpx.AsyncClient, acct: Account, model: str, input_: dict[str, Any]) -> str:
-    r = await client.post("/generate", headers=acct.headers, json={"model": model, "input": input_})
-    assert r.status_code == 202, r.text
-    body = r.json()
-    assert body["success"] is True and body["status"] == "in_progress"
-    assert body["get"] == f"http://gateway.test/prediction-status?job_id={body['job_id']}"
-    return str(body["job_id"])
+from tests.helpers import generate, wait_status
 
 
 async def test_generate_by_model_rehosts_output(client: httpx.AsyncClient, replicate_account: Account,

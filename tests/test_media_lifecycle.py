@@ -14,19 +14,13 @@ import pytest
 from tests.fixtures.accounts import Account, audit
 from tests.fixtures.media import Sim
 from tests.fixtures.workers import start_inprocess_worker, stop_inprocess_worker
-from tests.test_media_generate import generate, wait_status
+from tests.helpers import generate, refunds, wait_status
 
 
 async def _task(app: Any, job_id: str) -> Any:
     from storage.tasks import TaskRepository
 
     return await TaskRepository(app.state.sn.db).by_job_id(job_id)
-
-
-async def _refunds(app: Any, job_id: str) -> int:
-    return int(await app.state.sn.db.fetchval(
-        "SELECT count(*) FROM ledger l JOIN tasks t ON t.id = l.task_id "
-        "WHERE t.job_id = $1 AND l.kind = 'refund'", job_id))
 
 
 async def _deliver(client: httpx.AsyncClient, msg: dict[str, Any], **override: str) -> httpx.Response:
@@ -105,7 +99,7 @@ async def test_webhook_and_poll_race_one_terminal_state(client: httpx.AsyncClien
         assert (await wait_status(client, replicate_account, j))["replicate_status"] == "failed"
     await asyncio.sleep(0.5)  # let every poll and hook job run out
     for j in jobs:
-        assert await _refunds(app, j) == 1
+        assert await refunds(app, j) == 1
     assert await audit(app, replicate_account.uid) == (5_000_000, 5_000_000)
 
 
@@ -130,7 +124,7 @@ async def test_cancel_running_prediction(client: httpx.AsyncClient, replicate_ac
     body = await wait_status(client, replicate_account, job)
     assert body["replicate_status"] == "canceled"
     assert (await client.post(f"/tasks/{task_id}/cancel", headers=replicate_account.headers)).status_code == 200
-    assert await _refunds(app, job) == 1
+    assert await refunds(app, job) == 1
     assert await audit(app, replicate_account.uid) == (5_000_000, 5_000_000)
 
 
@@ -159,7 +153,7 @@ async def test_deadline_fails_cancels_and_refunds(client: httpx.AsyncClient, rep
     assert create["cancel_after"] in ("5s", "2s")  # Replicate's minimum is 5 s
     (pred,) = (await sim.predictions()).values()
     assert pred["status"] == "canceled"
-    assert await _refunds(app, job) == 1
+    assert await refunds(app, job) == 1
 
 
 async def test_sweeper_restarts_a_lost_poll_chain(client: httpx.AsyncClient, replicate_account: Account,

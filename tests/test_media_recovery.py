@@ -9,15 +9,19 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import pytest
 
 from tests.fixtures.accounts import Account, MakeAccount, audit
 from tests.fixtures.media import Sim
-from tests.fixtures.workers import start_inprocess_worker, stop_inprocess_worker
-from tests.test_media_generate import generate, wait_status
+from tests.fixtures.workers import start_inprocess_worker, stop_inprocess_worker, worker_ctx
+from tests.helpers import generate, wait_status
+
+if TYPE_CHECKING:
+    from workers.context import WorkerContext
 
 
 @pytest.fixture
@@ -105,8 +109,8 @@ async def test_sweeper_restarts_a_chain_while_the_prediction_runs(
 def test_backoff_survives_any_link_number(app: Any) -> None:
     from workers.poll import backoff
 
-    w = type("W", (), {"settings": app.state.sn.settings})()
-    assert 0 < backoff(w, 10**10) <= app.state.sn.settings.poll_cap_seconds * 1.2  # type: ignore[arg-type]
+    w = cast("WorkerContext", SimpleNamespace(settings=app.state.sn.settings))  # backoff reads only settings
+    assert 0 < backoff(w, 10**10) <= app.state.sn.settings.poll_cap_seconds * 1.2
 
 
 def test_create_job_timeout_covers_every_try(app: Any) -> None:
@@ -114,7 +118,8 @@ def test_create_job_timeout_covers_every_try(app: Any) -> None:
     from workers.media import create_budget_seconds
     from workers.settings import MediaWorker, _s
 
-    (create,) = [f for f in MediaWorker.functions if f.name == MEDIA_CREATE]  # type: ignore[attr-defined]
+    functions: list[Any] = MediaWorker.functions  # type: ignore[attr-defined]  # a class built by type()
+    (create,) = [f for f in functions if f.name == MEDIA_CREATE]
     tries = _s.provider_max_retries + 1
     assert create.timeout_s > create_budget_seconds(_s) >= tries * _s.replicate_create_timeout_seconds
 
@@ -234,7 +239,7 @@ async def test_queue_remove_loses_a_race_to_a_worker(client: httpx.AsyncClient, 
     real_exists = Pipeline.exists
 
     async def exists_then_claimed(self: Pipeline, *names: Any) -> Any:
-        found = await real_exists(self, *names)  # type: ignore[misc]
+        found = await real_exists(self, *names)
         await app.state.sn.redis.set(keys.in_progress_key_prefix + job, b"1", px=2000)  # a worker took it
         return found
 
@@ -296,10 +301,9 @@ async def test_cancel_while_outputs_are_rehosted_delivers_and_charges(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import workers.poll as poll_mod
     from storage.tasks import TaskRepository
-    from tests.fixtures.accounts import audit
-    from tests.test_media_generate import generate, wait_status
+    from workers import hosting
 
-    real = poll_mod.rehost
+    real = hosting.rehost  # what workers.poll calls until patched below
     copying = asyncio.Event()
 
     async def slow_rehost(*a: Any, **k: Any) -> Any:
@@ -323,8 +327,6 @@ async def test_cancel_while_outputs_are_rehosted_delivers_and_charges(
 
 async def test_nul_in_prediction_output_is_stored(client: httpx.AsyncClient, replicate_account: Account,
                                                   sim: Sim, media_workers: Any, app: Any) -> None:
-    from tests.test_media_generate import generate, wait_status
-
     # Postgres refuses U+0000 in jsonb: unhandled, every poll would crash until the deadline refunds.
     job = await generate(client, replicate_account, "owner/model", {"sim": {"seconds": 0.1, "output": "nul"}})
     body = await wait_status(client, replicate_account, job)
@@ -334,13 +336,10 @@ async def test_nul_in_prediction_output_is_stored(client: httpx.AsyncClient, rep
 
 async def test_lost_poll_chain_behind_500_running_predictions_is_restarted(
         make_account: MakeAccount, app: Any) -> None:
-    from arq.connections import RedisSettings, create_pool
-
     from jobs import keys
     from jobs.names import GENERATE
     from jobs.queue import Job
     from storage.tasks import NewTask, TaskRepository
-    from workers.context import on_shutdown, on_startup_for
     from workers.poll import sweep_predictions
 
     st = app.state.sn
@@ -358,13 +357,11 @@ async def test_lost_poll_chain_behind_500_running_predictions_is_restarted(
         link = f"{j}:poll:1"
         await st.queue.enqueue(Job("poll", "media.poll", link, (j, 1, True), defer_ms=600_000))
         await st.redis.set(keys.poll_chain(j), link, ex=600)
-    ctx: dict[str, Any] = {"redis": await create_pool(RedisSettings.from_dsn(st.settings.redis_url))}
-    await on_startup_for("media", 10)(ctx)
     try:
-        assert await sweep_predictions(ctx["sn"]) == 1
+        async with worker_ctx("media") as ctx:
+            assert await sweep_predictions(ctx["sn"]) == 1
         assert (await st.redis.get(keys.poll_chain(ids[-1]))).decode().startswith(f"{ids[-1]}:poll-s")
     finally:
-        await on_shutdown(ctx)
         for j in ids:
             await st.queue.remove("poll", f"{j}:poll:1")
             await st.redis.delete(keys.poll_chain(j))
@@ -375,11 +372,11 @@ def test_a_webhooked_prediction_is_polled_only_as_a_backstop(app: Any) -> None:
     from workers.poll import backoff
 
     s = app.state.sn.settings
-    w = type("W", (), {"settings": s})()
+    w = cast("WorkerContext", SimpleNamespace(settings=s))  # backoff reads only settings
     assert s.poll_webhook_backstop_seconds > s.poll_cap_seconds * 1.2 / 0.8
-    polled = [backoff(w, 40) for _ in range(50)]  # type: ignore[arg-type]
-    hooked = [backoff(w, 40, webhook=True) for _ in range(50)]  # type: ignore[arg-type]
+    polled = [backoff(w, 40) for _ in range(50)]
+    hooked = [backoff(w, 40, webhook=True) for _ in range(50)]
     assert max(polled) <= s.poll_cap_seconds * 1.2
     assert min(hooked) >= s.poll_webhook_backstop_seconds * 0.8
     # The first links are as quick either way: a short prediction is not left to the backstop.
-    assert backoff(w, 0, webhook=True) <= s.poll_first_seconds * 1.2  # type: ignore[arg-type]
+    assert backoff(w, 0, webhook=True) <= s.poll_first_seconds * 1.2

@@ -16,7 +16,7 @@ from jobs import keys
 from jobs.metrics import LEDGER
 from jobs.queue import Job
 from tests.fixtures.accounts import Account, MakeAccount
-from tests.test_chat import CHAT
+from tests.helpers import CHAT
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 POOL = "ops-test"  # a queue of its own: other tests' leftovers cannot move its numbers

@@ -57,10 +57,10 @@ async def test_engine_runs_inference_off_the_event_loop() -> None:
     engine = ModerationEngine(get_settings())
     await engine.start()
     try:
-        local_text.offensive = spy  # type: ignore[assignment]
+        local_text.offensive = spy
         out = await engine.moderate("hello there", Image(synthetic_set()["benign"][0], "image/png"))
     finally:
-        local_text.offensive = real  # type: ignore[assignment]
+        local_text.offensive = real
         await engine.aclose()
     assert seen and all(name.startswith("moderation") for name in seen)
     assert out["overall_moderation"]["safe"] == 1

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from tests.fixtures.accounts import Account, MakeAccount, audit
-from tests.test_chat import CHAT, calls_for
+from tests.helpers import CHAT, calls_for
 
 KEYS = {"openrouter_key": "sk-or-v1-race"}
 

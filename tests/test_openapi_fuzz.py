@@ -79,8 +79,9 @@ async def test_schemathesis_finds_nothing(gateway: str, make_account: MakeAccoun
     acct = await make_account(balance="100000", keys={
         "openrouter_key": "sk-or-v1-fuzz-0001", "chatgpt_key": "sk-fuzz-0002", "replicate_key": "r8_fuzz_0003"})
     logs = tmp_path / "workers.log"
-    workers = [subprocess.Popen([sys.executable, "-m", "ingress.cli", "worker", pool], env=dict(os.environ),
-                                stdout=logs.open("ab"), stderr=subprocess.STDOUT) for pool in ("chat", "moderation")]
+    with logs.open("ab") as log:  # the children keep their own descriptors
+        workers = [subprocess.Popen([sys.executable, "-m", "ingress.cli", "worker", pool], env=dict(os.environ),
+                                    stdout=log, stderr=subprocess.STDOUT) for pool in ("chat", "moderation")]
     try:
         await _fuzz(gateway, acct.api_key, tmp_path)
     finally:

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from tests.fixtures.accounts import Account
-from tests.test_chat import CHAT
+from tests.helpers import CHAT
 
 
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:

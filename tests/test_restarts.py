@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 import asyncpg
 import httpx
@@ -48,7 +49,7 @@ def _settled(rows: list[asyncpg.Record]) -> None:
             assert r["status"] == "failed" and list(r["ledger"]) == ["charge", "refund"], dict(r)
 
 
-async def _works_again(c: Cluster, h: httpx.AsyncClient, acct: dict[str, str], procs: list[object]) -> None:
+async def _works_again(c: Cluster, h: httpx.AsyncClient, acct: dict[str, str], procs: Sequence[object]) -> None:
     """The same worker processes answer a sync call (they reconnected; nothing restarted them)."""
     deadline = time.monotonic() + 30
     while True:

@@ -4,6 +4,7 @@ mismatched token algorithms, provider cookies."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from typing import Any
@@ -19,7 +20,7 @@ from starlette.routing import Route
 from jobs.batch import Combiner
 from tests.fixtures.accounts import Account, audit
 from tests.fixtures.servers import ServerThread
-from tests.test_chat import CHAT
+from tests.helpers import CHAT
 from workers.providers import chat
 from workers.providers.http import call, make_client
 from workers.providers.retry import RetryPolicy
@@ -78,7 +79,7 @@ async def test_token_whose_alg_does_not_match_its_key_is_401(client: httpx.Async
 
 
 async def test_admin_token_with_a_non_ascii_byte_is_403(client: httpx.AsyncClient) -> None:
-    r = await client.post("/accounts", headers={"Authorization": "Bearer t\u00e9st".encode("latin-1")})
+    r = await client.post("/accounts", headers=[(b"Authorization", "Bearer t\u00e9st".encode("latin-1"))])
     assert r.status_code == 403
 
 
@@ -112,7 +113,7 @@ async def test_provider_cookies_never_cross_accounts() -> None:
         # A hostname, not an IP: aiohttp's real jar ignores cookies set by IP hosts.
         c = make_client(f"http://localhost:{server.port}", connect_timeout=2, read_timeout=5)
         for key in ("user-a", "user-b"):
-            await call("OpenRouter", lambda k=key: chat.complete(c, "OpenRouter", k, {"model": "m"}),  # type: ignore[misc]
+            await call("OpenRouter", functools.partial(chat.complete, c, "OpenRouter", key, {"model": "m"}),
                        RetryPolicy(max_retries=0, retry_after_cap=1))
         await c.aclose()
     finally:

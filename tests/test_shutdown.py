@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import time
 
 import asyncpg
@@ -30,11 +31,11 @@ async def _until_called(prompts: list[str], timeout: float = 30) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _exit_code(proc: object, timeout: float) -> int | None:
+async def _exit_code(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
     deadline = time.monotonic() + timeout
-    while (code := proc.poll()) is None and time.monotonic() < deadline:  # type: ignore[attr-defined]
+    while (code := proc.poll()) is None and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    return code  # type: ignore[no-any-return]
+    return code
 
 
 async def test_sigterm_worker_finishes_running_jobs_takes_no_more_and_exits_0(workers: Cluster) -> None:

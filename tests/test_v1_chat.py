@@ -88,7 +88,7 @@ async def test_short_balance_is_402_insufficient_quota(oai: OpenAIClient, make_a
     with pytest.raises(openai.APIStatusError) as e:
         await oai(broke).chat.completions.create(model="openai/gpt-4o", messages=user("x"))
     assert e.value.status_code == 402
-    assert e.value.body["code"] == "insufficient_quota"  # type: ignore[index]
+    assert isinstance(e.value.body, dict) and e.value.body["code"] == "insufficient_quota"
     assert await audit(app, broke.uid) == (10_000, 10_000)
 
 

@@ -5,9 +5,9 @@ one blocking Redis read per ingress process instead of each holding a connection
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -28,8 +28,9 @@ async def relay(c: httpx.AsyncClient, url: str) -> AsyncIterator[httpx.Response]
     """An open relay once its first bytes arrived (or its refusal, read to the end)."""
     async with c.stream("GET", url) as s:
         if s.status_code == 200:
-            chunks = s.aiter_raw()
-            await chunks.__anext__()
+            # httpx types aiter_raw as an iterator; it is an async generator, closed here at once.
+            chunks = cast(AsyncGenerator[bytes, None], s.aiter_raw())
+            await anext(chunks)
             yield s
             await chunks.aclose()
         else:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.fixtures.accounts import Account, MakeAccount
+from tests.helpers import session_cookie
 
 ORIGIN = {"Origin": "http://gateway.test"}
 PASSWORD = "a long enough password"
@@ -71,7 +72,7 @@ async def test_session_cookie_is_a_credential_with_csrf(client: httpx.AsyncClien
     # Sign-out ends the session server-side: the old cookie is refused afterwards.
     r = await client.post("/ui/signout", headers={**token, **ORIGIN})
     assert r.status_code == 200 and "sn_session" not in client.cookies
-    r = await client.get("/balance", cookies={"sn_session": cookie})
+    r = await client.get("/balance", headers=session_cookie(cookie))
     assert r.status_code == 401 and "sign in again" in r.json()["error"]
 
 
@@ -87,8 +88,8 @@ async def test_cookie_flags(client: httpx.AsyncClient, app: Any, open_signup: No
     # Signing in again replaced the browser's session: the first cookie is dead.
     assert r.cookies["sn_session"] != first
     client.cookies.clear()
-    assert (await client.get("/balance", cookies={"sn_session": first})).status_code == 401
-    assert (await client.get("/balance", cookies={"sn_session": r.cookies["sn_session"]})).status_code == 200
+    assert (await client.get("/balance", headers=session_cookie(first))).status_code == 401
+    assert (await client.get("/balance", headers=session_cookie(r.cookies["sn_session"]))).status_code == 200
 
 
 async def test_sign_in_checks_input_and_origin(client: httpx.AsyncClient, open_signup: None,

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.fixtures.accounts import MakeAccount
+from tests.helpers import session_cookie
 
 ORIGIN = {"Origin": "http://gateway.test"}
 PASSWORD = "a long enough password"
@@ -185,14 +186,14 @@ async def test_sessions_per_account_are_capped_oldest_first(
         cookies.append(r.cookies["sn_session"])
     client.cookies.clear()
     assert await store(st).count(acct.uid) == 3
-    live = [(await client.get("/balance", cookies={"sn_session": c})).status_code for c in cookies]
+    live = [(await client.get("/balance", headers=session_cookie(c))).status_code for c in cookies]
     assert live == [401, 401, 401, 200, 200, 200]
     # Signing out takes the session out of the account's index too.
-    r = await client.get("/balance", cookies={"sn_session": cookies[-1]})
+    r = await client.get("/balance", headers=session_cookie(cookies[-1]))
     s = await store(st).get(cookies[-1])
     assert s is not None and r.status_code == 200
-    r = await client.post("/ui/signout", cookies={"sn_session": cookies[-1]},
-                          headers={**ORIGIN, "X-CSRF-Token": s.csrf})
+    r = await client.post("/ui/signout", headers={**session_cookie(cookies[-1]), **ORIGIN,
+                                                  "X-CSRF-Token": s.csrf})
     assert r.status_code == 200
     assert await store(st).count(acct.uid) == 2
 

@@ -16,7 +16,7 @@ import pytest
 from tests.fakes import webhook_receiver as receiver
 from tests.fixtures.accounts import MakeAccount
 from tests.fixtures.servers import ServerThread
-from tests.test_webhook_submit import KEYS, ROUTES
+from tests.helpers import KEYS, ROUTES
 
 V1_ROUTES: list[tuple[str, dict[str, Any]]] = [
     ("/v1/chat/completions", {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,21 +11,9 @@ import httpx
 import pytest
 
 from tests.fakes import webhook_receiver as receiver
-from tests.fakes.replicate import PNG
 from tests.fixtures.accounts import MakeAccount, audit
 from tests.fixtures.servers import ServerThread
-
-KEYS = {"openrouter_key": "sk-or-v1-test-key-0001", "chatgpt_key": "sk-test-0002", "replicate_key": "r8_x"}
-IMG = base64.b64encode(PNG).decode()
-# Every task-creating route of the reference, with a body it would accept.
-ROUTES: list[tuple[str, dict[str, Any]]] = [
-    ("/chat-completion", {"model": "m", "prompt": "hi"}),
-    ("/chatgpt-completion", {"model": "gpt-4o-mini", "prompt": "hi"}),
-    ("/generate", {"model": "owner/model", "input": {"prompt": "x"}}),
-    ("/face-swap/run", {"input": {"source_image": IMG, "target_image": IMG}}),
-    ("/moderate", {"text": "hello"}),
-    ("/", {"text": "hello"}),
-]
+from tests.helpers import KEYS, ROUTES
 
 
 @pytest.fixture(scope="module")

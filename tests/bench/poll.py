@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil  # type: ignore[import-untyped]  # no stubs in the venv; used for a few reads
+import psutil
 from arq.jobs import deserialize_result
 
 from jobs import keys

@@ -95,8 +95,8 @@ class Bench:
                                box=SecretBox(s.master_key_value()), metrics=WorkerMetrics())
 
     def spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.tmp / f"{name}.log", "ab")  # the child process writes it until it exits
-        self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
+        with open(self.tmp / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
         return self.procs[name]
 
     def stop_proc(self, name: str) -> None:

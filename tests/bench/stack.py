@@ -157,7 +157,8 @@ def _wrk(url: str, conc: int, seconds: int, script: str) -> dict[str, Any]:
         v, unit = float(m.group(1)), m.group(2)
         return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
-    reqs = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    reqs, rps = re.search(r"(\d+) requests in", out), re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert reqs and rps, out
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"requests": reqs, "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+    return {"requests": int(reqs.group(1)), "rps": float(rps.group(1)),
             "p50": ms("50%"), "p99": ms("99%"), "errors": int(non2xx.group(1)) if non2xx else 0}

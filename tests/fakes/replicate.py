@@ -5,25 +5,15 @@ test needs no side channel. ``input["sim"]`` may hold:
   ``seconds``        time from create to the terminal status (default 0.3); ``starting`` for the
                      first third of it, then ``processing``
   ``outcome``        ``succeeded`` (default) | ``failed`` | ``aborted`` | ``never`` (runs until canceled)
-  ``output``         ``file`` (default: one PNG URL) | ``files`` | ``nested`` | ``text`` |
-                     ``broken`` (a URL that always 500s) | ``big`` (a 3 MB file) | hostile output:
-                     ``deep`` (a file URL nested ``depth`` lists deep, default 300) | ``bigint``
-                     (2**70 next to a file) | ``surrogate`` (lone surrogates in a value and a key)
-                     | ``many`` (``count`` file URLs, default 10,000) | ``sized`` (``count`` files of
-                     ``size`` bytes, streamed without a length) | ``declared`` (``count`` files that
-                     declare ``size`` bytes and stream zeros lazily) | ``svg_data`` (a
-                     ``data:image/svg+xml`` URL with script) | ``svg_file`` (an SVG file with script)
-                     | ``unreadable`` (nesting 5,000 deep and a 5,000-digit integer: past the stdlib
-                     parser's limits) | ``delivery`` (a public file on ``http://<host>:<port>/delivery/…``, ``host``
-                     default ``files.replicate.delivery``: tests resolve it to the simulator)
+  ``output``         what a succeeded prediction outputs: see ``replicate_files``, which also
+                     serves its files (``/files/…``, ``/delivery/…``)
   ``create_delay``   seconds the create request hangs *after* the prediction exists
 Models: ``sim/missing`` → 404, ``sim/throttled`` → first create 429 with Retry-After,
 ``sim/invalid`` → 422 Input validation failed. Key ``r8_bad`` → 401.
-Output files are served at ``/files/…`` and require the creating key; ``/delivery/…`` (the
-public CDN) requires none. Every file request is logged with the Authorization header it carried
-(``GET /_sim/downloads``), and ``STATS["file_bytes"]`` counts the bytes actually sent. With a webhook, a
-``completed`` event signed with Standard Webhooks is queued in ``OUTBOX`` (``GET /_outbox``
-drains it) and, when ``POST /_config {"deliver": true}``, also POSTed to the webhook URL.
+File requests are listed by ``GET /_sim/downloads``; ``file_bytes`` in ``GET /_sim/stats`` counts
+the bytes actually sent. With a webhook, a ``completed`` event signed with Standard Webhooks is
+queued in ``OUTBOX`` (``GET /_outbox`` drains it) and, when ``POST /_config {"deliver": true}``,
+also POSTed to the webhook URL.
 
 For benchmarks: ``POST /_sim/seed`` creates many predictions in one request, each with an
 absolute ``finish_at`` (or none: runs until canceled), so finish times can be spread instead
@@ -50,16 +40,15 @@ import orjson
 from standardwebhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4"
-       b"\x89\x00\x00\x00\rIDATx\x9cc\xf8\xff\xff?\x00\x05\xfe\x02\xfe\xa7\x35\x81\x84\x00\x00\x00\x00IEND"
-       b"\xaeB`\x82")
+from tests.fakes import replicate_files
+from tests.fakes.replicate_files import DOWNLOADS, KEYS, SENT, delivery, files, output
+
 VERSION = "5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa"
 
 PREDICTIONS: dict[str, dict[str, Any]] = {}
-_KEYS: dict[str, str] = {}   # prediction id → the API key that created it
 _SIM: dict[str, dict[str, Any]] = {}
 CREATES: list[dict[str, Any]] = []
 OUTBOX: list[dict[str, Any]] = []
@@ -73,14 +62,12 @@ _deliver_slots: asyncio.Semaphore | None = None
 # The loop holds only weak references to tasks: an unreferenced delivery could vanish mid-way.
 _deliveries: set[asyncio.Task[None]] = set()
 STATS = {"gets": 0, "creates": 0, "cancels": 0, "webhooks_sent": 0, "webhooks_delivered": 0,
-         "webhooks_failed": 0, "file_bytes": 0}
-DOWNLOADS: list[dict[str, Any]] = []
-SVG = b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(document.domain)"><script>alert(1)</script></svg>'
+         "webhooks_failed": 0}
 
 
 def key_of(pid: str) -> str:
     """The API key that created a prediction (the simulator runs in the tests' process)."""
-    return _KEYS[pid]
+    return KEYS[pid]
 
 
 def secret_for(key: str) -> str:
@@ -111,47 +98,6 @@ def _json(value: Any, status_code: int = 200) -> Response:
     return Response(json.dumps(value), status_code=status_code, media_type="application/json")
 
 
-_HOSTILE = frozenset({"deep", "unreadable", "bigint", "surrogate", "many", "sized", "declared", "svg_data",
-                      "svg_file", "delivery"})
-
-
-def _hostile(base: str, pid: str, kind: str, sim: dict[str, Any]) -> Any:
-    url = f"{base}/files/{pid}"
-    count = int(sim.get("count", 10_000))
-    if kind == "deep":
-        out: Any = f"{url}/out-0.png"
-        for _ in range(int(sim.get("depth", 300))):
-            out = [out]
-        return out
-    if kind == "unreadable":
-        sim["raw"] = "[" * 5000 + "1" * 5000 + "]" * 5000  # spliced in by get(): json.dumps can't
-        return "__raw__"
-    if kind == "bigint":
-        return {"seed": 2**70, "image": f"{url}/out-0.png"}
-    if kind == "surrogate":
-        return {"caption": "bad \ud800 text", "\udc00key": f"{url}/out-0.png"}
-    if kind == "many":
-        return [f"{url}/out-{i}.png" for i in range(count)]
-    if kind in ("sized", "declared"):
-        return [f"{url}/{kind}-{int(sim['size'])}-{i}.bin" for i in range(count)]
-    if kind == "svg_data":
-        return "data:image/svg+xml;base64," + base64.b64encode(SVG).decode()
-    if kind == "svg_file":
-        return f"{url}/evil.svg"
-    port = base.rsplit(":", 1)[1]
-    return f"http://{sim.get('host', 'files.replicate.delivery')}:{port}/delivery/{pid}/out-0.png"
-
-
-def _output(base: str, pid: str, kind: str, sim: dict[str, Any]) -> Any:
-    if kind in _HOSTILE:
-        return _hostile(base, pid, kind, sim)
-    url = f"{base}/files/{pid}"
-    return {"file": f"{url}/out-0.png", "files": [f"{url}/out-0.png", f"{url}/out-1.png"],
-            "nested": {"image": f"{url}/out-0.png", "extra": {"thumbs": [f"{url}/thumb.png"]}, "seed": 7},
-            "text": "hello from the simulator", "nul": ["tok\u0000en", "s"], "broken": f"{url}/broken.png",
-            "big": f"{url}/big.bin"}[kind]
-
-
 def _finish(pid: str, status: str, error: str | None = None) -> None:
     p = PREDICTIONS[pid]
     if p["status"] in ("succeeded", "failed", "canceled", "aborted"):
@@ -160,13 +106,13 @@ def _finish(pid: str, status: str, error: str | None = None) -> None:
     p.update(status=status, completed_at=_now(), error=error,
              metrics={"predict_time": sim["seconds"], "total_time": sim["seconds"]})
     if status == "succeeded":
-        p["output"] = _output(sim["base"], pid, sim.get("output", "file"), sim)
+        p["output"] = output(sim["base"], pid, sim.get("output", "file"), sim)
     sim["finished_at"] = time.time()
     if p.get("webhook"):
         body = json.dumps(p)
         msg_id = f"msg_{secrets.token_hex(8)}"
         ts = datetime.now(UTC)
-        sig = Webhook(secret_for(_KEYS[pid])).sign(msg_id, ts, body)
+        sig = Webhook(secret_for(KEYS[pid])).sign(msg_id, ts, body)
         headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(ts.timestamp())),
                    "webhook-signature": sig, "content-type": "application/json"}
         OUTBOX.append({"url": p["webhook"], "headers": headers, "body": body, "id": pid})
@@ -279,7 +225,7 @@ def _register(key: str, model: str, body: dict[str, Any], base: str, sim: dict[s
     if body.get("webhook"):
         pred["webhook"] = body["webhook"]
         pred["webhook_events_filter"] = body.get("webhook_events_filter") or ["start", "completed"]
-    PREDICTIONS[pid], _SIM[pid], _KEYS[pid] = pred, sim, key
+    PREDICTIONS[pid], _SIM[pid], KEYS[pid] = pred, sim, key
     due = float(sim["finish_at"]) if sim.get("finish_at") else sim["created"] + float(sim["seconds"])
     heapq.heappush(_due, (due, next(_seq), pid))
     return pred
@@ -305,7 +251,7 @@ async def get(request: Request) -> Response:
         CONFIG["get_429"] -= 1
         return _problem(429, "Too Many Requests", "Request was throttled.", {"Retry-After": "1"})
     pid = request.path_params["id"]
-    if pid not in PREDICTIONS or _KEYS[pid] != key:
+    if pid not in PREDICTIONS or KEYS[pid] != key:
         return _problem(404, "Not found", "The requested resource could not be found.")
     _advance()
     _status_now(pid)
@@ -320,7 +266,7 @@ async def cancel(request: Request) -> Response:
     if key is None:
         return _unauthorized()
     pid = request.path_params["id"]
-    if pid not in PREDICTIONS or _KEYS[pid] != key:
+    if pid not in PREDICTIONS or KEYS[pid] != key:
         return _problem(404, "Not found", "The requested resource could not be found.")
     STATS["cancels"] += 1
     _finish(pid, "canceled")
@@ -332,7 +278,7 @@ async def list_predictions(request: Request) -> Response:
     if key is None:
         return _unauthorized()
     after = request.query_params.get("created_after", "")
-    rows = [p for pid, p in PREDICTIONS.items() if _KEYS[pid] == key and p["created_at"] >= after]
+    rows = [p for pid, p in PREDICTIONS.items() if KEYS[pid] == key and p["created_at"] >= after]
     rows.sort(key=lambda p: p["created_at"], reverse=True)
     return JSONResponse({"previous": None, "next": None, "results": rows[:100]})
 
@@ -344,60 +290,14 @@ async def secret(request: Request) -> Response:
     return JSONResponse({"key": secret_for(key)})
 
 
-def _zeros(request: Request, n: int) -> Any:
-    async def gen() -> Any:
-        left = n
-        while left > 0:
-            # uvicorn drops writes to a closed connection silently: stop when the client left,
-            # so file_bytes counts what a client could have read, not what was generated.
-            if await request.is_disconnected():
-                return
-            chunk = b"\x00" * min(left, 64 << 10)
-            left -= len(chunk)
-            STATS["file_bytes"] += len(chunk)
-            yield chunk
-    return gen()
-
-
-def _sized(request: Request, name: str) -> Response:
-    kind, size, _ = name.split("-", 2)
-    headers = {"Content-Length": size} if kind == "declared" else None
-    return StreamingResponse(_zeros(request, int(size)), media_type="application/octet-stream", headers=headers)
-
-
-async def delivery(request: Request) -> Response:
-    """The public CDN (replicate.delivery): no key needed, so none should arrive."""
-    DOWNLOADS.append({"path": request.url.path, "authorization": request.headers.get("authorization")})
-    STATS["file_bytes"] += len(PNG)
-    return Response(PNG, media_type="image/png")
-
-
-async def files(request: Request) -> Response:
-    pid, name = request.path_params["id"], request.path_params["name"]
-    DOWNLOADS.append({"path": request.url.path, "authorization": request.headers.get("authorization")})
-    if pid not in PREDICTIONS:
-        return Response(status_code=404)
-    if request.headers.get("authorization") != f"Bearer {_KEYS[pid]}":
-        return Response(b"missing or wrong Authorization", status_code=401)
-    if name.startswith(("sized-", "declared-")):
-        return _sized(request, name)
-    if name == "evil.svg":
-        return Response(SVG, media_type="image/svg+xml")
-    if name == "broken.png":
-        return Response(b"upstream exploded", status_code=500)
-    if name == "big.bin":
-        return Response(b"\x00" * (3 << 20), media_type="application/octet-stream")
-    return Response(PNG + name.encode(), media_type="application/octet-stream")
-
-
 async def control(request: Request) -> Response:
     op = request.path_params["op"]
     if op == "reset":
-        for d in (PREDICTIONS, _KEYS, _SIM):
+        for d in (PREDICTIONS, _SIM):
             d.clear()
+        replicate_files.reset()
         CREATES.clear()
         OUTBOX.clear()
-        DOWNLOADS.clear()
         _due.clear()
         _throttled.clear()
         CONFIG.update(deliver=False, get_429=0)
@@ -418,7 +318,7 @@ async def control(request: Request) -> Response:
         return _json({pid: {**p, "_finished_at": _SIM[pid].get("finished_at")}
                              for pid, p in PREDICTIONS.items()})
     if op == "stats":
-        return JSONResponse(STATS)
+        return JSONResponse({**STATS, **SENT})
     if op == "seed":
         _ensure_ticker()
         return JSONResponse(_seed(await request.json(), str(request.base_url).rstrip("/")))

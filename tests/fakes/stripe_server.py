@@ -26,7 +26,7 @@ RECEIVED: dict[str, int] = {}
 
 def _patch() -> Any:
     global _patched
-    from localstripe import resources  # type: ignore[import-untyped]
+    from localstripe import resources
 
     if not _patched:
         resources.store.dump_to_disk = lambda *a, **k: None
@@ -82,10 +82,17 @@ class LocalStripe:
         async def down() -> None:
             if self._runner is not None:
                 await self._runner.cleanup()
+            # Webhook sends still in flight: ended here, not destroyed pending with the loop.
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(down(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 def main() -> None:
@@ -96,7 +103,7 @@ def main() -> None:
     args = p.parse_args()
     app = _patch()
     if args.webhook:
-        from localstripe.webhooks import register_webhook  # type: ignore[import-untyped]
+        from localstripe.webhooks import register_webhook
 
         register_webhook("syncnode", args.webhook, args.secret, None)
     print(f"localstripe on http://127.0.0.1:{args.port} (STRIPE_BASE_URL); any sk_test_… key works")
