@@ -10,7 +10,7 @@ import httpx
 
 from jobs import keys
 from tests.fixtures.accounts import MakeAccount, audit
-from tests.test_chat import CHAT
+from tests.helpers import CHAT
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 

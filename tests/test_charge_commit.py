@@ -14,7 +14,7 @@ from jobs.names import CHAT as KIND
 from storage.task_batches import Tasks
 from storage.tasks import ChargeOutcome, NewTask, TaskRepository
 from tests.fixtures.accounts import MakeAccount, audit
-from tests.test_chat import CHAT
+from tests.helpers import CHAT
 
 KEYS = {"openrouter_key": "sk-or-v1-commit"}
 
