@@ -16,15 +16,11 @@ from storage.db import Conn
 
 TERMINAL = ("completed", "failed", "canceled")
 
-# A charge statement's first CTE: with its parameter 'off' the charge commits without waiting for
-# its WAL flush (``synchronous_commit`` for this one transaction; NULL keeps the server's
-# setting). Only for a caller whose answer waits on a later synchronous commit (see
-# ``storage.task_batches.Tasks.charge``). The CTE is referenced by the final SELECT, so it runs;
-# the value is in force until the statement's own commit.
-_COMMIT_MODE = """commit_mode AS (
-                SELECT set_config('synchronous_commit', coalesce({p}::text, current_setting('synchronous_commit')),
-                                  true) AS mode
-            )"""
+# A charge statement's first CTE, referenced by its final SELECT (so it runs): 'off' commits this
+# one transaction without waiting for its WAL flush, NULL keeps the server's setting. Only for a
+# caller whose answer waits on a later synchronous commit (``storage.task_batches.Tasks.charge``).
+_COMMIT_MODE = """commit_mode AS (SELECT set_config('synchronous_commit',
+                coalesce({p}::text, current_setting('synchronous_commit')), true) AS mode)"""
 
 
 def _flush(durable: bool) -> str | None:
