@@ -86,3 +86,7 @@ class Replies:
                     # every synchronous wait of this process depends on.
                     log.error("unreadable result for %s", job_id.decode(), exc_info=True)
                     fut.set_exception(RuntimeError(f"unreadable task result: {e}"))
+            if first:
+                # The requests just woken answer before the next read is sent: at concurrency 1
+                # that write went first, on the answer's path.
+                await asyncio.sleep(0)

@@ -166,7 +166,8 @@ async def _charge_and_enqueue(st: AppState, who: Principal, kind: TaskKind, job_
                   idempotency_key=idempotency_key, request_hash=request_hash,
                   webhook=webhook[0] if webhook else None, webhook_events=webhook[1] if webhook else None)
     try:
-        outcome = await st.tasks.charge(new)
+        # A waiting request answers only with the worker's result, after its synchronous commit.
+        outcome = await st.tasks.charge(new, answer_after_worker=wait)
     except asyncpg.UniqueViolationError:
         await uncount()
         # Another request with the same Idempotency-Key committed first: answer as its replay.

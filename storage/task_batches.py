@@ -22,21 +22,32 @@ _CHARGE_SHARDS = 4
 class Tasks:
     def __init__(self, db: asyncpg.Pool) -> None:
         self.db = db
-        self._charges: Combiner[tuple[int, int], NewTask, ChargeOutcome] = Combiner(self._charge_batch)
+        self._charges: Combiner[tuple[int, int, bool], NewTask, ChargeOutcome] = Combiner(self._charge_batch)
         self._reads: Combiner[str | None, str, asyncpg.Record | None] = Combiner(self._read_batch)
         self._completions: Combiner[str, tuple[str, Any], asyncpg.Record | None] = Combiner(self._complete_batch)
 
-    async def charge(self, new: NewTask) -> ChargeOutcome:
+    async def charge(self, new: NewTask, *, answer_after_worker: bool = False) -> ChargeOutcome:
         """``TaskRepository.charge_and_create``: debit, insert the task and its ledger row, or do
-        nothing. Raises asyncpg.UniqueViolationError if its Idempotency-Key was taken first."""
+        nothing. Raises asyncpg.UniqueViolationError if its Idempotency-Key was taken first.
+
+        ``answer_after_worker``: the caller answers only with what the worker finished (a
+        synchronous request), so the charge commits without waiting for its own fsync. The
+        worker's completion (or refund) is a synchronous commit, and Postgres flushes its WAL in
+        order: when that commit returns, this charge is on disk too, before any answer. A caller
+        that answers sooner (202, an error) has the WAL writer's bound instead (3 ×
+        ``wal_writer_delay``, 0.6 s by default), in which only a Postgres crash loses the charge
+        with its task and ledger row, together: never one without the others.
+        """
         if new.idempotency_key is not None or new.webhook is not None:
             # One conflicting key would abort a whole batch, and the batch statement stores no
-            # webhook: such tasks are charged one by one.
+            # webhook: such tasks are charged one by one (and a replay answers from the row at
+            # once, so these charges wait for their own flush).
             return await TaskRepository(self.db).charge_and_create(new)
         # Same price per batch: each account's running sum then takes exactly the requests that
         # one-by-one charging would have taken. Accounts share batches (one commit for many
         # callers), spread over a few shards so one slow statement holds up only a part.
-        return await self._charges.submit((hash(new.uid) % _CHARGE_SHARDS, new.cost_micros), new)
+        durable = not answer_after_worker
+        return await self._charges.submit((hash(new.uid) % _CHARGE_SHARDS, new.cost_micros, durable), new)
 
     async def for_worker(self, job_id: str, key_name: str | None) -> asyncpg.Record | None:
         """``TaskRepository.for_worker``: the task with the ciphertext of the key it needs."""
@@ -47,8 +58,8 @@ class Tasks:
         (a re-run job finishes a task at most once)."""
         return await self._completions.submit("", (job_id, output))
 
-    async def _charge_batch(self, _: tuple[int, int], items: list[NewTask]) -> list[ChargeOutcome]:
-        return await TaskRepository(self.db).charge_batch(items)
+    async def _charge_batch(self, key: tuple[int, int, bool], items: list[NewTask]) -> list[ChargeOutcome]:
+        return await TaskRepository(self.db).charge_batch(items, durable=key[2])
 
     async def _read_batch(self, key_name: str | None, job_ids: list[str]) -> list[asyncpg.Record | None]:
         rows = {r["job_id"]: r for r in await TaskRepository(self.db).for_worker_many(job_ids, key_name)}

@@ -16,6 +16,16 @@ from storage.db import Conn
 
 TERMINAL = ("completed", "failed", "canceled")
 
+# A charge statement's first CTE, referenced by its final SELECT (so it runs): 'off' commits this
+# one transaction without waiting for its WAL flush, NULL keeps the server's setting. Only for a
+# caller whose answer waits on a later synchronous commit (``storage.task_batches.Tasks.charge``).
+_COMMIT_MODE = """commit_mode AS (SELECT set_config('synchronous_commit',
+                coalesce({p}::text, current_setting('synchronous_commit')), true) AS mode)"""
+
+
+def _flush(durable: bool) -> str | None:
+    return None if durable else "off"
+
 
 @dataclass(frozen=True, slots=True)
 class NewTask:
@@ -43,6 +53,8 @@ class ChargeOutcome:
     has_key: bool
     # The charge left the balance under the account's auto-recharge floor (and a card is on file).
     recharge: bool = False
+    # False: committed without waiting for its WAL flush (asked for with durable=False).
+    durable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +70,15 @@ class TaskRepository:
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
-    async def charge_and_create(self, t: NewTask) -> ChargeOutcome:
+    async def charge_and_create(self, t: NewTask, *, durable: bool = True) -> ChargeOutcome:
         """Debit the price, insert the task and its ledger row, or do nothing at all.
+        ``durable=False``: commit without waiting for the WAL flush (see ``_COMMIT_MODE``).
 
         Raises asyncpg.UniqueViolationError if another request took the idempotency key first.
         """
         row = await self.conn.fetchrow(
-            """
-            WITH k AS (
+            f"""
+            WITH {_COMMIT_MODE.format(p="$14")}, k AS (
                 SELECT ($9::text IS NULL OR EXISTS (
                     SELECT 1 FROM provider_keys WHERE uid = $1 AND name = $9)) AS ok
             ), a AS (
@@ -84,16 +97,16 @@ class TaskRepository:
             SELECT (SELECT id FROM t) AS task_id,
                    EXISTS (SELECT 1 FROM accounts WHERE uid = $1) AS account_exists,
                    (SELECT ok FROM k) AS has_key,
-                   coalesce((SELECT low FROM a), false) AS low
+                   coalesce((SELECT low FROM a), false) AS low, (SELECT mode FROM commit_mode) AS mode
             """,
             t.uid, t.job_id, t.cost_micros, t.kind, t.pool, t.model, t.prompt, t.request,
             t.key_name, t.idempotency_key, t.request_hash, t.webhook,
-            list(t.webhook_events) if t.webhook_events is not None else None,
+            list(t.webhook_events) if t.webhook_events is not None else None, _flush(durable),
         )
         assert row is not None
-        return ChargeOutcome(row["task_id"], row["account_exists"], row["has_key"], row["low"])
+        return ChargeOutcome(row["task_id"], row["account_exists"], row["has_key"], row["low"], row["mode"] != "off")
 
-    async def charge_many(self, uid: str, items: list[NewTask]) -> list[ChargeOutcome]:
+    async def charge_many(self, uid: str, items: list[NewTask], *, durable: bool = True) -> list[ChargeOutcome]:
         """``charge_and_create`` for several tasks of one account in one statement.
 
         Tasks are taken in order while the balance covers them (running sum), so a batch can
@@ -102,10 +115,10 @@ class TaskRepository:
         """
         if len(items) == 1:
             # An idle account's batch of one: the single-row statement is the cheaper plan.
-            return [await self.charge_and_create(items[0])]
+            return [await self.charge_and_create(items[0], durable=durable)]
         rows = await self.conn.fetch(
-            """
-            WITH req AS (
+            f"""
+            WITH {_COMMIT_MODE.format(p="$10")}, req AS (
                 SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                      $7::jsonb[], $8::bigint[], $9::text[])
                     WITH ORDINALITY AS r(job_id, kind, pool, model, prompt, request, cost, key_name, ord)
@@ -132,16 +145,17 @@ class TaskRepository:
                 SELECT $1, -cost_micros, 'charge', id FROM t
             )
             SELECT keyed.ord, keyed.has_key, t.id AS task_id, EXISTS (SELECT 1 FROM acct) AS account_exists,
-                   coalesce((SELECT low FROM a), false) AS low
+                   coalesce((SELECT low FROM a), false) AS low, (SELECT mode FROM commit_mode) AS mode
             FROM keyed LEFT JOIN t USING (job_id) ORDER BY keyed.ord
             """,
             uid, [i.job_id for i in items], [i.kind for i in items], [i.pool for i in items],
             [i.model for i in items], [i.prompt for i in items], [i.request for i in items],
-            [i.cost_micros for i in items], [i.key_name for i in items],
+            [i.cost_micros for i in items], [i.key_name for i in items], _flush(durable),
         )
-        return [ChargeOutcome(r["task_id"], r["account_exists"], r["has_key"], r["low"]) for r in rows]
+        return [ChargeOutcome(r["task_id"], r["account_exists"], r["has_key"], r["low"], r["mode"] != "off")
+                for r in rows]
 
-    async def charge_batch(self, items: list[NewTask]) -> list[ChargeOutcome]:
+    async def charge_batch(self, items: list[NewTask], *, durable: bool = True) -> list[ChargeOutcome]:
         """``charge_and_create`` for several tasks, of one account or many, in one statement
         (one commit, one fsync for the batch).
 
@@ -154,10 +168,10 @@ class TaskRepository:
         """
         if len({i.uid for i in items}) == 1:
             # One account (a hot account, or an idle one's batch of one): the cheaper plans.
-            return await self.charge_many(items[0].uid, items)
+            return await self.charge_many(items[0].uid, items, durable=durable)
         rows = await self.conn.fetch(
-            """
-            WITH req AS (
+            f"""
+            WITH {_COMMIT_MODE.format(p="$10")}, req AS (
                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                      $7::jsonb[], $8::bigint[], $9::text[])
                     WITH ORDINALITY AS r(uid, job_id, kind, pool, model, prompt, request, cost, key_name, ord)
@@ -188,16 +202,17 @@ class TaskRepository:
                 SELECT uid, -cost_micros, 'charge', id FROM t
             )
             SELECT keyed.ord, keyed.has_key, t.id AS task_id, acct.uid IS NOT NULL AS account_exists,
-                   coalesce(a.low, false) AS low
+                   coalesce(a.low, false) AS low, (SELECT mode FROM commit_mode) AS mode
             FROM keyed LEFT JOIN t USING (job_id) LEFT JOIN acct ON acct.uid = keyed.uid
                  LEFT JOIN a ON a.uid = keyed.uid
             ORDER BY keyed.ord
             """,
             [i.uid for i in items], [i.job_id for i in items], [i.kind for i in items], [i.pool for i in items],
             [i.model for i in items], [i.prompt for i in items], [i.request for i in items],
-            [i.cost_micros for i in items], [i.key_name for i in items],
+            [i.cost_micros for i in items], [i.key_name for i in items], _flush(durable),
         )
-        return [ChargeOutcome(r["task_id"], r["account_exists"], r["has_key"], r["low"]) for r in rows]
+        return [ChargeOutcome(r["task_id"], r["account_exists"], r["has_key"], r["low"], r["mode"] != "off")
+                for r in rows]
 
     async def can_pay(self, uid: str, price_micros: int, key_name: str | None) -> Affordability:
         """Whether a charge of ``price_micros`` would go through now (read only: the charge

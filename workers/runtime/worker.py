@@ -149,6 +149,10 @@ class SyncNodeWorker(Worker):
                 t = self.loop.create_task(run_claimed(self, job))
                 t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
                 self.tasks[job.job_id] = t
+            if claimed:
+                # The jobs just taken send their first request (the task's read) before this loop
+                # re-arms its claim: at concurrency 1 that write went first, on the answer's path.
+                await asyncio.sleep(0)
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
         for job_id, t in list(self.tasks.items()):

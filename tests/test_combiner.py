@@ -1,0 +1,139 @@
+"""The Combiner's idle fast path: an idle key's caller runs its batch of one itself, and what
+arrives meanwhile is still combined, run and answered, whatever happens to that caller."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from jobs.batch import Combiner
+
+
+class Recorder:
+    """A batch runner that records each batch and the task it ran in, and can be held."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.ran_in: list[asyncio.Task[object] | None] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.started = asyncio.Event()
+
+    async def run(self, _: str, items: list[int]) -> list[int]:
+        self.batches.append(items)
+        self.ran_in.append(asyncio.current_task())
+        self.started.set()
+        await self.gate.wait()
+        if 13 in items:
+            raise ValueError("unlucky")
+        return [i * 2 for i in items]
+
+
+async def test_an_idle_key_runs_its_batch_in_the_callers_own_task() -> None:
+    r = Recorder()
+    c: Combiner[str, int, int] = Combiner(r.run)
+    me = asyncio.current_task()
+    assert await c.submit("k", 1) == 2
+    assert await c.submit("k", 2) == 4
+    assert r.batches == [[1], [2]] and r.ran_in == [me, me]
+    assert not c._queues and not c._tasks  # nothing left behind for the key
+
+
+async def test_callers_arriving_during_an_inline_batch_share_the_next_one() -> None:
+    r = Recorder()
+    r.gate.clear()
+    c: Combiner[str, int, int] = Combiner(r.run)
+    first = asyncio.create_task(c.submit("k", 1))
+    await r.started.wait()
+    rest = [asyncio.create_task(c.submit("k", i)) for i in (2, 3, 4)]
+    await asyncio.sleep(0)
+    r.gate.set()
+    assert await first == 2
+    assert await asyncio.gather(*rest) == [4, 6, 8]
+    assert r.batches == [[1], [2, 3, 4]]
+    assert r.ran_in[0] is first and r.ran_in[1] not in (first, *rest)  # the queued batch: a drain task
+    await asyncio.sleep(0)
+    assert not c._queues and not c._tasks
+
+
+async def test_a_failing_inline_batch_fails_only_its_caller() -> None:
+    r = Recorder()
+    r.gate.clear()
+    c: Combiner[str, int, int] = Combiner(r.run)
+    bad = asyncio.create_task(c.submit("k", 13))
+    await r.started.wait()
+    good = asyncio.create_task(c.submit("k", 5))
+    await asyncio.sleep(0)
+    r.gate.set()
+    with pytest.raises(ValueError, match="unlucky"):
+        await bad
+    assert await good == 10
+    await asyncio.sleep(0)
+    assert not c._queues
+
+
+async def test_cancelling_the_inline_caller_still_answers_those_queued_behind_it() -> None:
+    r = Recorder()
+    r.gate.clear()
+    c: Combiner[str, int, int] = Combiner(r.run)
+    gone = asyncio.create_task(c.submit("k", 1))
+    await r.started.wait()
+    waiting = [asyncio.create_task(c.submit("k", i)) for i in (2, 3)]
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    r.gate.set()
+    assert await asyncio.gather(*waiting) == [4, 6]
+    assert r.batches == [[1], [2, 3]]
+    await asyncio.sleep(0)
+    assert not c._queues and not c._tasks
+    assert await c.submit("k", 7) == 14  # and the key is idle (inline) again
+
+
+async def test_a_cancelled_caller_in_a_queued_batch_does_not_cancel_its_neighbours() -> None:
+    second_started, second_gate = asyncio.Event(), asyncio.Event()
+    r = Recorder()
+    r.gate.clear()
+
+    async def run(key: str, items: list[int]) -> list[int]:
+        if r.batches:  # the queued batch: held until its caller has been cancelled
+            second_started.set()
+            await second_gate.wait()
+        return await r.run(key, items)
+
+    c: Combiner[str, int, int] = Combiner(run)
+    first = asyncio.create_task(c.submit("k", 1))
+    await r.started.wait()
+    gone, stays = asyncio.create_task(c.submit("k", 2)), asyncio.create_task(c.submit("k", 3))
+    await asyncio.sleep(0)
+    r.gate.set()
+    assert await first == 2
+    await second_started.wait()
+    gone.cancel()
+    second_gate.set()
+    assert await stays == 6
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert r.batches == [[1], [2, 3]]
+
+
+async def test_a_key_that_had_company_collects_its_next_callers_and_goes_inline_once_quiet() -> None:
+    r = Recorder()
+    r.gate.clear()
+    c: Combiner[str, int, int] = Combiner(r.run)
+    first = asyncio.create_task(c.submit("k", 1))
+    await r.started.wait()
+    behind = [asyncio.create_task(c.submit("k", i)) for i in (2, 3)]
+    await asyncio.sleep(0)
+    r.gate.set()
+    assert await asyncio.gather(first, *behind) == [2, 4, 6]
+    # Busy: callers arriving in one turn share one batch (inline, the first would go alone).
+    assert await asyncio.gather(*(c.submit("k", i) for i in (4, 5, 6))) == [8, 10, 12]
+    assert r.batches[-1] == [4, 5, 6]
+    # A batch of one: the key is quiet again, and the next call runs in its caller's task.
+    assert await c.submit("k", 7) == 14
+    me = asyncio.current_task()
+    assert await c.submit("k", 8) == 16
+    assert r.batches[-2:] == [[7], [8]] and r.ran_in[-2] is not me and r.ran_in[-1] is me
