@@ -4,8 +4,8 @@ Per key, at most one batch runs at a time; whatever arrives while it runs goes i
 one. A quiet key pays nothing: its caller runs a batch of one itself, inline (no task, no
 future, no extra turn of the event loop: at concurrency 1 a request crosses five of these, and
 each task hop was a wake-up in series). A busy key amortises one statement, one commit and one
-fsync over every caller that arrived meanwhile, drained by a task of its own; a key whose last
-batch had company keeps starting its batches in a task, a turn later, so that callers arriving
+fsync over every caller that arrived meanwhile, drained by a task of its own; a key that had
+company keeps starting its batches in a task, a turn later, until a few lone batches in a row, so that callers arriving
 in the same turn share the first statement too (inline, the first of them would go alone and
 cost a statement of its own). For the ledger
 this also means the hot account row is locked by one statement at a time instead of by a
@@ -27,6 +27,9 @@ K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 R = TypeVar("R")
 
+# Lone batches in a row after which a crowded key is quiet again (its callers go inline).
+_QUIET_AFTER = 3
+
 
 class Combiner(Generic[K, T, R]):
     def __init__(self, run: Callable[[K, list[T]], Awaitable[list[R]]], max_batch: int = 200) -> None:
@@ -36,6 +39,8 @@ class Combiner(Generic[K, T, R]):
         self._tasks: set[asyncio.Task[None]] = set()
         # Keys whose last batch had more than one caller (or callers waiting behind it).
         self._crowded: set[K] = set()
+        # Consecutive batches of one of a crowded key.
+        self._singles: dict[K, int] = {}
 
     async def submit(self, key: K, item: T) -> R:
         queue = self._queues.get(key)
@@ -77,8 +82,15 @@ class Combiner(Generic[K, T, R]):
                 del queue[: self._max]
                 if len(batch) > 1:
                     self._crowded.add(key)
-                else:
-                    self._crowded.discard(key)
+                    self._singles.pop(key, None)
+                elif key in self._crowded:
+                    # A busy key goes back to inline only after a run of lone batches: under load,
+                    # one batch of one now and then is not quiet, and going inline then splits the
+                    # next batch in two (smaller batches: more statements per request).
+                    self._singles[key] = self._singles.get(key, 0) + 1
+                    if self._singles[key] >= _QUIET_AFTER:
+                        self._crowded.discard(key)
+                        del self._singles[key]
                 try:
                     results = await self._run(key, [item for item, _ in batch])
                 except asyncio.CancelledError as e:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from jobs.batch import Combiner
+from jobs.batch import _QUIET_AFTER, Combiner
 
 
 class Recorder:
@@ -132,8 +132,30 @@ async def test_a_key_that_had_company_collects_its_next_callers_and_goes_inline_
     # Busy: callers arriving in one turn share one batch (inline, the first would go alone).
     assert await asyncio.gather(*(c.submit("k", i) for i in (4, 5, 6))) == [8, 10, 12]
     assert r.batches[-1] == [4, 5, 6]
-    # A batch of one: the key is quiet again, and the next call runs in its caller's task.
-    assert await c.submit("k", 7) == 14
+    # Lone batches: still busy until _QUIET_AFTER of them in a row (under load one batch of one
+    # now and then is not quiet; going inline then would split the next batch in two).
     me = asyncio.current_task()
-    assert await c.submit("k", 8) == 16
-    assert r.batches[-2:] == [[7], [8]] and r.ran_in[-2] is not me and r.ran_in[-1] is me
+    for i in range(7, 7 + _QUIET_AFTER):
+        assert await c.submit("k", i) == 2 * i
+        assert r.batches[-1] == [i] and r.ran_in[-1] is not me
+    # Then the key is quiet again, and the next call runs in its caller's task.
+    assert await c.submit("k", 20) == 40
+    assert r.batches[-1] == [20] and r.ran_in[-1] is me
+
+
+async def test_one_lone_batch_between_busy_ones_keeps_the_key_busy() -> None:
+    r = Recorder()
+    r.gate.clear()
+    c: Combiner[str, int, int] = Combiner(r.run)
+    first = asyncio.create_task(c.submit("k", 0))
+    await r.started.wait()
+    behind = asyncio.create_task(c.submit("k", 9))  # company: the key is busy from here on
+    await asyncio.sleep(0)
+    r.gate.set()
+    assert list(await asyncio.gather(first, behind)) == [0, 18]
+    me = asyncio.current_task()
+    for _ in range(3):
+        assert await asyncio.gather(*(c.submit("k", i) for i in (1, 2))) == [2, 4]
+        assert await c.submit("k", 3) == 6  # one caller alone, between busy batches
+        assert r.ran_in[-1] is not me  # drained in a task, not inline
+    assert r.batches[-2:] == [[1, 2], [3]]
