@@ -95,8 +95,11 @@ async def test_sigterm_ingress_answers_in_flight_sync_requests(workers: Cluster)
             answers = await asyncio.gather(*calls)
         assert [r.status_code for r in answers] == [200] * 3, [r.text for r in answers]
         assert {r.json()["prediction"]["status"] for r in answers} == {"completed"}
-        # uvicorn re-raises the signal once it has shut down cleanly: it dies "of" SIGTERM.
-        assert await _exit_code(c.web, 10) in (0, -signal.SIGTERM)
+        # uvicorn re-raises the signal once it has shut down cleanly: it dies "of" SIGTERM. The bound
+        # is generous: once, in a full CI run, the exit took over 10 s (2-3 s alone or beside two
+        # busy cores); the ingress's own log says what it was doing if it ever fails again.
+        code = await _exit_code(c.web, 20)
+        assert code in (0, -signal.SIGTERM), c.log("web")[-4000:]
     finally:
         if c.web.poll() is None:
             c.web.kill()
