@@ -31,58 +31,46 @@ return 1
 """
 
 
-# A final status: the hash, then the result to whoever waits. A synchronous request's enqueue
-# named its ingress's reply list in the hash (``ingress/replies.py``): the result goes there,
-# prefixed with the job id; otherwise on the task's own done list, as before.
+def _give_back_slot(prefix: str, job_id: str) -> str:
+    """Lua: a final status gives back the task's in-flight slot (ingress/limits.py). This is the
+    one place every final status passes, whoever finishes the task (worker, poll, webhook, cancel,
+    sweeper). The hash names the account and pool (seeded at enqueue, see ``initial``); the key is
+    built here from them, so these scripts are for one Redis, not a Cluster."""
+    return f"""
+local f = redis.call('HMGET', KEYS[1], 'uid', 'pool')
+if f[1] and f[2] then
+  redis.call('ZREM', {prefix} .. f[2] .. ':' .. f[1], {job_id})
+end
+"""
+
+
+def _write_and_hand_over(first_field: int) -> str:
+    """Lua: a final status — the hash, then the result to whoever waits. A synchronous request's
+    enqueue named its ingress's reply list in the hash (``ingress/replies.py``): the result goes
+    there, prefixed with the job id; otherwise on the task's own done list.
+    ARGV[1..4]: hash ttl, done ttl, job id, result; field, value pairs from ``first_field``."""
+    return f"""
+redis.call('HSET', KEYS[1], unpack(ARGV, {first_field}))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local reply = redis.call('HGET', KEYS[1], 'reply')
+if reply then
+  redis.call('RPUSH', reply, ARGV[3] .. '\\0' .. ARGV[4])
+  redis.call('EXPIRE', reply, ARGV[2])
+else
+  redis.call('RPUSH', KEYS[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+"""
+
+
 # KEYS: the hash, the done list; ARGV: hash ttl, done ttl, job id, result, then field, value pairs.
-_FINAL = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-local reply = redis.call('HGET', KEYS[1], 'reply')
-if reply then
-  redis.call('RPUSH', reply, ARGV[3] .. '\\0' .. ARGV[4])
-  redis.call('EXPIRE', reply, ARGV[2])
-else
-  redis.call('RPUSH', KEYS[2], ARGV[4])
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-end
-"""
-
-
-# A final status gives back the task's in-flight slot (ingress/limits.py): this is the one place
-# every final status passes, whoever finishes the task (worker, poll, webhook, cancel, sweeper).
-# The hash names the account and pool (seeded at enqueue, see ``initial``). The key is built
-# here from them, so this script is for one Redis, not a Cluster.
+_FINAL = _write_and_hand_over(5)
 # KEYS[1] the status hash; ARGV[1] the in-flight key prefix, ARGV[2] the job id.
-_RELEASE = """
-local f = redis.call('HMGET', KEYS[1], 'uid', 'pool')
-if f[1] and f[2] then
-  redis.call('ZREM', ARGV[1] .. f[2] .. ':' .. f[1], ARGV[2])
-end
-return 0
-"""
-
-
-# ``_RELEASE`` then ``_FINAL`` in one script: what a final status with a waiter runs (every
-# finished sync request), one command instead of two on the answer's path. The slot is given
-# back before the result goes out. KEYS as ``_FINAL``; ARGV: hash ttl, done ttl, job id, result,
-# in-flight key prefix, then field, value pairs.
-_RELEASE_AND_FINAL = """
-local f = redis.call('HMGET', KEYS[1], 'uid', 'pool')
-if f[1] and f[2] then
-  redis.call('ZREM', ARGV[5] .. f[2] .. ':' .. f[1], ARGV[3])
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-local reply = redis.call('HGET', KEYS[1], 'reply')
-if reply then
-  redis.call('RPUSH', reply, ARGV[3] .. '\\0' .. ARGV[4])
-  redis.call('EXPIRE', reply, ARGV[2])
-else
-  redis.call('RPUSH', KEYS[2], ARGV[4])
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-end
-"""
+_RELEASE = _give_back_slot("ARGV[1]", "ARGV[2]") + "return 0\n"
+# Both in one script: what a final status with a waiter runs (every finished sync request), one
+# command instead of two on the answer's path; the slot is given back before the result goes out.
+# KEYS as ``_FINAL``; ARGV: hash ttl, done ttl, job id, result, in-flight key prefix, then pairs.
+_RELEASE_AND_FINAL = _give_back_slot("ARGV[5]", "ARGV[3]") + _write_and_hand_over(6)
 
 
 def status_document(job_id: str, status: str, output: Any, error: str | None) -> dict[str, Any]:
