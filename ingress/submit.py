@@ -43,8 +43,9 @@ from jobs.queue import Job
 from jobs.results import TaskResult
 from jobs.settings import to_dollars
 from storage.billing import BillingRepository
+from storage.charges import NewTask
 from storage.status import StatusStore
-from storage.tasks import TERMINAL, NewTask, TaskRepository
+from storage.tasks import TERMINAL, TaskRepository
 
 log = logging.getLogger("syncnode.ingress")
 

@@ -13,7 +13,8 @@ from typing import Any
 import asyncpg
 
 from jobs.batch import Combiner
-from storage.tasks import ChargeOutcome, NewTask, TaskRepository
+from storage.charges import ChargeOutcome, NewTask
+from storage.tasks import TaskRepository
 
 # Charge batches in flight at once per price; an account's charges always share one shard.
 _CHARGE_SHARDS = 4

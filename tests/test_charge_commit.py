@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 
 from jobs.names import CHAT as KIND
+from storage.charges import ChargeOutcome, NewTask
 from storage.task_batches import Tasks
-from storage.tasks import ChargeOutcome, NewTask, TaskRepository
+from storage.tasks import TaskRepository
 from tests.fixtures.accounts import MakeAccount, audit
 from tests.helpers import CHAT
 

@@ -12,7 +12,8 @@ import httpx
 
 from jobs import keys
 from jobs.names import CHAT
-from storage.tasks import NewTask, TaskRepository
+from storage.charges import NewTask
+from storage.tasks import TaskRepository
 from tests.fixtures.accounts import Account, audit
 from tests.fixtures.workers import worker_ctx
 from tests.helpers import CHAT as CHAT_PATH

@@ -339,7 +339,8 @@ async def test_lost_poll_chain_behind_500_running_predictions_is_restarted(
     from jobs import keys
     from jobs.names import GENERATE
     from jobs.queue import Job
-    from storage.tasks import NewTask, TaskRepository
+    from storage.charges import NewTask
+    from storage.tasks import TaskRepository
     from workers.poll import sweep_predictions
 
     st = app.state.sn

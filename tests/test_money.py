@@ -140,7 +140,8 @@ async def test_one_charge_batch_across_accounts_is_one_by_one_charging(make_acco
     # The ingress combines charges of many accounts into one statement (storage/tasks.py
     # charge_batch): each account must come out exactly as if its requests were charged in turn.
     from jobs.names import CHAT as KIND
-    from storage.tasks import NewTask, TaskRepository
+    from storage.charges import NewTask
+    from storage.tasks import TaskRepository
 
     short = await make_account(balance="0.05", keys={"openrouter_key": "sk-or-v1-a"})  # covers 2 of 3
     rich = await make_account(balance="1", keys={"openrouter_key": "sk-or-v1-b"})

@@ -32,7 +32,8 @@ async def media_only(app: Any, fast_polls: Any) -> AsyncIterator[Any]:
 
 
 async def _charged(app: Any, make_account: MakeAccount, n: int) -> list[str]:
-    from storage.tasks import NewTask, TaskRepository
+    from storage.charges import NewTask
+    from storage.tasks import TaskRepository
 
     st = app.state.sn
     acct = await make_account(balance="10", keys={"replicate_key": "r8_batches"})

@@ -32,11 +32,12 @@ from jobs.metrics import WorkerMetrics
 from jobs.names import GENERATE
 from jobs.queue import JobQueue
 from jobs.settings import get_settings
+from storage.charges import NewTask
 from storage.db import create_pool
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from storage.secrets import SecretBox
 from storage.status import StatusStore
-from storage.tasks import NewTask, TaskRepository
+from storage.tasks import TaskRepository
 from tests.bench.stack import wait_http
 from tests.fakes.replicate import secret_for
 from workers.context import WorkerContext
