@@ -121,6 +121,8 @@ async def _succeeded(w: WorkerContext, job_id: str, uid: str, pred: dict[str, An
         return "duplicate"
     # A completed task's error is a re-hosting failure: the output holds the provider's URLs.
     await w.status.publish(job_id, TaskResult.finished(row, "completed", output=output, error=hosting_error))
+    # Only now: a link that finds the task completed and this key still there announces it.
+    await w.redis.delete(keys.hosted_output(job_id))
     return "completed"
 
 
@@ -146,9 +148,17 @@ async def cancel_prediction(w: WorkerContext, key: str, prediction_id: str) -> N
         log.warning("cancel of prediction %s failed: %s", prediction_id, e)
 
 
+async def _announce_unpublished(w: WorkerContext, job_id: str, st: asyncpg.Record | None) -> None:
+    """A run completed the task but lost the reply (a connection dropped after the commit) or died
+    before publishing it: the re-hosted output it kept says nobody announced it yet."""
+    if st is not None and st["status"] in TERMINAL and await w.redis.delete(keys.hosted_output(job_id)):
+        await announce(w, job_id)
+
+
 async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "poll") -> str:
     st = await w.polls.state(job_id)  # batched with the worker's other polls, as fresh as one read
     if st is None or st["status"] in TERMINAL or st["provider_id"] is None:
+        await _announce_unpublished(w, job_id, st)
         return "done"
     if st["ciphertext"] is None:
         await finish_failed(w, job_id, "The replicate_key was removed while the prediction ran",
