@@ -167,3 +167,29 @@ async def test_a_completion_write_that_committed_but_lost_its_reply_is_still_ann
     assert body["replicate_status"] == "completed", body
     assert completes == [job]  # the next link found it completed: nothing stored twice
     assert await audit(app, replicate_account.uid) == (4_980_000, 4_980_000)
+
+
+async def test_a_rehosted_output_whose_completion_was_lost_is_delivered_past_the_deadline(
+        client: httpx.AsyncClient, replicate_account: Account, sim: Sim, media_workers: Any, app: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prediction succeeded just before the deadline and its files were copied, but the
+    completion write lost Postgres. The next link is past the deadline: it must store the kept
+    output (the work is done and in the user's storage), not cancel and refund the task."""
+    from storage.predictions import PredictionRepository
+
+    real_complete = PredictionRepository.complete
+    completes: list[str] = []
+
+    async def lost_at_the_deadline(self: PredictionRepository, job_id: str, *a: Any) -> Any:
+        completes.append(job_id)
+        if len(completes) == 1:
+            monkeypatch.setattr(app.state.sn.settings, "prediction_deadline_seconds", 0)  # the workers' too
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return await real_complete(self, job_id, *a)
+
+    monkeypatch.setattr(PredictionRepository, "complete", lost_at_the_deadline)
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"output": "files"}})
+    body = await wait_status(client, replicate_account, job)
+    assert body["replicate_status"] == "completed", body
+    assert completes == [job, job]
+    assert await audit(app, replicate_account.uid) == (4_980_000, 4_980_000)

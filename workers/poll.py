@@ -174,7 +174,8 @@ async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "
         log.exception("the replicate_key of %s cannot be decrypted", job_id)
         await finish_failed(w, job_id, "The stored replicate_key cannot be read; set it again")
         return "failed"
-    if overdue:
+    # Past the deadline, a success whose files were copied but not stored yet is still delivered.
+    if overdue and not await w.redis.exists(keys.hosted_output(job_id)):
         return await _deadline_locked(w, job_id, key, st["provider_id"], n, chain, tag)
     try:
         pred = await replicate.get(w.http["Replicate"], key, st["provider_id"])
