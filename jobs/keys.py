@@ -85,7 +85,8 @@ def rehost_runs(job_id: str) -> str:
 
 def hosted_output(job_id: str) -> str:
     """STRING with TTL: JSON [output, hosting error] of a re-hosted prediction, kept until its task
-    is completed so a run whose completion write failed is finished without copying again."""
+    is completed and published, so a run whose completion write failed is finished without copying
+    again; a poll that finds the task terminal with this key still set announces it."""
     return f"syncnode:hosted:{job_id}"
 
 

@@ -140,3 +140,56 @@ async def test_postgres_lost_while_completing_a_rehosted_output_completes_it_onc
     stored = [o["Key"] for o in _s3(moto_url).list_objects_v2(Bucket="sn-lost-pg").get("Contents", [])]
     assert sorted(k for k in stored if not k.startswith(".syncnode-check/")) == [f"{job}/0.png", f"{job}/1.png"]
     assert await audit(app, replicate_account.uid) == (4_980_000, 4_980_000)
+
+
+async def test_a_completion_write_that_committed_but_lost_its_reply_is_still_announced(
+        client: httpx.AsyncClient, replicate_account: Account, sim: Sim, media_workers: Any, app: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection drops after Postgres committed the completion, before its reply: the run
+    sees an infrastructure error and leaves the task to the next link, which finds it already
+    completed. That link must still publish it (the status hash /prediction-status reads first,
+    the sync waiter, the in-flight slot), or the task reads "in progress" for the hash's TTL."""
+    from storage.predictions import PredictionRepository
+
+    real_complete = PredictionRepository.complete
+    completes: list[str] = []
+
+    async def committed_then_lost(self: PredictionRepository, job_id: str, *a: Any) -> Any:
+        completes.append(job_id)
+        row = await real_complete(self, job_id, *a)
+        if len(completes) == 1:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return row
+
+    monkeypatch.setattr(PredictionRepository, "complete", committed_then_lost)
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"output": "files"}})
+    body = await wait_status(client, replicate_account, job)
+    assert body["replicate_status"] == "completed", body
+    assert completes == [job]  # the next link found it completed: nothing stored twice
+    assert await audit(app, replicate_account.uid) == (4_980_000, 4_980_000)
+
+
+async def test_a_rehosted_output_whose_completion_was_lost_is_delivered_past_the_deadline(
+        client: httpx.AsyncClient, replicate_account: Account, sim: Sim, media_workers: Any, app: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prediction succeeded just before the deadline and its files were copied, but the
+    completion write lost Postgres. The next link is past the deadline: it must store the kept
+    output (the work is done and in the user's storage), not cancel and refund the task."""
+    from storage.predictions import PredictionRepository
+
+    real_complete = PredictionRepository.complete
+    completes: list[str] = []
+
+    async def lost_at_the_deadline(self: PredictionRepository, job_id: str, *a: Any) -> Any:
+        completes.append(job_id)
+        if len(completes) == 1:
+            monkeypatch.setattr(app.state.sn.settings, "prediction_deadline_seconds", 0)  # the workers' too
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return await real_complete(self, job_id, *a)
+
+    monkeypatch.setattr(PredictionRepository, "complete", lost_at_the_deadline)
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"output": "files"}})
+    body = await wait_status(client, replicate_account, job)
+    assert body["replicate_status"] == "completed", body
+    assert completes == [job, job]
+    assert await audit(app, replicate_account.uid) == (4_980_000, 4_980_000)

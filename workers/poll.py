@@ -121,6 +121,8 @@ async def _succeeded(w: WorkerContext, job_id: str, uid: str, pred: dict[str, An
         return "duplicate"
     # A completed task's error is a re-hosting failure: the output holds the provider's URLs.
     await w.status.publish(job_id, TaskResult.finished(row, "completed", output=output, error=hosting_error))
+    # Only now: a link that finds the task completed and this key still there announces it.
+    await w.redis.delete(keys.hosted_output(job_id))
     return "completed"
 
 
@@ -146,9 +148,17 @@ async def cancel_prediction(w: WorkerContext, key: str, prediction_id: str) -> N
         log.warning("cancel of prediction %s failed: %s", prediction_id, e)
 
 
+async def _announce_unpublished(w: WorkerContext, job_id: str, st: asyncpg.Record | None) -> None:
+    """A run completed the task but lost the reply (a connection dropped after the commit) or died
+    before publishing it: the re-hosted output it kept says nobody announced it yet."""
+    if st is not None and st["status"] in TERMINAL and await w.redis.delete(keys.hosted_output(job_id)):
+        await announce(w, job_id)
+
+
 async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "poll") -> str:
     st = await w.polls.state(job_id)  # batched with the worker's other polls, as fresh as one read
     if st is None or st["status"] in TERMINAL or st["provider_id"] is None:
+        await _announce_unpublished(w, job_id, st)
         return "done"
     if st["ciphertext"] is None:
         await finish_failed(w, job_id, "The replicate_key was removed while the prediction ran",
@@ -164,7 +174,8 @@ async def _poll(w: WorkerContext, job_id: str, n: int, chain: bool, tag: str = "
         log.exception("the replicate_key of %s cannot be decrypted", job_id)
         await finish_failed(w, job_id, "The stored replicate_key cannot be read; set it again")
         return "failed"
-    if overdue:
+    # Past the deadline, a success whose files were copied but not stored yet is still delivered.
+    if overdue and not await w.redis.exists(keys.hosted_output(job_id)):
         return await _deadline_locked(w, job_id, key, st["provider_id"], n, chain, tag)
     try:
         pred = await replicate.get(w.http["Replicate"], key, st["provider_id"])
