@@ -193,3 +193,60 @@ async def test_a_rehosted_output_whose_completion_was_lost_is_delivered_past_the
     assert body["replicate_status"] == "completed", body
     assert completes == [job, job]
     assert await audit(app, replicate_account.uid) == (4_980_000, 4_980_000)
+
+
+async def test_a_rehosted_output_that_redis_cannot_keep_is_stored_in_the_same_run(
+        client: httpx.AsyncClient, replicate_account: Account, sim: Sim, media_workers: Any, app: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keeping the copied output in Redis is a safety net for a lost completion write, not a step
+    the completion waits on: Redis refusing it must not send the run into a second copy."""
+    import redis.asyncio
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    import workers.poll as poll_mod
+    from workers import hosting
+
+    real_set, real_rehost = redis.asyncio.Redis.set, hosting.rehost
+    rehosts: list[str] = []
+
+    async def set_refusing_kept(self: Any, name: Any, *a: Any, **kw: Any) -> Any:
+        if str(name).startswith("syncnode:hosted:"):
+            raise RedisConnectionError("Connection reset by peer")
+        return await real_set(self, name, *a, **kw)
+
+    async def counted_rehost(w: Any, uid: str, job_id: str, *a: Any) -> Any:
+        rehosts.append(job_id)
+        return await real_rehost(w, uid, job_id, *a)
+
+    monkeypatch.setattr(redis.asyncio.Redis, "set", set_refusing_kept)
+    monkeypatch.setattr(poll_mod, "rehost", counted_rehost)
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"output": "files"}})
+    body = await wait_status(client, replicate_account, job)
+    assert body["replicate_status"] == "completed", body
+    assert rehosts == [job]
+    assert await audit(app, replicate_account.uid) == (4_980_000, 4_980_000)
+
+
+async def test_a_completion_the_statement_itself_refuses_is_refunded_at_once(
+        client: httpx.AsyncClient, replicate_account: Account, sim: Sim, media_workers: Any, app: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncpg's client-side DataError (an argument it cannot encode) is an InterfaceError, like a
+    closed connection, but retrying cannot cure it: the task is failed and refunded in this run,
+    not polled on."""
+    from storage.predictions import PredictionRepository
+
+    class ArgumentError(asyncpg.InterfaceError, ValueError):  # the shape of asyncpg's DataError
+        pass
+
+    completes: list[str] = []
+
+    async def refused(self: PredictionRepository, job_id: str, *a: Any) -> Any:
+        completes.append(job_id)
+        raise ArgumentError("invalid input for query argument $2")
+
+    monkeypatch.setattr(PredictionRepository, "complete", refused)
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"output": "files"}})
+    body = await wait_status(client, replicate_account, job)
+    assert body["replicate_status"] == "failed" and "could not be stored" in body["error"], body
+    assert completes == [job]
+    assert await audit(app, replicate_account.uid) == (5_000_000, 5_000_000)

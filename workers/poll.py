@@ -11,6 +11,7 @@ task that is not terminal yet: whatever arrives late or twice, the first termina
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from redis.exceptions import RedisError
 
 from jobs import keys
 from jobs.names import MEDIA_POLL
@@ -85,8 +87,13 @@ async def _hosted(w: WorkerContext, uid: str, job_id: str, pred: dict[str, Any],
     if not await _rehost_allowed(w, job_id):
         raise OutputRefused("Copying the outputs was interrupted more than once; the task was refunded")
     output, hosting_error = await rehost(w, uid, job_id, output, key)
-    await w.redis.set(keys.hosted_output(job_id), orjson.dumps([output, hosting_error]),
-                      ex=w.settings.prediction_deadline_seconds + 3600)
+    try:
+        await w.redis.set(keys.hosted_output(job_id), orjson.dumps([output, hosting_error]),
+                          ex=w.settings.prediction_deadline_seconds + 3600)
+    except RedisError:
+        # Best effort: without it this run still stores the output; only a completion write lost
+        # as well would copy again (and a third run refunds, never a loop of copies).
+        log.warning("keeping the re-hosted output of %s in Redis failed; storing it now", job_id, exc_info=True)
     return output, hosting_error
 
 
@@ -105,16 +112,19 @@ async def _succeeded(w: WorkerContext, job_id: str, uid: str, pred: dict[str, An
         return "failed"
     try:
         row = await PredictionRepository(w.db).complete(job_id, output, hosting_error)
-    except INFRASTRUCTURE:
+    except INFRASTRUCTURE as e:
+        # asyncpg's client-side DataError (an argument it cannot encode) is an InterfaceError like a
+        # closed connection, and a ValueError too: the statement's fault, which no retry cures.
+        if isinstance(e, ValueError):
+            await _refund_unstored(w, job_id, e)
+            return "failed"
         # Refunding would need the same Postgres, and the work is done and in the user's storage:
         # the chain's next link (media_poll reschedules it) completes the task with the kept output.
         log.warning("storing the output of %s failed: our Postgres is unreachable; the next poll stores it",
                     job_id)
         raise
     except Exception as e:
-        log.exception("storing the output of %s failed after re-hosting", job_id)
-        await finish_failed(w, job_id, f"The output could not be stored ({type(e).__name__}); "
-                                       "the task was refunded")
+        await _refund_unstored(w, job_id, e)
         return "failed"
     if row is None:
         await announce(w, job_id)
@@ -124,6 +134,13 @@ async def _succeeded(w: WorkerContext, job_id: str, uid: str, pred: dict[str, An
     # Only now: a link that finds the task completed and this key still there announces it.
     await w.redis.delete(keys.hosted_output(job_id))
     return "completed"
+
+
+async def _refund_unstored(w: WorkerContext, job_id: str, e: Exception) -> None:
+    log.error("storing the output of %s failed after re-hosting", job_id, exc_info=e)
+    await finish_failed(w, job_id, f"The output could not be stored ({type(e).__name__}); the task was refunded")
+    with contextlib.suppress(RedisError):  # what it guarded is settled; left, it expires
+        await w.redis.delete(keys.hosted_output(job_id))
 
 
 async def finalize(w: WorkerContext, job_id: str, uid: str, pred: dict[str, Any], key: str) -> str:
