@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ingress.instance import down_command
-from ingress.supervisor import STOP_MARGIN_SECONDS, Guard, Shutdown, Supervisor
+from ingress.supervisor import STOP_MARGIN_SECONDS, Guard, Shutdown, Supervisor, port_open
 from jobs import keys, logs
 from jobs.settings import Settings, get_settings
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
@@ -181,6 +181,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     except Shutdown:
         return 0
+    port = args.port or s.port
+    if port_open(port):
+        # Else the banner (printed once the port answers) named another program's server, and
+        # the ingress's failed bind was one line among the workers' start-up.
+        inst.release()
+        print(f"syncnode up: port {port} is already in use by another program: stop it, or choose another "
+              "port with --port N (or SYNCNODE_PORT)", file=sys.stderr)
+        return 1
     stack: list[EmbeddedPostgres | EmbeddedRedis] = []
     try:
         stopped = clean_stale(s.data_dir)
