@@ -146,8 +146,16 @@ def _check_worker(pool: str, s: Settings) -> int:
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
+    from ingress.queue_cli import redis_url
+
+    # As `syncnode queue` finds it: a fixed localhost:6379 was another Redis than `make run`'s.
+    url = redis_url(s)
+    if url is None:
+        print(f"{pool}: no Redis to read: set REDIS_URL, or start SyncNode (make run) first", file=sys.stderr)
+        return 1
+
     async def go() -> bytes | None:
-        redis = Redis.from_url(s.redis_url or "redis://127.0.0.1:6379", socket_timeout=5)
+        redis = Redis.from_url(url, socket_timeout=5)
         try:
             value: bytes | None = await redis.get(keys.health_check(pool))
             return value
