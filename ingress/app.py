@@ -28,6 +28,7 @@ from ingress.state import AppState
 from ingress.stripe_webhooks import stripe_webhook
 from ingress.v1 import chat as v1_chat
 from ingress.v1 import embeddings as v1_embeddings
+from ingress.v1 import feed as v1_feed
 from ingress.v1 import models as v1_models
 from ingress.v1 import moderations as v1_moderations
 from ingress.v1 import relay as v1_relay
@@ -154,6 +155,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if gateway is not None:
                 await gateway.aclose()
             await v1_models.close(app)
+            await v1_feed.close(redis)
             await redis.aclose()
             await db.close()
 

@@ -83,6 +83,12 @@ def rehost_runs(job_id: str) -> str:
     return f"syncnode:rehosts:{job_id}"
 
 
+def hosted_output(job_id: str) -> str:
+    """STRING with TTL: JSON [output, hosting error] of a re-hosted prediction, kept until its task
+    is completed so a run whose completion write failed is finished without copying again."""
+    return f"syncnode:hosted:{job_id}"
+
+
 def prework(uid: str) -> str:
     """STRING counter with TTL: an account's requests doing work before their charge (images)."""
     return f"syncnode:prework:{uid}"
@@ -93,7 +99,7 @@ def webhook_slots(uid: str) -> str:
     return f"syncnode:webhook-slots:{uid}"
 
 
-__all__ += ["blob", "replay_waiters", "rehost_runs", "prework", "webhook_slots"]
+__all__ += ["blob", "replay_waiters", "rehost_runs", "hosted_output", "prework", "webhook_slots"]
 
 
 def chat_stream(job_id: str) -> str:

@@ -172,3 +172,36 @@ async def test_authentication_required_error_as_real_stripe_sends_it_is_402_with
     assert "3-D Secure" in body["error"] and body["client_secret"] == "pi_3dsrespx_secret_abc"
     assert [p["status"] for p in await payments(app, acct.uid)] == ["requires_action"]
     assert await balanced(app, acct.uid) == 5_000_000
+
+
+async def test_the_billing_workers_cron_reconciles_a_crashed_payment_once(
+        card_account: CardAccount, app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same crash, settled by the reconcile cron as the billing pool runs it: its
+    WorkerSettings' cron job, on a real worker whose on_startup built the Stripe client."""
+    from billing.payments import ensure_intent
+    from jobs.names import BILLING_RECONCILE
+    from storage.payments import PaymentRepository
+    from tests.fixtures.workers import start_inprocess_worker, stop_inprocess_worker
+    from workers.settings import BillingWorker
+
+    [cron_job] = [c for c in BillingWorker.cron_jobs if c.name == BILLING_RECONCILE]  # type: ignore[attr-defined]
+    assert cron_job.run_at_startup and cron_job.unique
+    acct = await card_account()
+    b = app.state.sn.billing
+    row = await PaymentRepository(b.db).start_topup(acct.uid, 10_000_000, None, 0)
+    assert row is not None
+    pi = await ensure_intent(b, row)
+    assert (await b.stripe.confirm_off_session(pi.id)).status == "succeeded"
+    monkeypatch.setattr(app.state.sn.settings, "reconcile_after_seconds", 0.0)  # the worker's settings too
+    worker, task = await start_inprocess_worker("billing")
+    try:
+        for _ in range(100):  # run_at_startup: the first round runs as the worker starts
+            if await balanced(app, acct.uid) == 15_000_000:
+                break
+            await asyncio.sleep(0.1)
+        assert [p["status"] for p in await payments(app, acct.uid)] == ["succeeded"]
+        # A further round (as the cron's next tick) credits nothing more.
+        assert isinstance(await cron_job.coroutine(worker.ctx), dict)
+    finally:
+        await stop_inprocess_worker(worker, task)
+    assert await balanced(app, acct.uid) == 15_000_000

@@ -4,6 +4,7 @@ failed and refunded, as before, and leaves a record in ``syncnode:dead:<pool>``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from jobs import keys
 from jobs.serialize import dumps
@@ -109,3 +111,37 @@ async def test_dead_letters_are_capped_and_expire(app: Any) -> None:
     assert await redis.zcard(keys.dead(pool)) == 3
     assert 0 < await redis.ttl(keys.dead(pool)) <= 3600
     assert await dead.purge(pool) == 3 and await dead.count(pool) == 0
+
+
+async def test_a_job_without_a_task_that_exhausts_its_tries_is_logged_and_shown(
+        app: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Dead letters are for tasks (a record means "failed and refunded"). A job with no task of its
+    own (here a media.cancel; a webhook delivery, a recharge, a poll link or a cron alike) that arq
+    gives up on leaves none: arq logs it at WARNING (SyncNode's logging keeps arq's warnings) and
+    ``syncnode queue show`` gives arq's verdict while arq keeps the result. What the job was for
+    is redone from Postgres: the poll chain cancels a prediction whose task asks for it, the
+    dispatcher re-sends deliveries, reconciliation settles payments, the sweeper restarts chains."""
+    from ingress.queue_cli import show
+    from jobs.names import MEDIA_CANCEL
+    from jobs.queue import Job
+    from tests.fixtures.workers import start_inprocess_worker, stop_inprocess_worker
+
+    redis, s = app.state.sn.redis, app.state.sn.settings
+    job_id = f"{uuid.uuid4()}:cancel"
+    assert await app.state.sn.queue.enqueue(Job("poll", MEDIA_CANCEL, job_id, (job_id[:-7],)))
+    await redis.set(keys.retry_key_prefix + job_id, 5, ex=600)  # its five tries already ran
+    w, task = await start_inprocess_worker("poll")
+    try:
+        for _ in range(100):
+            if await redis.exists(keys.result_key_prefix + job_id):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await stop_inprocess_worker(w, task)
+    [line] = [r for r in caplog.records if r.name == "arq.worker" and job_id in r.getMessage()]
+    assert line.levelno == logging.WARNING and "max retries 5 exceeded" in line.getMessage()
+    dead = DeadLetters(redis, s.dead_letter_max, s.dead_letter_ttl_seconds)
+    shown = await show(redis, dead, None, job_id)
+    assert shown["arq_result"]["f"] == MEDIA_CANCEL and shown["arq_result"]["s"] is False
+    assert "max 5 retries exceeded" in shown["arq_result"]["r"]
+    assert shown["dead"] is None and shown["queue"] == []

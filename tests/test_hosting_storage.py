@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import boto3
 import httpx
+import pytest
 
 from tests.fakes import bunny
 from tests.fakes.replicate_files import PNG
@@ -95,3 +97,46 @@ async def test_size_cap(client: httpx.AsyncClient, replicate_account: Account, s
     job = await generate(client, replicate_account, "owner/model", {"sim": {"output": "big"}})
     body = await wait_status(client, replicate_account, job)
     assert "larger than 1048576 bytes" in body["hosting_error"]
+
+
+async def test_postgres_lost_while_completing_a_rehosted_output_completes_it_once(
+        client: httpx.AsyncClient, replicate_account: Account, sim: Sim, media_workers: Any, app: Any,
+        moto_url: str, allow_local: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files reached the user's bucket, then the write that completes the task lost Postgres.
+    The task is still delivered (completed, charged once, not refunded for work that was done),
+    with the output naming the files in the bucket and nothing else left there."""
+    import workers.poll as poll_mod
+    from storage.predictions import PredictionRepository
+    from workers import hosting
+
+    allow_local(moto_url)
+    _s3(moto_url).create_bucket(Bucket="sn-lost-pg")
+    r = await client.post("/storage", headers=replicate_account.headers, json={
+        "provider": "s3", "bucket": "sn-lost-pg", "region": "us-east-1", "endpoint_url": moto_url,
+        "access_key_id": "AKIDTEST", "secret_access_key": "moto-secret-key-123",
+        "public_base_url": "https://cdn.example.com"})
+    assert r.status_code == 200, r.text
+    real_rehost, real_complete = hosting.rehost, PredictionRepository.complete
+    rehosts: list[str] = []
+    completes: list[str] = []
+
+    async def counted_rehost(w: Any, uid: str, job_id: str, *a: Any) -> Any:
+        rehosts.append(job_id)
+        return await real_rehost(w, uid, job_id, *a)
+
+    async def complete_once_lost(self: PredictionRepository, job_id: str, *a: Any) -> Any:
+        completes.append(job_id)
+        if len(completes) == 1:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return await real_complete(self, job_id, *a)
+
+    monkeypatch.setattr(poll_mod, "rehost", counted_rehost)
+    monkeypatch.setattr(PredictionRepository, "complete", complete_once_lost)
+    job = await generate(client, replicate_account, "owner/model", {"sim": {"output": "files"}})
+    body = await wait_status(client, replicate_account, job)
+    assert body["replicate_status"] == "completed", body
+    assert body["output"] == [f"https://cdn.example.com/{job}/0.png", f"https://cdn.example.com/{job}/1.png"]
+    assert len(completes) == 2 and rehosts == [job]  # stored by the next link, not copied again
+    stored = [o["Key"] for o in _s3(moto_url).list_objects_v2(Bucket="sn-lost-pg").get("Contents", [])]
+    assert sorted(k for k in stored if not k.startswith(".syncnode-check/")) == [f"{job}/0.png", f"{job}/1.png"]
+    assert await audit(app, replicate_account.uid) == (4_980_000, 4_980_000)

@@ -5,12 +5,20 @@ one blocking Redis read per ingress process instead of each holding a connection
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
+from uuid import uuid4
 
 import httpx
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from ingress.v1.feed import feeds
 from jobs.settings import get_settings
 from tests.fixtures.accounts import Account
 
@@ -111,3 +119,67 @@ async def test_the_ingress_redis_pool_is_bounded_and_sync_calls_wait_for_it(
         made = len(pool._available_connections) + len(pool._in_use_connections)
     assert [r.status_code for r in rs] == [200] * 10, rs[0].text
     assert made <= 4
+
+
+async def test_the_ingress_stops_its_feed_readers_when_it_shuts_down() -> None:
+    """A relay still open at shutdown (uvicorn cancels it only after its grace) must not leave its
+    feed's reader blocked on a Redis client the lifespan closed: redis-py reconnects on the next
+    command, so the reader would hold a connection past the shutdown, then die with the loop."""
+    from ingress.app import create_app
+
+    app = create_app(get_settings())
+    async with AsyncExitStack() as relays:
+        async with app.router.lifespan_context(app):
+            feed = await relays.enter_async_context(feeds(app.state.sn.redis).watching(f"feed-test:{uuid4()}"))
+            assert feed.task is not None
+            await asyncio.sleep(0.2)  # blocked in its XREAD
+        assert feed.task.done() and feed.task.cancelled()
+
+
+async def test_a_feed_reader_ends_when_its_client_closes_as_its_last_relay_goes() -> None:
+    """The client closing under the reader as its last relay leaves (as at shutdown) can swallow
+    the reader's cancellation inside redis-py; the reader must still end instead of blocking on
+    Redis forever. The race is timing-dependent, so it is run 20 times (it hits 1 in 3 or 4)."""
+    s, readers = get_settings(), []
+    for i in range(20):
+        # As the ingress's client: the read timeout is what lets redis-py lose the cancellation.
+        redis = Redis.from_url(s.redis_url or "", socket_timeout=s.sync_timeout_seconds + 10,
+                               retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
+        async with feeds(redis).watching(f"feed-test:{uuid4()}") as feed:
+            await asyncio.sleep(0.05)  # blocked in its XREAD
+            closing = asyncio.create_task(redis.aclose())
+            await asyncio.sleep(i % 5 / 1000)
+        await closing
+        readers.append((feed.task, redis))
+    done, running = await asyncio.wait([t for t, _ in readers if t is not None], timeout=3)
+    for _, redis in readers:
+        await redis.aclose()  # what a reader that lost its cancellation reconnected before it ended
+    assert not running, running
+    assert len(done) == 20
+
+
+async def test_a_feed_reader_that_dies_is_logged_not_left_unretrieved(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The reader ends only by cancellation; an error nobody foresaw (here: a client that decodes
+    replies, so ids are str) is logged as the reader's death, not by asyncio's "Task exception was
+    never retrieved" when the task is collected, and its relay reads for itself."""
+    key = f"feed-test:{uuid4()}"
+    loop = asyncio.get_running_loop()
+    unhandled: list[str] = []
+    before = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(str(context["message"])))
+    try:
+        async with Redis.from_url(get_settings().redis_url or "", decode_responses=True) as redis:
+            await redis.xadd(key, {"d": "x"})
+            async with feeds(redis).watching(key) as feed:
+                assert feed.task is not None
+                await asyncio.wait([feed.task], timeout=5)
+                assert feed.task.done() and feed.after("0") is None  # the relay reads for itself
+            del feed
+            gc.collect()
+            await redis.delete(key)
+    finally:
+        loop.set_exception_handler(before)
+    assert unhandled == []
+    assert [r.getMessage() for r in caplog.records if r.name == "syncnode.ingress"] == [
+        f"feed {key}: reader died; its relays read for themselves"]

@@ -153,7 +153,8 @@ async def arq_pool(app: Any) -> AsyncIterator[tuple[ArqRedis, str]]:
     settings = RedisSettings.from_dsn(os.environ["REDIS_URL"])
     w = SyncNodeWorker(functions=[func(add, name="add"), func(flaky, name="flaky", max_tries=5),
                                   func(boom, name="boom"), func(slow, name="slow", timeout=0.3),
-                                  func(slow, name="slow_long", timeout=30)],
+                                  func(slow, name="slow_long", timeout=30),
+                                  func(once_then_later, name="once_then_later", max_tries=3)],
                        queue_name=keys.queue(pool), redis_settings=settings, pool_name=pool,
                        handle_signals=False, poll_delay=0.1, job_serializer=dumps, job_deserializer=loads,
                        allow_abort_jobs=True, keep_result=60)
@@ -245,3 +246,39 @@ async def test_an_unknown_function_and_an_aborted_job(arq_pool: tuple[ArqRedis, 
         await asyncio.sleep(0.05)
     info = await job.result_info()
     assert info is not None and not info.success and info.finish_time < info.start_time + timedelta(seconds=2)
+
+
+async def once_then_later(ctx: dict[str, Any], tag: str) -> str:
+    runs[tag] = runs.get(tag, 0) + 1
+    if ctx["job_try"] == 1:
+        raise Retry(defer=30)
+    return "done"
+
+
+async def test_a_finish_leaves_the_keys_arq_s_finish_leaves(arq_pool: tuple[ArqRedis, str]) -> None:
+    """The finish script (workers/runtime/scripts.py) against arq's finish_job, key by key: a
+    finished job keeps only its result (for keep_result), a retried one stays queued later on
+    with its lock released and its payload kept."""
+    client, pool = arq_pool
+    job = await client.enqueue_job("add", 1, 2, _job_id=f"{pool}-keys")
+    assert job is not None and await job.result(timeout=5, poll_delay=0.05) == 3
+    jid = job.job_id
+    assert 55_000 < await client.pttl(keys.result_key_prefix + jid) <= 60_000  # keep_result=60
+    for gone in (keys.job_key_prefix, keys.retry_key_prefix, keys.in_progress_key_prefix):
+        assert await client.exists(gone + jid) == 0, gone
+    assert await client.zscore(keys.queue(pool), jid) is None
+
+    tag = uuid.uuid4().hex
+    later = await client.enqueue_job("once_then_later", tag, _job_id=f"{pool}-later")
+    assert later is not None
+    before = await client.zscore(keys.queue(pool), later.job_id)
+    for _ in range(100):
+        if runs.get(tag) == 1 and not await client.exists(keys.in_progress_key_prefix + later.job_id):
+            break
+        await asyncio.sleep(0.05)
+    assert runs[tag] == 1
+    assert await client.exists(keys.in_progress_key_prefix + later.job_id) == 0  # released, not leased on
+    assert await client.exists(keys.job_key_prefix + later.job_id) == 1
+    assert await client.exists(keys.result_key_prefix + later.job_id) == 0
+    after = await client.zscore(keys.queue(pool), later.job_id)
+    assert before is not None and after is not None and after >= before + 30_000  # Retry(defer=30)

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import asyncpg
+import orjson
 
 from jobs import keys
 from jobs.names import MEDIA_POLL
@@ -31,7 +32,7 @@ from workers.providers import replicate
 from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
 from workers.providers.http import call
 from workers.providers.retry import RetryPolicy
-from workers.runner import announce, finish_failed
+from workers.runner import INFRASTRUCTURE, announce, finish_failed
 
 log = logging.getLogger("syncnode.poll")
 
@@ -72,23 +73,44 @@ async def _rehost_allowed(w: WorkerContext, job_id: str) -> bool:
     return int(runs) <= _REHOST_RUNS
 
 
+async def _hosted(w: WorkerContext, uid: str, job_id: str, pred: dict[str, Any],
+                  key: str) -> tuple[Any, str | None]:
+    """(output, hosting error): the one an earlier run re-hosted but could not store, or re-hosted
+    now and kept until stored. Raises :class:`OutputRefused`."""
+    kept = await w.redis.get(keys.hosted_output(job_id))
+    if kept is not None:
+        output, hosting_error = orjson.loads(kept)
+        return output, hosting_error
+    output = normalize_output(pred.get("output"), w.settings.output_max_depth)
+    if not await _rehost_allowed(w, job_id):
+        raise OutputRefused("Copying the outputs was interrupted more than once; the task was refunded")
+    output, hosting_error = await rehost(w, uid, job_id, output, key)
+    await w.redis.set(keys.hosted_output(job_id), orjson.dumps([output, hosting_error]),
+                      ex=w.settings.prediction_deadline_seconds + 3600)
+    return output, hosting_error
+
+
 async def _succeeded(w: WorkerContext, job_id: str, uid: str, pred: dict[str, Any], key: str) -> str:
     """Normalise (or refuse) the output before re-hosting, re-host at most ``_REHOST_RUNS`` times,
-    and end the task in this run whatever fails after re-hosting: never a loop of copies."""
+    and end the task in this run whatever fails after re-hosting (never a loop of copies) unless
+    our own Postgres was unreachable: then a later link stores the output this run re-hosted."""
     st = await PredictionRepository(w.db).state(job_id, with_request=False)
     if st is None or st["status"] in TERMINAL:  # the other of webhook and poll finished it first
         await announce(w, job_id)
         return "duplicate"
     try:
-        output = normalize_output(pred.get("output"), w.settings.output_max_depth)
-        if not await _rehost_allowed(w, job_id):
-            raise OutputRefused("Copying the outputs was interrupted more than once; the task was refunded")
-        output, hosting_error = await rehost(w, uid, job_id, output, key)
+        output, hosting_error = await _hosted(w, uid, job_id, pred, key)
     except OutputRefused as e:
         await finish_failed(w, job_id, str(e))
         return "failed"
     try:
         row = await PredictionRepository(w.db).complete(job_id, output, hosting_error)
+    except INFRASTRUCTURE:
+        # Refunding would need the same Postgres, and the work is done and in the user's storage:
+        # the chain's next link (media_poll reschedules it) completes the task with the kept output.
+        log.warning("storing the output of %s failed: our Postgres is unreachable; the next poll stores it",
+                    job_id)
+        raise
     except Exception as e:
         log.exception("storing the output of %s failed after re-hosting", job_id)
         await finish_failed(w, job_id, f"The output could not be stored ({type(e).__name__}); "

@@ -30,7 +30,7 @@ log = logging.getLogger("syncnode.worker")
 
 # OperatorInterventionError: "terminating connection due to administrator command", what every
 # query in flight gets when Postgres shuts down for a restart.
-_INFRASTRUCTURE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+INFRASTRUCTURE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
                    asyncpg.exceptions.OperatorInterventionError, RedisConnectionError, ConnectionError)
 
 
@@ -92,7 +92,7 @@ async def run_task(w: WorkerContext, function: str, job_id: str, key_name: str |
     try:
         outcome = await _run(w, job_id, key_name, work)
         return {"outcome": outcome}
-    except _INFRASTRUCTURE as e:
+    except INFRASTRUCTURE as e:
         # Our own Postgres or Redis is unreachable: not the task's fault. arq runs the job again
         # (up to max_tries; then the sweeper refunds it) instead of failing it for good now.
         outcome = "retried"

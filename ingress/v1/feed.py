@@ -5,7 +5,12 @@ what it reads and wakes the relays (``ingress/v1/relay.py``) waiting on it. A re
 that start takes its entries from the feed; one behind it (a client resuming from an older
 ``Last-Event-ID``, or from the start) catches up with reads that do not block, so the connection
 goes straight back to the pool. So 150 clients of one task hold one blocked Redis connection
-between them, not 150. The reader stops when its last relay goes.
+between them, not 150. The reader stops when its last relay goes, or when the ingress shuts down
+(``close``, before its Redis client closes: a closed redis-py client reconnects on the next
+command, so a reader left running would keep a connection open past the shutdown). It is
+cancelled, and also checks between reads that it is still wanted: redis-py can swallow a
+cancellation that lands while a connection is being closed (redis/redis-py#2028), and such a
+reader would otherwise block on Redis forever.
 """
 
 from __future__ import annotations
@@ -71,13 +76,16 @@ class Feeds:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self.feeds: dict[str, Feed] = {}
+        self.closed = False
 
     @asynccontextmanager
     async def watching(self, key: str) -> AsyncIterator[Feed]:
         feed = self.feeds.get(key)
         if feed is None:
             feed = self.feeds[key] = Feed()
-            feed.task = asyncio.create_task(self._run(key, feed), name=f"feed {key}")
+            if not self.closed:  # after close a feed has no reader: its relays read for themselves
+                feed.task = asyncio.create_task(self._run(key, feed), name=f"feed {key}")
+                feed.task.add_done_callback(_reader_ended)
         feed.users += 1
         try:
             yield feed
@@ -85,8 +93,17 @@ class Feeds:
             feed.users -= 1
             if feed.users == 0 and self.feeds.get(key) is feed:
                 del self.feeds[key]
-                assert feed.task is not None
-                feed.task.cancel()
+                if feed.task is not None:
+                    feed.task.cancel()
+
+    async def close(self) -> None:
+        """Stop every reader and wait for them, so none outlives the client."""
+        self.closed = True
+        tasks = [f.task for f in self.feeds.values() if f.task is not None]
+        for t in tasks:
+            t.cancel()
+        if tasks:  # bounded: a reader that swallowed its cancellation notices at its next read
+            await asyncio.wait(tasks, timeout=_BLOCK_MS / 1000 + 2)
 
     async def _run(self, key: str, feed: Feed) -> None:
         last = "0-0"
@@ -94,7 +111,7 @@ class Feeds:
             top = await self.redis.xrevrange(key, count=1)
             last = top[0][0].decode() if top else "0-0"
         feed.start = entry_key(last)
-        while True:
+        while self.feeds.get(key) is feed and not self.closed:
             try:
                 res = await self.redis.xread({key: last}, count=512, block=_BLOCK_MS)
             except RedisError:
@@ -109,6 +126,13 @@ class Feeds:
                 feed.add(got)
 
 
+def _reader_ended(task: asyncio.Task[None]) -> None:
+    """A reader ends when it is no longer wanted; an error is logged here (its relays have fallen
+    back to their own reads), instead of asyncio's "Task exception was never retrieved" at GC."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s: reader died; its relays read for themselves", task.get_name(), exc_info=exc)
+
+
 _BY_CLIENT: weakref.WeakKeyDictionary[Redis, Feeds] = weakref.WeakKeyDictionary()
 
 
@@ -118,3 +142,8 @@ def feeds(redis: Redis) -> Feeds:
     if got is None:
         got = _BY_CLIENT[redis] = Feeds(redis)
     return got
+
+
+async def close(redis: Redis) -> None:
+    """At shutdown, before ``redis`` closes: stop this process's readers on it."""
+    await feeds(redis).close()  # kept, closed: a relay still arriving gets a feed without a reader

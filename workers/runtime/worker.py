@@ -14,8 +14,9 @@
 * The claim also reads the job: arq's run_job opens each job with a MULTI/EXEC (GET the job,
   INCR its try counter, ZREM it from the abort set); the claim script does those commands for
   every job it takes and hands their replies to ``workers/runtime/runloop.py``, arq's run_job from there on.
-* Finishing in batches: arq ends every job with its own MULTI/EXEC; here the jobs that finish
-  while one such transaction is in flight share the next one (``jobs/batch.py``).
+* Finishing in batches: arq ends every job with its own MULTI/EXEC of five commands; here the
+  jobs that finish while one finish is in flight share the next, and it is one script
+  (``scripts.py`` FINISH_LUA, ``jobs/batch.py``).
 * A lease with a heartbeat: arq holds ``arq:in-progress:<id>`` for the largest job timeout
   + 10 s, so a job on a worker that was killed is re-run only that much later. Here the key
   lives ``lease`` seconds and the worker renews it while the job runs; a dead worker's job is
@@ -49,67 +50,12 @@ from jobs import keys
 from jobs.batch import Combiner
 from storage.redis_wire import packed_by_hiredis
 from workers.runtime.runloop import parse_claimed, run_claimed
+from workers.runtime.scripts import CLAIM_LUA, FINISH_LUA, RELEASE_LUA, RENEW_LUA
 
 log = logging.getLogger("syncnode.worker")
 
 # A stream of jobs falling due is taken in batches this far apart, not one look per job.
 _MIN_SLEEP_S = 0.02
-
-# arq's rule for taking a job (not held by another worker, still queued, due now), applied to
-# the due jobs at the head of the queue in one script. Returns the id, score pairs it locked,
-# then the score of the earliest job not yet due (-1 if none), so the worker knows how long
-# it may sleep without another look. Taking k jobs also takes k - 1 wake tokens (the BLPOP
-# took one): tokens left over are for jobs still waiting, and wake another worker.
-# "Now" is Redis's clock: the script may run a second after it was sent (pipelined behind a BLPOP).
-# For every job it takes it also runs what arq's run_job would open the job with (GET the job,
-# INCR + EXPIRE its try counter, ZREM it from the abort set when aborts are on) and returns the
-# id, score, payload, try and abort flag, in groups of five.
-# KEYS: queue, wake list; ARGV: (unused), how many to look at, how many to take, lease ms, lock
-# prefix, this worker's token (the lock's value: arq only checks that the lock exists), job key
-# prefix, try counter prefix, abort set ('' when aborts are off).
-_CLAIM_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, ARGV[2])
-local out = {}
-local want = tonumber(ARGV[3])
-for i = 1, #due, 2 do
-  if #out >= 5 * want then break end
-  local lock = ARGV[5] .. due[i]
-  if redis.call('EXISTS', lock) == 0 then
-    redis.call('PSETEX', lock, ARGV[4], ARGV[6])
-    local tries = redis.call('INCR', ARGV[8] .. due[i])
-    redis.call('EXPIRE', ARGV[8] .. due[i], 88400)
-    local aborted = 0
-    if ARGV[9] ~= '' then aborted = redis.call('ZREM', ARGV[9], due[i]) end
-    out[#out + 1] = due[i]
-    out[#out + 1] = due[i + 1]
-    out[#out + 1] = redis.call('GET', ARGV[7] .. due[i])
-    out[#out + 1] = tries
-    out[#out + 1] = aborted
-  end
-end
-if #out > 5 then
-  redis.call('LTRIM', KEYS[2], 0, -(#out / 5))
-end
-local nxt = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-out[#out + 1] = nxt[2] or '-1'
-return out
-"""
-
-
-# A lease is renewed, and released, only by the worker holding it: one whose renewals failed
-# for a whole lease (a Redis outage, a blocked loop) must not extend or delete the lock of the
-# worker that has since taken the job over.
-_RENEW_LUA = """
-for _, lock in ipairs(KEYS) do
-  if redis.call('GET', lock) == ARGV[1] then redis.call('PEXPIRE', lock, ARGV[2]) end
-end
-"""
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-"""
-
 
 class SyncNodeWorker(Worker):
     def __init__(self, *args: Any, pool_name: str, lease_seconds: float = 15.0,
@@ -125,6 +71,7 @@ class SyncNodeWorker(Worker):
         self._claim: Any = None
         self._next_due_ms = -1.0  # from the last claim: earliest deferred job, -1 if none
         self._finishes: Combiner[str, tuple[Any, ...], None] = Combiner(self._finish_batch)
+        self._finish: Any = None  # FINISH_LUA, registered once the pool exists
 
     async def _poll_iteration(self, block: float = 0.0) -> None:
         """arq's poll iteration, with the queue read and every claim in one round trip.
@@ -166,7 +113,7 @@ class SyncNodeWorker(Worker):
         args = [0, self.queue_read_limit, free, int(self.lease_seconds * 1000), keys.in_progress_key_prefix,
                 self.token, keys.job_key_prefix, keys.retry_key_prefix, abort_jobs_ss if self.allow_abort_jobs else ""]
         if self._claim is None:
-            self._claim = await self.pool.script_load(_CLAIM_LUA)
+            self._claim = await self.pool.script_load(CLAIM_LUA)
         if block > 0:
             async with self.pool.pipeline(transaction=False) as pipe:
                 pipe.blpop([keys.wake(self.pool_name)], timeout=block)
@@ -181,7 +128,7 @@ class SyncNodeWorker(Worker):
         try:
             return list(await self.pool.evalsha(self._claim, len(ks), *ks, *args))
         except NoScriptError:  # Redis restarted or flushed its scripts
-            self._claim = await self.pool.script_load(_CLAIM_LUA)
+            self._claim = await self.pool.script_load(CLAIM_LUA)
             return list(await self.pool.evalsha(self._claim, len(ks), *ks, *args))
 
     async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None,
@@ -191,28 +138,16 @@ class SyncNodeWorker(Worker):
                                          incr_score, keep_in_progress))
 
     async def _finish_batch(self, _: str, items: list[tuple[Any, ...]]) -> list[None]:
-        # The same commands as arq's finish_job, for every job of the batch in one MULTI/EXEC.
-        async with self.pool.pipeline(transaction=True) as tr:
-            for job_id, finish, result_data, result_timeout_s, forever, incr_score, keep_in_progress in items:
-                lock = keys.in_progress_key_prefix + job_id
-                delete = []
-                if keep_in_progress is None:
-                    # EVAL (not EVALSHA) inside MULTI: a NOSCRIPT there would fail the whole EXEC.
-                    tr.eval(_RELEASE_LUA, 1, lock, self.token)
-                else:
-                    tr.pexpire(lock, to_ms(keep_in_progress))
-                if finish:
-                    if result_data:
-                        tr.set(keys.result_key_prefix + job_id, result_data,
-                               px=to_ms(None if forever else result_timeout_s))
-                    delete += [keys.retry_key_prefix + job_id, keys.job_key_prefix + job_id]
-                    tr.zrem(abort_jobs_ss, job_id)
-                    tr.zrem(self.queue_name, job_id)
-                elif incr_score:
-                    tr.zincrby(self.queue_name, incr_score, job_id)
-                if delete:
-                    tr.delete(*delete)
-            await tr.execute()
+        # arq's finish_job for every job of the batch, in one script (scripts.py FINISH_LUA).
+        args: list[Any] = [self.token, keys.in_progress_key_prefix, keys.result_key_prefix, keys.retry_key_prefix,
+                           keys.job_key_prefix]
+        for job_id, finish, result_data, result_timeout_s, forever, incr_score, keep_in_progress in items:
+            px = None if forever else to_ms(result_timeout_s)
+            args += [job_id, "1" if finish else "", result_data or "", "" if px is None else px,
+                     "" if keep_in_progress is None else to_ms(keep_in_progress), incr_score or ""]
+        if self._finish is None:
+            self._finish = self.pool.register_script(FINISH_LUA)  # EVALSHA, loaded again on NOSCRIPT
+        await self._finish(keys=[self.queue_name, abort_jobs_ss], args=args)
         return [None] * len(items)
 
     async def record_health(self) -> None:
@@ -289,7 +224,7 @@ class SyncNodeWorker(Worker):
             return
         async with self.pool.pipeline(transaction=False) as pipe:
             for jid in job_ids:
-                pipe.eval(_RELEASE_LUA, 1, keys.in_progress_key_prefix + jid, self.token)
+                pipe.eval(RELEASE_LUA, 1, keys.in_progress_key_prefix + jid, self.token)
                 pipe.decr(keys.retry_key_prefix + jid)
             pipe.lpush(keys.wake(self.pool_name), *["1"] * len(job_ids))
             await pipe.execute()
@@ -352,7 +287,7 @@ class SyncNodeWorker(Worker):
                 continue
             try:
                 locks = [keys.in_progress_key_prefix + jid for jid in running]
-                await self.pool.eval(_RENEW_LUA, len(locks), *locks, self.token, ms)
+                await self.pool.eval(RENEW_LUA, len(locks), *locks, self.token, ms)
             except asyncio.CancelledError:
                 raise
             except Exception:
