@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ingress.instance import down_command
-from ingress.supervisor import STOP_MARGIN_SECONDS, Guard, Shutdown, Supervisor
+from ingress.supervisor import STOP_MARGIN_SECONDS, Guard, Shutdown, Supervisor, port_open
 from jobs import keys, logs
 from jobs.settings import Settings, get_settings
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
@@ -146,8 +146,16 @@ def _check_worker(pool: str, s: Settings) -> int:
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
+    from ingress.queue_cli import redis_url
+
+    # As `syncnode queue` finds it: a fixed localhost:6379 was another Redis than `make run`'s.
+    url = redis_url(s)
+    if url is None:
+        print(f"{pool}: no Redis to read: set REDIS_URL, or start SyncNode (make run) first", file=sys.stderr)
+        return 1
+
     async def go() -> bytes | None:
-        redis = Redis.from_url(s.redis_url or "redis://127.0.0.1:6379", socket_timeout=5)
+        redis = Redis.from_url(url, socket_timeout=5)
         try:
             value: bytes | None = await redis.get(keys.health_check(pool))
             return value
@@ -181,6 +189,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     except Shutdown:
         return 0
+    port = args.port or s.port
+    if port_open(port):
+        # Else the banner (printed once the port answers) named another program's server, and
+        # the ingress's failed bind was one line among the workers' start-up.
+        inst.release()
+        print(f"syncnode up: port {port} is already in use by another program: stop it, or choose another "
+              "port with --port N (or SYNCNODE_PORT)", file=sys.stderr)
+        return 1
     stack: list[EmbeddedPostgres | EmbeddedRedis] = []
     try:
         stopped = clean_stale(s.data_dir)

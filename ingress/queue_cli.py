@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,8 @@ def _dumps(v: Any) -> str:
 async def run(args: argparse.Namespace, settings: Settings, dsn: str | None) -> int:
     url = redis_url(settings)
     if url is None:
-        print("syncnode queue: no Redis to read: set REDIS_URL, or start SyncNode (make run) first")
+        # On stderr: `--json` callers parse stdout.
+        print("syncnode queue: no Redis to read: set REDIS_URL, or start SyncNode (make run) first", file=sys.stderr)
         return 1
     redis = Redis.from_url(url)
     dead = DeadLetters(redis, settings.dead_letter_max, settings.dead_letter_ttl_seconds)

@@ -12,7 +12,6 @@ dropped; the durable record is the task row, as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable
@@ -28,6 +27,9 @@ log = logging.getLogger("syncnode.ingress")
 
 # At most this many results are taken per round trip; the rest wait for the next (at once).
 _BATCH = 500
+# A listener cancelled inside a pipeline read can hang forever (redis-py under uvloop, seen when
+# uvicorn fails to bind and shuts down right after start-up): the shutdown must not wait on it.
+CLOSE_WAIT_SECONDS = 2.0
 
 
 class Replies:
@@ -43,8 +45,7 @@ class Replies:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=CLOSE_WAIT_SECONDS)
         for fut in self._waiting.values():
             fut.cancel()
 

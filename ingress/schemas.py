@@ -74,16 +74,21 @@ class AccountCreate(BaseModel):
     email: str | None = Field(None, max_length=320)
 
 
+HALF_MICRO = 0.0000005
+
+
 class AdminCredit(BaseModel):
     model_config = STRICT
 
     uid: str = Field(min_length=1)
-    amount: float = Field(ge=-1_000_000, le=1_000_000, json_schema_extra={"not": {"const": 0}})
+    # Not zero once in micro-dollars: 0.0000005 and below rounded to a credit of nothing, a ledger row of 0.
+    amount: float = Field(ge=-1_000_000, le=1_000_000, json_schema_extra={
+        "not": {"minimum": -HALF_MICRO, "maximum": HALF_MICRO}})
     reason: str | None = Field(None, max_length=500)
 
     @field_validator("amount")
     @classmethod
     def _sane(cls, v: float) -> float:
-        if v == 0 or abs(v) > 1_000_000:
-            raise ValueError("amount must be non-zero and at most 1,000,000 dollars")
+        if abs(v) <= HALF_MICRO or abs(v) > 1_000_000:
+            raise ValueError("amount must be at least 0.000001 and at most 1,000,000 dollars either way")
         return v

@@ -154,7 +154,7 @@ class Supervisor:
             while (ended := self._reap()) is None:
                 self._relay(0.2)
                 self.guard.check_output()
-                if not shown and _port_open(port):
+                if not shown and port_open(port):
                     self.guard.say(banner)
                     shown = True
             self.guard.stopping = True
@@ -229,6 +229,6 @@ def _killpg(c: Child, sig: int) -> None:
         pass
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0

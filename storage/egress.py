@@ -46,6 +46,10 @@ class FetchRefused(BadRequest):
     """A URL we will not fetch, or a fetch that failed; the message says why (a 400)."""
 
 
+class NotPublic(FetchRefused):
+    """The host is, or resolves to, a non-public address (what SYNCNODE_FETCH_ALLOW can let through)."""
+
+
 async def system_resolve(host: str, port: int) -> list[str]:
     """Every address the OS resolver gives (it also reads odd literals: 127.1, 0x7f000001)."""
     loop = asyncio.get_running_loop()
@@ -133,7 +137,7 @@ async def vetted_addresses(host: str, port: int, allow: frozenset[str],
         why = why_not_public(ipaddress.ip_address(a.split("%")[0]))
         if why is not None:
             # The address itself stays out of the message: it would map the operator's network.
-            raise FetchRefused(f"{host!r} resolves to a {why} address; only public hosts can be reached")
+            raise NotPublic(f"{host!r} resolves to a {why} address; only public hosts can be reached")
     return addresses
 
 
@@ -340,4 +344,4 @@ def check_literal(host: str, port: int, allow: frozenset[str]) -> None:
         return  # a name: checked when it is resolved
     why = why_not_public(ip)
     if why is not None and not _allowed(host, port, allow):
-        raise FetchRefused(f"{host!r} is a {why} address; only public hosts can be reached")
+        raise NotPublic(f"{host!r} is a {why} address; only public hosts can be reached")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shlex
 import sys
@@ -15,8 +16,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from redis.asyncio import Redis
 
 from jobs import keys
+from storage.embedded import EmbeddedRedis
 from tests.fixtures.accounts import Account
 from tests.helpers import CHAT
 
@@ -126,6 +129,33 @@ async def test_worker_check_reads_the_pool_s_health_key(chat_worker: Any, app: A
         await asyncio.sleep(0.05)
     assert await _check("chat") == 0
     assert await _check("webhooks") == 1
+
+
+async def test_worker_check_finds_the_redis_of_make_run(tmp_path: Path) -> None:
+    # Without REDIS_URL it read redis://127.0.0.1:6379 (another Redis, or none), not the embedded
+    # one `syncnode up` runs from the data directory, as `syncnode queue` does.
+    data = tmp_path / "data"
+    server = EmbeddedRedis(data / "redis", persist=False)
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["SYNCNODE_DATA_DIR"] = str(data)
+
+    async def check(pool: str) -> tuple[int, bytes]:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ingress.cli", "worker", pool, "--check",
+                                                    env=env, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        return await proc.wait(), out
+
+    code, out = await check("chat")
+    assert code == 1 and b"no Redis to read" in out, out
+    redis = Redis.from_url(server.start())
+    try:
+        await redis.set(keys.health_check("chat"), b"j_complete=1 queued=0")
+        assert await check("chat") == (0, b"chat: j_complete=1 queued=0\n")
+        assert (await check("media"))[0] == 1
+    finally:
+        await redis.aclose()
+        server.stop()
 
 
 async def test_the_dashboard_uses_only_metrics_that_exist(client: httpx.AsyncClient, funded: Account,

@@ -161,6 +161,20 @@ async def test_storage_bad_urls_are_400(client: httpx.AsyncClient, replicate_acc
         assert "Invalid URL" in r.json()["error"]
 
 
+async def test_storage_refusal_hints_at_the_allow_list_only_for_private_addresses(
+        client: httpx.AsyncClient, replicate_account: Account) -> None:
+    # Every refusal used to end "A private address is refused unless …", even a host that does
+    # not resolve or an IP literal in a non-canonical form, which no allow-list entry fixes.
+    s3 = {"provider": "s3", "bucket": "abc", "access_key_id": "a", "secret_access_key": "b"}
+    inside = await client.post("/storage", headers=replicate_account.headers,
+                               json={**s3, "endpoint_url": "http://127.0.0.1:9000"})
+    odd = await client.post("/storage", headers=replicate_account.headers,
+                            json={**s3, "endpoint_url": "http://0x7f.0.0.1:9000"})
+    assert inside.status_code == 400 and "SYNCNODE_FETCH_ALLOW" in inside.json()["error"], inside.text
+    assert odd.status_code == 400 and "non-canonical" in odd.json()["error"], odd.text
+    assert "private address" not in odd.json()["error"] and "SYNCNODE_FETCH_ALLOW" not in odd.json()["error"]
+
+
 async def test_storage_endpoint_refused_when_dns_changes_its_answer(
         client: httpx.AsyncClient, replicate_account: Account, bunny_url: str, moto_url: str,
         dns: Any) -> None:

@@ -126,6 +126,20 @@ async def test_admin_credit_moves_money_through_the_ledger(client: httpx.AsyncCl
     assert (await client.get("/balance", headers=funded.headers)).json() == {"balance": 6.5}
 
 
+async def test_admin_credit_that_rounds_to_no_micro_dollar_is_refused(client: httpx.AsyncClient, funded: Account,
+                                                                       app: Any) -> None:
+    # 0.0000001 passed the non-zero check, then rounded to 0 micros: a "credit" ledger row of $0.
+    admin = {"Authorization": "Bearer test-admin-token"}
+    for amount in (0.0000001, -0.0000005, 0):
+        r = await client.post("/admin/credit", headers=admin, json={"uid": funded.uid, "amount": amount})
+        assert r.status_code == 400 and "at least 0.000001" in r.json()["error"], (amount, r.text)
+    r = await client.post("/admin/credit", headers=admin, json={"uid": funded.uid, "amount": 0.000001})
+    assert r.json() == {"balance": 5.000001}
+    history = (await client.get("/billing-history", headers=funded.headers)).json()["history"]
+    assert [h["amount"] for h in history if h["kind"] == "credit"] == [0.000001]
+    assert await audit(app, funded.uid) == (5_000_001, 5_000_001)
+
+
 async def test_admin_credit_above_int32_micros(client: httpx.AsyncClient, funded: Account, app: Any) -> None:
     # $2,147.48 is 2^31 micro-dollars: the amount parameter was inferred as int4 and such a credit was a 500.
     admin = {"Authorization": "Bearer test-admin-token"}

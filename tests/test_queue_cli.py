@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -138,3 +139,15 @@ async def test_bad_arguments_are_refused() -> None:
     assert p.returncode == 2 and "invalid choice" in p.stderr
     p = await queue_cli("dead")
     assert p.returncode == 2
+
+
+def test_no_redis_is_said_on_stderr_not_in_the_json(tmp_path: Path) -> None:
+    # Beside no running `make run` and no REDIS_URL, the message went to stdout, where a
+    # `--json` script reads its JSON.
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["SYNCNODE_DATA_DIR"] = str(tmp_path / "data")
+    p = subprocess.run([sys.executable, "-m", "ingress.cli", "queue", "stats", "--json"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    assert p.stdout == ""
+    assert "no Redis to read" in p.stderr

@@ -6,13 +6,17 @@ Scenarios:
 * ``worker past its grace``: jobs still running after SYNCNODE_SHUTDOWN_GRACE_SECONDS are
   cancelled and go back on the queue; the worker still exits 0 and another worker completes them.
 * ``ingress drains``: a sync request in flight when uvicorn gets SIGTERM is answered (200).
+* ``ingress cannot bind``: uvicorn whose port is taken shuts its lifespan down and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 
 import asyncpg
@@ -111,3 +115,24 @@ async def test_sigterm_ingress_answers_in_flight_sync_requests(workers: Cluster)
     finally:
         await conn.close()
     assert all(list(r["ledger"]) == ["charge"] for r in rows)
+
+
+def test_ingress_that_cannot_bind_exits_instead_of_hanging() -> None:
+    # The lifespan's shutdown, right after its start-up, used to wait forever on the reply
+    # listener's cancelled pipeline read (redis-py on uvloop): `syncnode up` on a taken port then
+    # kept running without an ingress, and the process ignored SIGTERM.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        web = subprocess.Popen([sys.executable, "-m", "uvicorn", "ingress.app:create_app", "--factory",
+                                "--host", "127.0.0.1", "--port", str(port)], env=dict(os.environ),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            out, _ = web.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            web.kill()
+            out, _ = web.communicate()
+            raise AssertionError("uvicorn still running 30 s after failing to bind:\n" + out.decode()[-2000:])
+    assert web.returncode != 0
+    assert b"address already in use" in out and b"Application shutdown complete" in out, out.decode()[-2000:]

@@ -231,3 +231,21 @@ def test_stale_servers_are_stopped_before_a_new_start(tmp_path: Path) -> None:
     finally:
         rd.stop()
         pg.stop()
+
+
+def test_port_taken_by_another_program_is_said_in_one_line(tmp_path: Path) -> None:
+    # It used to start everything, print the banner (the port answered: the other program's
+    # server), and the ingress's failed bind scrolled by among the workers' start-up lines.
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        up = subprocess.run([sys.executable, "-m", "ingress.cli", "up", "--port", str(port)],
+                            env=_env(tmp_path / "data"), cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert up.returncode == 1
+    assert up.stdout == ""
+    lines = up.stderr.strip().splitlines()
+    assert len(lines) == 1, up.stderr
+    assert f"port {port} is already in use" in lines[0] and "--port" in lines[0]
+    assert not (tmp_path / "data" / "postgres").exists(), "nothing is started"
+    assert not (tmp_path / "data" / "syncnode.pid").exists()

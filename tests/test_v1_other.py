@@ -101,3 +101,28 @@ async def test_moderation_refuses_a_caller_who_cannot_pay_before_any_image_work(
     assert r.status_code == 402 and r.json()["error"]["code"] == "insufficient_quota"
     assert unauth.status_code == 401  # refused from the headers, the body unread
     assert await audit(app, broke.uid) == (10_000, 10_000)
+
+
+async def test_moderation_bad_input_says_what_is_wrong_in_openai_terms(gateway: str, funded: Account, app: Any) -> None:
+    # Messages used to name a pydantic union branch ("input.constrained-str") or the reference's
+    # /moderate fields (imageUrl, imageBase64), which a /v1 caller never sent.
+    png = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}
+    cases: list[tuple[Any, str]] = [
+        (5, "must be a string, a list of strings, or a list of content parts"),
+        (None, "must be a string, a list of strings, or a list of content parts"),
+        (["a", {"type": "text", "text": "b"}], "must be a string, a list of strings, or a list of content parts"),
+        ([[]], "must be a string, a list of strings, or a list of content parts"),
+        (["a", ""], "a string in the list is empty"),
+        ([{"type": "nope"}], "type must be 'text' or 'image_url'"),
+        ([{"type": "text", "text": 5}], "a text part needs a 'text' string"),
+        ([{"type": "text", "text": ""}], "send a non-empty text part or an image_url part"),
+        ([png], "image_url is not a PNG, JPEG, GIF or WebP image"),
+    ]
+    async with httpx.AsyncClient(timeout=30, headers=funded.headers) as c:
+        for value, expected in cases:
+            r = await c.post(f"{gateway}/v1/moderations", json={"input": value})
+            assert r.status_code == 400, (value, r.text)
+            message = r.json()["error"]["message"]
+            assert expected in message, (value, message)
+            assert "constrained" not in message and "imageUrl" not in message and "imageBase64" not in message
+    assert await audit(app, funded.uid) == (5_000_000, 5_000_000)  # nothing charged

@@ -27,7 +27,7 @@ from ingress.state import AppState, state
 from ingress.submit import ensure_can_pay, paid_work, refusal, submit
 from ingress.v1.answer import timed_out
 from jobs import keys
-from jobs.errors import BadRequest
+from jobs.errors import BadRequest, SyncNodeError
 from jobs.names import MODERATION
 
 MAX_INPUTS = 32
@@ -35,6 +35,17 @@ MAX_INPUTS = 32
 CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
               "self-harm", "self-harm/intent", "self-harm/instructions", "sexual", "sexual/minors", "violence",
               "violence/graphic")
+
+
+SHAPES = "must be a string, a list of strings, or a list of content parts (objects of type 'text' or 'image_url')"
+
+
+def _one_shape(v: Any) -> bool:
+    """A string, or a list all of strings or all of objects: what the union's branches would
+    otherwise reject with a message naming a branch ("input.constrained-str")."""
+    if isinstance(v, str):
+        return True
+    return isinstance(v, list) and (all(isinstance(i, str) for i in v) or all(isinstance(i, dict) for i in v))
 
 
 class ModerationsRequest(BaseModel):
@@ -49,6 +60,8 @@ class ModerationsRequest(BaseModel):
         # Before the union: its own messages would name a branch ("constrained-str"), not the problem.
         if v == "" or v == []:
             raise ValueError("input must not be empty")
+        if not _one_shape(v):
+            raise ValueError(SHAPES)
         if isinstance(v, list) and len(v) > MAX_INPUTS and all(isinstance(i, str) for i in v):
             raise ValueError(f"at most {MAX_INPUTS} strings per request")
         return v
@@ -56,8 +69,14 @@ class ModerationsRequest(BaseModel):
 
 
 def _parts(parts: list[dict[str, Any]]) -> ModerationRequest:
-    texts = [str(p.get("text") or "") for p in parts if p.get("type") == "text"]
+    if any(p.get("type") not in ("text", "image_url") for p in parts):
+        raise BadRequest("Invalid input: a content part's type must be 'text' or 'image_url'")
+    if any(p.get("type") == "text" and not isinstance(p.get("text"), str) for p in parts):
+        raise BadRequest("Invalid input: a text part needs a 'text' string")
+    texts = [p["text"] for p in parts if p.get("type") == "text"]
     images = [p.get("image_url") for p in parts if p.get("type") == "image_url"]
+    if not any(texts) and not images:
+        raise BadRequest("Invalid input: send a non-empty text part or an image_url part")
     if len(images) > 1:
         raise BadRequest("Invalid input: at most one image_url part per input")
     url = None
@@ -78,6 +97,8 @@ def inputs(req: ModerationsRequest) -> list[ModerationRequest]:
         return [_parts(req.input)]  # type: ignore[arg-type]
     if len(req.input) > MAX_INPUTS:
         raise BadRequest(f"Invalid input: at most {MAX_INPUTS} strings per request")
+    if not all(req.input):
+        raise BadRequest("Invalid input: a string in the list is empty")
     return [ModerationRequest(text=str(i)) for i in req.input]
 
 
@@ -108,7 +129,12 @@ async def _one(st: AppState, who: Principal, m: ModerationRequest, calls: int,
     if m.imageUrl or m.imageBase64:
         # Image work before the charge: for no more of the account's requests than it can pay for.
         async with paid_work(st, who, calls):
-            img = await load_image(st, m)
+            try:
+                img = await load_image(st, m)
+            except SyncNodeError as e:
+                # Shared with POST /moderate, whose fields these messages name; the caller sent image_url.
+                e.message = e.message.replace("imageBase64", "image_url").replace("imageUrl", "image_url")
+                raise
     digest = hashlib.sha256(img.data).hexdigest() if img is not None else None
 
     async def store_blob() -> None:

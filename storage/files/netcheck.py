@@ -37,9 +37,11 @@ async def check_reachable(url: str, allow: frozenset[str], resolver: egress.Reso
     try:
         egress.check_literal(host, port, allow)
         await egress.vetted_addresses(host, port, allow, resolver)
-    except egress.FetchRefused as e:
+    except egress.NotPublic as e:
         raise StorageError(f"{e}. A private address is refused unless the operator allows it "
                            "with SYNCNODE_FETCH_ALLOW")
+    except egress.FetchRefused as e:  # a name that does not resolve, a non-canonical literal: no allow-list helps
+        raise StorageError(str(e))
 
 
 def is_public_url(url: str) -> bool:
