@@ -243,7 +243,7 @@ def _up(args: argparse.Namespace, s: Settings, stack: list[EmbeddedPostgres | Em
     me = down_command().removesuffix(" down")
     banner = (f"\n  SyncNode on {url}\n"
               f"  web UI:             {url}/   (sign-up needs SYNCNODE_OPEN_SIGNUP=true)\n"
-              f"  create an account:  {me} accounts create   (or POST {url}/accounts)\n"
+              f"  create an account:  {me} accounts create   (or POST {url}/accounts with SYNCNODE_ADMIN_TOKEN)\n"
               f"  Ctrl-C stops everything (or `{me} down` from another terminal).\n\n")
     return sup.run(port, banner)
 

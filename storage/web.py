@@ -71,11 +71,23 @@ class ApiKeyRepository:
         return list(await self.conn.fetch(
             "SELECT prefix, created_at, revoked_at FROM api_keys WHERE uid = $1 ORDER BY created_at DESC", uid))
 
-    async def revoke(self, uid: str, prefix: str) -> int:
-        """Revoke the account's live keys with this prefix; returns how many."""
-        rows = await self.conn.fetch(
-            "UPDATE api_keys SET revoked_at = now() WHERE uid = $1 AND prefix = $2 AND revoked_at IS NULL "
-            "RETURNING 1", uid, prefix)
+    async def revoke(self, uid: str, prefix: str) -> int | None:
+        """Revoke the account's live keys with this prefix; returns how many, or None when they
+        are its last live keys (revoked, nothing could call the API again to make another).
+        Locks the account row so two revokes cannot each leave the other's key as the last."""
+        if isinstance(self.conn, asyncpg.Pool):
+            async with self.conn.acquire() as conn:
+                return await ApiKeyRepository(conn).revoke(uid, prefix)
+        async with self.conn.transaction():
+            await self.conn.execute("SELECT 1 FROM accounts WHERE uid = $1 FOR UPDATE", uid)
+            others = await self.conn.fetchval(
+                "SELECT count(*) FROM api_keys WHERE uid = $1 AND prefix <> $2 AND revoked_at IS NULL", uid, prefix)
+            rows = await self.conn.fetch(
+                "UPDATE api_keys SET revoked_at = now() WHERE uid = $1 AND prefix = $2 AND revoked_at IS NULL "
+                "AND $3 RETURNING 1", uid, prefix, others > 0)
+            if not rows and not others and await self.conn.fetchval(
+                    "SELECT 1 FROM api_keys WHERE uid = $1 AND prefix = $2 AND revoked_at IS NULL", uid, prefix):
+                return None
         return len(rows)
 
     async def exists(self, uid: str, prefix: str) -> bool:

@@ -3,6 +3,7 @@ as an API credential, CSRF, sign-in throttling, API key endpoints, /usage, page 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -230,6 +231,32 @@ async def _account(stack: dict[str, Any]) -> str:
         return str((await create_account(conn, None, Decimal("5")))["uid"])
     finally:
         await conn.close()
+
+
+async def test_the_last_active_key_cannot_be_revoked(client: httpx.AsyncClient, make_account: MakeAccount) -> None:
+    """Revoking an account's only live key would leave nothing that can call the API to make
+    another (an account made by the CLI has no password): 409, and the key keeps working."""
+    a = await make_account()
+    r = await client.delete(f"/keys/{a.api_key[:8]}", headers=a.headers)
+    assert r.status_code == 409 and "last active API key" in r.json()["error"]
+    assert (await client.get("/balance", headers=a.headers)).status_code == 200
+    spare = (await client.post("/keys", headers=a.headers)).json()["api_key"]
+    r = await client.delete(f"/keys/{a.api_key[:8]}", headers=a.headers)  # another one lives now
+    assert r.status_code == 200 and r.json()["revoked"] == 1
+    theirs = {"Authorization": f"Bearer {spare}"}
+    assert (await client.delete(f"/keys/{spare[:8]}", headers=theirs)).status_code == 409
+    assert (await client.delete(f"/keys/{a.api_key[:8]}", headers=theirs)).json()["revoked"] == 0  # already
+
+
+async def test_two_revokes_at_once_leave_one_key(client: httpx.AsyncClient, make_account: MakeAccount) -> None:
+    a = await make_account()
+    spare = (await client.post("/keys", headers=a.headers)).json()["api_key"]
+    both = await asyncio.gather(client.delete(f"/keys/{a.api_key[:8]}", headers=a.headers),
+                                client.delete(f"/keys/{spare[:8]}", headers=a.headers))
+    assert sorted(r.status_code for r in both) == [200, 409]
+    live = [k for k in (await client.get("/keys", headers={"Authorization": f"Bearer {spare}"}
+                                         if both[0].status_code == 200 else a.headers)).json()["keys"] if k["active"]]
+    assert len(live) == 1
 
 
 async def test_a_session_ends_with_the_key_or_password_it_was_opened_with(

@@ -44,7 +44,7 @@ async def create_key(request: Request) -> Response:
 
 
 @api("Revoke the API key with this prefix", tags=("keys",), auth="bearer", path=KeyPrefixPath, query=UidQuery,
-     ok={200: KeyRevoked}, errors=READ)
+     ok={200: KeyRevoked}, errors=(*READ, 409))
 async def revoke_key(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
@@ -53,6 +53,9 @@ async def revoke_key(request: Request) -> Response:
         raise NotFound("No API key with this prefix on this account")
     repo = ApiKeyRepository(st.db)
     revoked = await repo.revoke(who.uid, prefix)
+    if revoked is None:
+        raise Conflict("This is the account's last active API key: create another one first (POST /keys), "
+                       "or nothing could call the API for this account again")
     if not revoked and not await repo.exists(who.uid, prefix):
         raise NotFound("No API key with this prefix on this account")
     st.auth.forget_account(who.uid)
