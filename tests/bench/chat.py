@@ -16,7 +16,7 @@ import platform
 import signal
 import time
 
-from tests.bench.stack import Stack, cpu_seconds, wrk, wrk_rotating
+from tests.bench.stack import Stack, cpu_seconds, speed_probe, wrk, wrk_rotating
 
 GATEWAY = ("web", "chat", "postgres", "redis")
 BODY = json.dumps({"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50})
@@ -46,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     concs = [int(c) for c in args.conc.split(",")]
     print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} {platform.machine()} cores={os.cpu_count()} "
-          f"python={platform.python_version()}", flush=True)
+          f"python={platform.python_version()} load before={os.getloadavg()[0]:.2f}; {speed_probe()}", flush=True)
     stack = Stack()
     stack.start(("chat",))
     try:
