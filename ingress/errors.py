@@ -47,17 +47,18 @@ def is_v1(request: Request) -> bool:
 
 
 def openai_error(status: int, message: str, code: str | None = None,
-                 headers: Mapping[str, str] | None = None, extra: dict[str, object] | None = None) -> Response:
+                 headers: Mapping[str, str] | None = None, extra: dict[str, object] | None = None,
+                 param: str | None = None) -> Response:
     type_ = _V1_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    err = {"message": message, "type": type_, "param": None, "code": code or type_, **(extra or {})}
+    err = {"message": message, "type": type_, "param": param, "code": code or type_, **(extra or {})}
     return JSON({"error": err}, status_code=status, headers=headers)
 
 
 async def syncnode_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SyncNodeError)
     if is_v1(request):
-        code = "insufficient_quota" if isinstance(exc, InsufficientBalance) else None
-        return openai_error(exc.status_code, exc.message, code, exc.headers, exc.extra)
+        code = exc.code or ("insufficient_quota" if isinstance(exc, InsufficientBalance) else None)
+        return openai_error(exc.status_code, exc.message, code, exc.headers, exc.extra, exc.param)
     return JSON(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 

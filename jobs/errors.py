@@ -25,14 +25,20 @@ from typing import Any
 
 
 class SyncNodeError(Exception):
+    """``code`` / ``param``: OpenAI's ``error.code`` / ``error.param`` for /v1's answer (a
+    provider's, passed on); the reference API's ``body()`` leaves them out."""
+
     status_code = 500
 
     def __init__(self, message: str, *, extra: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, code: str | None = None,
+                 param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.extra = extra or {}
         self.headers = headers
+        self.code = code
+        self.param = param
 
     def body(self) -> dict[str, Any]:
         return {"error": self.message, **self.extra}

@@ -9,12 +9,15 @@ wire format clients and redis-cli users read, key for key::
     {"status", "output", "error", "task_id", "model", "cost_micros", "updated_at"}
     + "client_error"                    when the task failed at a step that says whose fault it was
     + "upstream_status", "retry_after"  when a provider's answer ended it (both, either may be null)
+    + "upstream_code", "upstream_param" each only when that answer's OpenAI error object had one
 
 A failure becomes (``failure_error``, also for a stream's end entry)::
 
     the provider rate-limited it (429)   → RateLimited 429 + its Retry-After (/v1; see keep_rate_limit)
     the request's fault (client_error)   → BadRequest 400
     anything else (5xx, network, cancel) → UpstreamError 502
+The first two carry the provider's ``code`` and ``param`` for /v1's error body (the reference
+API's ``{"error": message}`` has no place for them).
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ class Upstream:
 
     status: int | None
     retry_after: float | None = None
+    # OpenAI's error.code / error.param as the provider sent them (workers/providers/errors.py
+    # ``error_field`` checked them), so an SDK user can branch on e.code == "model_not_found".
+    code: str | None = None
+    param: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,11 @@ class TaskResult:
         if self.upstream is not None:
             d["upstream_status"] = self.upstream.status
             d["retry_after"] = self.upstream.retry_after
+            # Only when said: a result without them keeps its old bytes, and old readers ignore them.
+            if self.upstream.code is not None:
+                d["upstream_code"] = self.upstream.code
+            if self.upstream.param is not None:
+                d["upstream_param"] = self.upstream.param
         return d
 
     def to_json(self) -> bytes:
@@ -90,7 +102,8 @@ class TaskResult:
     @classmethod
     def from_json(cls, data: bytes | str) -> TaskResult:
         d = loads(data)
-        upstream = Upstream(d["upstream_status"], d.get("retry_after")) if "upstream_status" in d else None
+        upstream = Upstream(d["upstream_status"], d.get("retry_after"), d.get("upstream_code"),
+                            d.get("upstream_param")) if "upstream_status" in d else None
         return cls(status=d["status"], output=d.get("output"), error=d.get("error"), task_id=d["task_id"],
                    model=d.get("model"), cost_micros=d["cost_micros"], updated_at=d["updated_at"],
                    client_error=d.get("client_error"), upstream=upstream)
@@ -112,10 +125,12 @@ def failure_error(message: str, job_id: str, *, client_error: bool, upstream: Up
     retry waits it out (/v1). The reference API (``keep_rate_limit=False``) answers it as the 502
     of any provider that gave up."""
     body = {"job_id": job_id, **(extra or {})}
+    code, param = (upstream.code, upstream.param) if upstream is not None else (None, None)
     if keep_rate_limit and upstream is not None and upstream.status == 429:
         ra = upstream.retry_after
         headers = {"Retry-After": str(math.ceil(ra))} if ra is not None else None
-        return RateLimited(message, extra=body, headers=headers)
+        return RateLimited(message, extra=body, headers=headers, code=code, param=param)
     if client_error:
-        return BadRequest(message, extra=body)
+        return BadRequest(message, extra=body, code=code, param=param)
+    # A 502 is our verdict (we gave up), not the provider's answer: its code would mislead.
     return UpstreamError(message, extra=body)

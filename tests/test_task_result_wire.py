@@ -51,9 +51,11 @@ async def test_a_provider_failure_adds_client_error_and_what_the_provider_said(
     with worker_settings(chat_worker, provider_max_retries=0):
         _, rejected = await _pushed(client, app, funded, "reject-400")
         _, failed = await _pushed(client, app, funded, "fail-500")
-    assert list(rejected) == [*_BASE, "client_error", "upstream_status", "retry_after"]
+    # The fake's 400 says code "model_not_found" and param null: only what was said is added, last.
+    assert list(rejected) == [*_BASE, "client_error", "upstream_status", "retry_after", "upstream_code"]
     assert (rejected["status"], rejected["output"], rejected["cost_micros"]) == ("failed", None, 0)
     assert (rejected["client_error"], rejected["upstream_status"], rejected["retry_after"]) == (True, 400, None)
+    assert rejected["upstream_code"] == "model_not_found"
     assert list(failed) == [*_BASE, "client_error", "upstream_status", "retry_after"]
     assert (failed["client_error"], failed["upstream_status"], failed["retry_after"]) == (False, 500, None)
     assert failed["error"].endswith("(gave up after retries)")

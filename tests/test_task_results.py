@@ -28,6 +28,11 @@ def _row(**over: Any) -> dict[str, Any]:
                  id="failed-refunded"),
     pytest.param(TaskResult.finished(_row(), "failed", error="x (400): bad", refunded=True, client_error=True,
                                      upstream=Upstream(400)), id="rejected"),
+    pytest.param(TaskResult.finished(_row(), "failed", error="x (404): no such model", refunded=True,
+                                     client_error=True, upstream=Upstream(404, None, "model_not_found", "model")),
+                 id="rejected-with-code-and-param"),
+    pytest.param(TaskResult.finished(_row(), "failed", error="x (400): bad", refunded=True, client_error=True,
+                                     upstream=Upstream(400, param="messages")), id="rejected-with-param-only"),
     pytest.param(TaskResult.finished(_row(), "failed", error="x (429): slow down", refunded=True,
                                      client_error=False, upstream=Upstream(429, 2.5)), id="rate-limited"),
     pytest.param(TaskResult.finished(_row(), "failed", error="network", refunded=True, client_error=False,
@@ -54,6 +59,17 @@ def test_what_was_not_said_stays_off_the_wire() -> None:
     assert list(d) == ["status", "output", "error", "task_id", "model", "cost_micros", "updated_at"]
     said = TaskResult.finished(_row(), "failed", refunded=True, client_error=False, upstream=Upstream(None)).to_dict()
     assert (said["client_error"], said["upstream_status"], said["retry_after"]) == (False, None, None)
+    assert "upstream_code" not in said and "upstream_param" not in said
+
+
+def test_a_result_the_old_code_wrote_still_reads() -> None:
+    """Written before a provider's code and param were kept: no such keys, and none are made up."""
+    old = (b'{"status":"failed","output":null,"error":"x (400): bad","task_id":7,"model":"m","cost_micros":0,'
+           b'"updated_at":"2026-11-30T12:00:00.123456+00:00","client_error":true,"upstream_status":400,'
+           b'"retry_after":null}')
+    r = TaskResult.from_json(old)
+    assert r.upstream == Upstream(400, None, None, None) and r.client_error is True
+    assert r.to_json() == old  # and written back byte for byte
 
 
 async def test_a_real_row_survives_the_wire(client: httpx.AsyncClient, funded: Account, chat_worker: Any,
@@ -93,6 +109,18 @@ def test_each_failure_kind_raises_its_status(result: TaskResult, keep_rate_limit
     assert type(e.value) is expected and e.value.status_code == status_code
     assert e.value.message == result.error
     assert e.value.extra == {"job_id": "job-1", "prediction": {"id": 7}}
+
+
+def test_a_providers_code_and_param_ride_on_its_4xx_answers_only() -> None:
+    said = Upstream(400, None, "model_not_found", "model")
+    rejected = failure_error("no", "j", client_error=True, upstream=said)
+    assert (type(rejected), rejected.code, rejected.param) == (BadRequest, "model_not_found", "model")
+    limited = failure_error("slow", "j", client_error=False, upstream=Upstream(429, 1.0, "rate_limit_exceeded"))
+    assert (type(limited), limited.code, limited.param) == (RateLimited, "rate_limit_exceeded", None)
+    gave_up = failure_error("boom", "j", client_error=False, upstream=Upstream(500, None, "server_error", "x"))
+    assert (type(gave_up), gave_up.code, gave_up.param) == (UpstreamError, None, None)
+    # The reference API's body has no place for them.
+    assert rejected.body() == {"error": "no", "job_id": "j"}
 
 
 def test_a_rate_limit_passes_on_the_providers_retry_after_rounded_up() -> None:

@@ -53,7 +53,7 @@ async def finish_failed(w: WorkerContext, job_id: str, error: str, *, status: st
 async def provider_failed(w: WorkerContext, job_id: str, e: ProviderError) -> str:
     """A provider's 4xx fails the task with its own message (the caller's fault: 400); anything
     else reached here after every retry (502). Either way the charge is refunded."""
-    upstream = Upstream(e.status, e.retry_after if isinstance(e, ProviderRetryable) else None)
+    upstream = Upstream(e.status, e.retry_after if isinstance(e, ProviderRetryable) else None, e.code, e.param)
     if isinstance(e, ProviderStreamBroken):
         await _stream_broken(w, job_id, e)
     elif isinstance(e, ProviderRejected):

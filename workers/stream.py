@@ -9,6 +9,7 @@ ended, so a client that reads it finds the ledger already settled:
     end=completed                                   then [DONE]
     end=failed, error=…, upstream_status=…,         before the first chunk: an OpenAI error
       retry_after=…, started=0|1, client_error=0|1  answer; after it, an error event
+      [, upstream_code=…, upstream_param=…]         (the provider's error.code / .param, if said)
 
 While it reads, the worker's one watcher (``workers/cancels.py``) looks every
 ``v1_cancel_poll_seconds`` for the client's cancel flag (``jobs.keys.stream_cancel``); seeing it
@@ -193,5 +194,9 @@ class StreamRun:
                 fields["upstream_status"] = e.status
             if isinstance(e, ProviderRetryable) and e.retry_after is not None:
                 fields["retry_after"] = e.retry_after
+            if e is not None and e.code is not None:
+                fields["upstream_code"] = e.code
+            if e is not None and e.param is not None:
+                fields["upstream_param"] = e.param
         with contextlib.suppress(Exception):
             await self._xadd(fields)

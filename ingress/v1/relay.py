@@ -86,7 +86,9 @@ def frame(entry: Entry) -> bytes | None:
 def end_failure(fields: dict[bytes, bytes], job_id: str) -> SyncNodeError:
     """The answer to a stream that ended before its first chunk, as a whole task's failure would be."""
     status, ra = _text(fields.get(b"upstream_status")), _text(fields.get(b"retry_after"))
-    upstream = Upstream(int(status) if status else None, float(ra) if ra else None) if status or ra else None
+    code, param = _text(fields.get(b"upstream_code")), _text(fields.get(b"upstream_param"))
+    upstream = Upstream(int(status) if status else None, float(ra) if ra else None, code, param) \
+        if status or ra or code or param else None
     return failure_error(_text(fields.get(b"error")) or f"Task {_text(fields.get(b'end'))}", job_id,
                          client_error=fields.get(b"client_error") == b"1", upstream=upstream)
 

@@ -11,6 +11,7 @@ Behaviour is picked by the model name, so a test needs no side channel:
   ``deep-output``   a completion nested 300 levels deep (past what our JSON encoder writes)
   ``limited-<secs>``first call per prompt: 429 + Retry-After: <secs>, then 200
   ``tool-call``     with ``tools``: answers with a call of the first tool
+  ``error-<status>`` that status, the error object the request's ``fake_error`` holds
   anything else     200 at once
 With ``"stream": true`` the answer is OpenAI's SSE stream (``tests/fakes/chat_stream.py``).
 Every call is recorded (``GET /_calls``), with the Authorization header it carried; ``/models``
@@ -64,6 +65,8 @@ async def chat_completions(request: Request) -> Response:
                       "at": time.time()})
     if not request.headers.get("authorization", "").startswith("Bearer "):
         return _error(401, "No auth credentials found", "invalid_request_error", 401)
+    if (asked := chat_stream.asked_error(body)) is not None:
+        return asked
     if (extra := _v1_behaviour(request, body, model, prompt)) is not None:
         return extra
     if model == "fail-500":

@@ -4,7 +4,8 @@ A streamed completion is ``FAKE_STREAM_CHUNKS`` (50) content chunks, ``FAKE_STRE
 (0) apart; a model name overrides either with ``chunks-<n>`` / ``delay-<ms>`` in it. Then a usage
 chunk if ``stream_options.include_usage``, then ``[DONE]``. ``midfail-<k>`` sends k chunks, then
 OpenRouter's mid-stream error event and no [DONE]; ``garbage-<k>`` puts a line that is not JSON
-after k chunks.
+after k chunks. ``error-<status>`` (chat, streamed or not, and embeddings) answers that status
+with ``{"error": <the request's fake_error field>}``: whatever error object a test needs.
 
 Every stream is recorded in ``STREAMS`` (``GET /_streams``): when it started, how many chunks it
 sent, and when it finished or when the client went away (``disconnected_at``).
@@ -118,12 +119,21 @@ async def openai_models(request: Request) -> Response:
     ]})
 
 
+def asked_error(body: dict[str, Any]) -> Response | None:
+    model = str(body.get("model", ""))
+    if not model.startswith("error-"):
+        return None
+    return JSONResponse({"error": body.get("fake_error")}, status_code=int(model.removeprefix("error-")))
+
+
 def vector(text: str, dims: int = 8) -> list[float]:
     return [round(((hash(text) >> (i * 4)) % 1000) / 1000, 3) for i in range(dims)]
 
 
 async def embeddings(request: Request) -> Response:
     body = await request.json()
+    if (asked := asked_error(body)) is not None:
+        return asked
     inputs = body.get("input")
     items = [inputs] if isinstance(inputs, str) else list(inputs)
     b64 = body.get("encoding_format") == "base64"

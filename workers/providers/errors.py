@@ -9,13 +9,35 @@
 
 from __future__ import annotations
 
+# The longest provider ``code`` / ``param`` passed on. OpenAI's are short identifiers
+# ("model_not_found", "messages[0].content"); a longer one is not one a client branches on.
+MAX_FIELD_CHARS = 100
+
+
+def error_field(value: object) -> str | None:
+    """A provider error's ``code`` or ``param`` as we pass it on to our /v1 clients, or None.
+
+    Only a short printable string: these reach clients verbatim (``e.code == "model_not_found"``),
+    so anything else the provider put there (OpenRouter's numeric codes, an object, a megabyte,
+    control characters) is dropped whole rather than cut into a code that means something else.
+    """
+    if isinstance(value, str) and 0 < len(value) <= MAX_FIELD_CHARS and value.isprintable():
+        return value
+    return None
+
 
 class ProviderError(Exception):
-    def __init__(self, provider: str, message: str, status: int | None = None) -> None:
+    """``code`` / ``param``: what the provider's OpenAI-style error object said, checked by
+    ``error_field`` (None when it said nothing usable)."""
+
+    def __init__(self, provider: str, message: str, status: int | None = None, *,
+                 code: str | None = None, param: str | None = None) -> None:
         super().__init__(f"{provider}: {message}")
         self.provider = provider
         self.status = status
         self.message = message
+        self.code = code
+        self.param = param
 
     def __str__(self) -> str:
         code = f" ({self.status})" if self.status else ""
@@ -24,8 +46,8 @@ class ProviderError(Exception):
 
 class ProviderRetryable(ProviderError):
     def __init__(self, provider: str, message: str, status: int | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(provider, message, status)
+                 retry_after: float | None = None, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(provider, message, status, code=code, param=param)
         self.retry_after = retry_after
 
 

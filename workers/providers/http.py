@@ -20,7 +20,7 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from jobs.metrics import WorkerMetrics
-from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
+from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable, error_field
 from workers.providers.retry import MAX_BACKOFF_S, RetryPolicy
 
 T = TypeVar("T")
@@ -141,33 +141,42 @@ def retry_after_seconds(resp: httpx.Response) -> float | None:
 
 def error_message(resp: httpx.Response) -> str:
     """The provider's own words: OpenAI/OpenRouter ``error.message``, Replicate ``detail``."""
+    return error_details(resp)[0]
+
+
+def error_details(resp: httpx.Response) -> tuple[str, str | None, str | None]:
+    """``error_message``, and the ``code`` and ``param`` of an OpenAI-style error object (each
+    None unless ``error_field`` lets it through): what /v1 passes on for SDK users to branch on."""
     try:
         data: Any = resp.json()
     except ValueError:
-        return resp.text[:300] or resp.reason_phrase
+        return resp.text[:300] or resp.reason_phrase, None, None
+    code = param = None
     if isinstance(data, dict):
         err = data.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
+        if isinstance(err, dict):
+            code, param = error_field(err.get("code")), error_field(err.get("param"))
+            if err.get("message"):
+                return str(err["message"]), code, param
         if isinstance(err, str):
-            return err
+            return err, None, None
         if data.get("detail"):
-            return str(data["detail"])
+            return str(data["detail"]), code, param
         if data.get("title"):
-            return str(data["title"])
-    return resp.text[:300]
+            return str(data["title"]), code, param
+    return resp.text[:300], code, param
 
 
 def classify(provider: str, resp: httpx.Response) -> None:
     """Raise the right ProviderError for a non-2xx response."""
     if resp.status_code < 300:
         return
-    msg = error_message(resp)
+    msg, code, param = error_details(resp)
     if resp.status_code == 429 and "quota" not in msg.lower():
-        raise ProviderRetryable(provider, msg, 429, retry_after_seconds(resp))
+        raise ProviderRetryable(provider, msg, 429, retry_after_seconds(resp), code=code, param=param)
     if resp.status_code >= 500 or resp.status_code in (408, 409):
-        raise ProviderRetryable(provider, msg, resp.status_code, retry_after_seconds(resp))
-    raise ProviderRejected(provider, msg, resp.status_code)
+        raise ProviderRetryable(provider, msg, resp.status_code, retry_after_seconds(resp), code=code, param=param)
+    raise ProviderRejected(provider, msg, resp.status_code, code=code, param=param)
 
 
 async def call(provider: str, send: Callable[[], Awaitable[T]], retry: RetryPolicy, *,
@@ -205,4 +214,5 @@ async def call(provider: str, send: Callable[[], Awaitable[T]], retry: RetryPoli
             await asyncio.sleep(wait)
 
 
-__all__ = ["ProviderError", "call", "classify", "error_message", "json_post", "make_client", "retry_after_seconds"]
+__all__ = ["ProviderError", "call", "classify", "error_details", "error_message", "json_post", "make_client",
+           "retry_after_seconds"]
