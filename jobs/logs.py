@@ -131,10 +131,17 @@ def setup(fmt: str = "text", level: str = "INFO", stream: TextIO | None = None) 
     for name in _QUIET:
         logging.getLogger(name).setLevel(quiet)
     # uvicorn configured its own text handlers before calling create_app: route its lines here.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+    # Its access line stays off: syncnode.access writes one per request with the request id,
+    # account and duration. uvicorn decides per connection by asking this logger whether it has
+    # handlers, so propagating it to ours turned it back on past --no-access-log: two lines
+    # per request.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
 
 
 def json_line(msg: str, **fields: Any) -> str:

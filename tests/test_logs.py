@@ -271,3 +271,20 @@ def test_syncnode_up_relays_json_lines_as_they_are() -> None:
     text = io.StringIO()
     Supervisor(Guard(text))._line("chat", "plain")  # the default: a person reads `syncnode up`
     assert re.fullmatch(r"\d\d:\d\d:\d\d chat   \| plain\n", text.getvalue())
+
+
+def test_uvicorn_s_access_line_stays_off_and_its_other_lines_come_through() -> None:
+    """uvicorn logs a request line when ``uvicorn.access`` has handlers (its protocol asks
+    ``hasHandlers()``): routed to ours, that line came back past ``--no-access-log``, a second
+    line per request beside syncnode.access."""
+    from jobs.logs import setup
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        setup("text", "INFO", io.StringIO())
+        assert not logging.getLogger("uvicorn.access").hasHandlers()
+        assert logging.getLogger("uvicorn.error").hasHandlers()  # start-up and errors still show
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
