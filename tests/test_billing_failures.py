@@ -69,27 +69,34 @@ async def test_stripe_failing_is_502_then_the_same_key_pays_once(
     assert await balanced(app, acct.uid) == 15_000_000
 
 
-async def test_crash_after_stripe_success_before_the_credit_is_credited_once_by_reconciliation(
-        client: httpx.AsyncClient, card_account: CardAccount, stripe_admin: StripeAdmin, app: Any) -> None:
+async def _crash_after_stripe_success(app: Any, uid: str) -> str:
+    """What POST /topup_card does up to Stripe's success, in a process that then dies: the row
+    (its lease already run out), the stored PaymentIntent, the confirm. No credit."""
     from billing.payments import ensure_intent
-    from billing.reconcile import reconcile
     from storage.payments import PaymentRepository
 
-    acct = await card_account()
     b = app.state.sn.billing
-    # What POST /topup_card does up to Stripe's success, in a process that then dies: the
-    # row (its lease already run out), the stored PaymentIntent, the confirm. No credit.
-    row = await PaymentRepository(b.db).start_topup(acct.uid, 10_000_000, None, 0)
+    row = await PaymentRepository(b.db).start_topup(uid, 10_000_000, None, 0)
     assert row is not None
     pi = await ensure_intent(b, row)
     assert (await b.stripe.confirm_off_session(pi.id)).status == "succeeded"
+    return str(pi.id)
+
+
+async def test_crash_after_stripe_success_before_the_credit_is_credited_once_by_reconciliation(
+        client: httpx.AsyncClient, card_account: CardAccount, stripe_admin: StripeAdmin, app: Any) -> None:
+    from billing.reconcile import reconcile
+
+    acct = await card_account()
+    b = app.state.sn.billing
+    pi_id = await _crash_after_stripe_success(app, acct.uid)
     assert await balanced(app, acct.uid) == 5_000_000
 
     await reconcile(b, older_than_s=0)
     assert await balanced(app, acct.uid) == 15_000_000
     assert [p["status"] for p in await payments(app, acct.uid)] == ["succeeded"]
     await reconcile(b, older_than_s=0)
-    r = await post_event(client, "payment_intent.succeeded", await stripe_admin.intent(pi.id))
+    r = await post_event(client, "payment_intent.succeeded", await stripe_admin.intent(pi_id))
     assert r.json()["outcome"] == "already credited"
     assert await balanced(app, acct.uid) == 15_000_000
     history = (await client.get("/billing-history", headers=acct.headers)).json()["history"]
@@ -178,20 +185,14 @@ async def test_the_billing_workers_cron_reconciles_a_crashed_payment_once(
         card_account: CardAccount, app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same crash, settled by the reconcile cron as the billing pool runs it: its
     WorkerSettings' cron job, on a real worker whose on_startup built the Stripe client."""
-    from billing.payments import ensure_intent
     from jobs.names import BILLING_RECONCILE
-    from storage.payments import PaymentRepository
     from tests.fixtures.workers import start_inprocess_worker, stop_inprocess_worker
     from workers.settings import BillingWorker
 
     [cron_job] = [c for c in BillingWorker.cron_jobs if c.name == BILLING_RECONCILE]  # type: ignore[attr-defined]
     assert cron_job.run_at_startup and cron_job.unique
     acct = await card_account()
-    b = app.state.sn.billing
-    row = await PaymentRepository(b.db).start_topup(acct.uid, 10_000_000, None, 0)
-    assert row is not None
-    pi = await ensure_intent(b, row)
-    assert (await b.stripe.confirm_off_session(pi.id)).status == "succeeded"
+    await _crash_after_stripe_success(app, acct.uid)
     monkeypatch.setattr(app.state.sn.settings, "reconcile_after_seconds", 0.0)  # the worker's settings too
     worker, task = await start_inprocess_worker("billing")
     try:
