@@ -20,6 +20,16 @@ class Recorder:
         self.gate.set()
         self.started = asyncio.Event()
 
+    async def held(self, c: Combiner[str, int, int], first: int,
+                   *behind: int) -> tuple[asyncio.Task[int], list[asyncio.Task[int]]]:
+        """``first``'s batch running inline and held at the gate, ``behind`` queued after it."""
+        self.gate.clear()
+        head = asyncio.create_task(c.submit("k", first))
+        await self.started.wait()
+        queued = [asyncio.create_task(c.submit("k", i)) for i in behind]
+        await asyncio.sleep(0)
+        return head, queued
+
     async def run(self, _: str, items: list[int]) -> list[int]:
         self.batches.append(items)
         self.ran_in.append(asyncio.current_task())
@@ -42,12 +52,8 @@ async def test_an_idle_key_runs_its_batch_in_the_callers_own_task() -> None:
 
 async def test_callers_arriving_during_an_inline_batch_share_the_next_one() -> None:
     r = Recorder()
-    r.gate.clear()
     c: Combiner[str, int, int] = Combiner(r.run)
-    first = asyncio.create_task(c.submit("k", 1))
-    await r.started.wait()
-    rest = [asyncio.create_task(c.submit("k", i)) for i in (2, 3, 4)]
-    await asyncio.sleep(0)
+    first, rest = await r.held(c, 1, 2, 3, 4)
     r.gate.set()
     assert await first == 2
     assert await asyncio.gather(*rest) == [4, 6, 8]
@@ -59,12 +65,8 @@ async def test_callers_arriving_during_an_inline_batch_share_the_next_one() -> N
 
 async def test_a_failing_inline_batch_fails_only_its_caller() -> None:
     r = Recorder()
-    r.gate.clear()
     c: Combiner[str, int, int] = Combiner(r.run)
-    bad = asyncio.create_task(c.submit("k", 13))
-    await r.started.wait()
-    good = asyncio.create_task(c.submit("k", 5))
-    await asyncio.sleep(0)
+    bad, [good] = await r.held(c, 13, 5)
     r.gate.set()
     with pytest.raises(ValueError, match="unlucky"):
         await bad
@@ -75,12 +77,8 @@ async def test_a_failing_inline_batch_fails_only_its_caller() -> None:
 
 async def test_cancelling_the_inline_caller_still_answers_those_queued_behind_it() -> None:
     r = Recorder()
-    r.gate.clear()
     c: Combiner[str, int, int] = Combiner(r.run)
-    gone = asyncio.create_task(c.submit("k", 1))
-    await r.started.wait()
-    waiting = [asyncio.create_task(c.submit("k", i)) for i in (2, 3)]
-    await asyncio.sleep(0)
+    gone, waiting = await r.held(c, 1, 2, 3)
     gone.cancel()
     with pytest.raises(asyncio.CancelledError):
         await gone
@@ -95,7 +93,6 @@ async def test_cancelling_the_inline_caller_still_answers_those_queued_behind_it
 async def test_a_cancelled_caller_in_a_queued_batch_does_not_cancel_its_neighbours() -> None:
     second_started, second_gate = asyncio.Event(), asyncio.Event()
     r = Recorder()
-    r.gate.clear()
 
     async def run(key: str, items: list[int]) -> list[int]:
         if r.batches:  # the queued batch: held until its caller has been cancelled
@@ -104,10 +101,7 @@ async def test_a_cancelled_caller_in_a_queued_batch_does_not_cancel_its_neighbou
         return await r.run(key, items)
 
     c: Combiner[str, int, int] = Combiner(run)
-    first = asyncio.create_task(c.submit("k", 1))
-    await r.started.wait()
-    gone, stays = asyncio.create_task(c.submit("k", 2)), asyncio.create_task(c.submit("k", 3))
-    await asyncio.sleep(0)
+    first, [gone, stays] = await r.held(c, 1, 2, 3)
     r.gate.set()
     assert await first == 2
     await second_started.wait()
@@ -121,12 +115,8 @@ async def test_a_cancelled_caller_in_a_queued_batch_does_not_cancel_its_neighbou
 
 async def test_a_key_that_had_company_collects_its_next_callers_and_goes_inline_once_quiet() -> None:
     r = Recorder()
-    r.gate.clear()
     c: Combiner[str, int, int] = Combiner(r.run)
-    first = asyncio.create_task(c.submit("k", 1))
-    await r.started.wait()
-    behind = [asyncio.create_task(c.submit("k", i)) for i in (2, 3)]
-    await asyncio.sleep(0)
+    first, behind = await r.held(c, 1, 2, 3)
     r.gate.set()
     assert await asyncio.gather(first, *behind) == [2, 4, 6]
     # Busy: callers arriving in one turn share one batch (inline, the first would go alone).
@@ -145,12 +135,8 @@ async def test_a_key_that_had_company_collects_its_next_callers_and_goes_inline_
 
 async def test_one_lone_batch_between_busy_ones_keeps_the_key_busy() -> None:
     r = Recorder()
-    r.gate.clear()
     c: Combiner[str, int, int] = Combiner(r.run)
-    first = asyncio.create_task(c.submit("k", 0))
-    await r.started.wait()
-    behind = asyncio.create_task(c.submit("k", 9))  # company: the key is busy from here on
-    await asyncio.sleep(0)
+    first, [behind] = await r.held(c, 0, 9)  # company: the key is busy from here on
     r.gate.set()
     assert list(await asyncio.gather(first, behind)) == [0, 18]
     me = asyncio.current_task()
