@@ -122,3 +122,24 @@ async def test_postgres_restart_under_load(workers: Cluster) -> None:
     assert len(all_ids) == len(ids) + 1  # the 100 accepted and the one after: no task from a 503
     balance, total = await audit(c.pg.dsn, acct["uid"])
     assert balance == total
+
+
+@pytest.mark.parametrize(("error", "retried"), [
+    (asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"), True),
+    (asyncpg.exceptions.OperatorInterventionError("terminating connection due to administrator command"), True),
+    (asyncpg.exceptions.CannotConnectNowError("the database system is starting up"), True),
+    (ConnectionRefusedError(111, "Connection refused"), True),
+    # asyncpg's client-side DataError has this shape (an InterfaceError and a ValueError).
+    (type("ArgumentError", (asyncpg.InterfaceError, ValueError), {})("invalid input for query argument $2"), False),
+    (asyncpg.exceptions.DataError("value too long"), False),  # the server's: a statement error
+    (ValueError("unrelated"), False),
+])
+def test_what_counts_as_our_infrastructure_being_down(error: BaseException, retried: bool) -> None:
+    """What a restart throws is retried later (worker jobs, the poll chain's completion); what the
+    statement itself got wrong is not: no retry cures it."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from workers.runner import infrastructure
+
+    assert infrastructure(error) is retried
+    assert infrastructure(RedisConnectionError("Connection reset by peer"))

@@ -34,7 +34,7 @@ from workers.providers import replicate
 from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable
 from workers.providers.http import call
 from workers.providers.retry import RetryPolicy
-from workers.runner import INFRASTRUCTURE, announce, finish_failed
+from workers.runner import announce, finish_failed, infrastructure
 
 log = logging.getLogger("syncnode.poll")
 
@@ -112,10 +112,8 @@ async def _succeeded(w: WorkerContext, job_id: str, uid: str, pred: dict[str, An
         return "failed"
     try:
         row = await PredictionRepository(w.db).complete(job_id, output, hosting_error)
-    except INFRASTRUCTURE as e:
-        # asyncpg's client-side DataError (an argument it cannot encode) is an InterfaceError like a
-        # closed connection, and a ValueError too: the statement's fault, which no retry cures.
-        if isinstance(e, ValueError):
+    except Exception as e:
+        if not infrastructure(e):
             await _refund_unstored(w, job_id, e)
             return "failed"
         # Refunding would need the same Postgres, and the work is done and in the user's storage:
@@ -123,9 +121,6 @@ async def _succeeded(w: WorkerContext, job_id: str, uid: str, pred: dict[str, An
         log.warning("storing the output of %s failed: our Postgres is unreachable; the next poll stores it",
                     job_id)
         raise
-    except Exception as e:
-        await _refund_unstored(w, job_id, e)
-        return "failed"
     if row is None:
         await announce(w, job_id)
         return "duplicate"

@@ -30,8 +30,15 @@ log = logging.getLogger("syncnode.worker")
 
 # OperatorInterventionError: "terminating connection due to administrator command", what every
 # query in flight gets when Postgres shuts down for a restart.
-INFRASTRUCTURE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-                   asyncpg.exceptions.OperatorInterventionError, RedisConnectionError, ConnectionError)
+_UNREACHABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+                asyncpg.exceptions.OperatorInterventionError, RedisConnectionError, ConnectionError)
+
+
+def infrastructure(e: BaseException) -> bool:
+    """Our own Postgres or Redis unreachable: not the task's fault, and worth another try later.
+    asyncpg's client-side DataError (an argument it cannot encode) is an InterfaceError like a
+    closed connection, but also a ValueError: the statement's fault, which no retry cures."""
+    return isinstance(e, _UNREACHABLE) and not isinstance(e, ValueError)
 
 
 Work = Callable[[WorkerContext, asyncpg.Record, str | None], Awaitable[Any]]
@@ -92,9 +99,11 @@ async def run_task(w: WorkerContext, function: str, job_id: str, key_name: str |
     try:
         outcome = await _run(w, job_id, key_name, work)
         return {"outcome": outcome}
-    except INFRASTRUCTURE as e:
-        # Our own Postgres or Redis is unreachable: not the task's fault. arq runs the job again
-        # (up to max_tries; then the sweeper refunds it) instead of failing it for good now.
+    except Exception as e:
+        if not infrastructure(e):
+            raise
+        # arq runs the job again (up to max_tries; then the sweeper refunds it) instead of
+        # failing it for good now.
         outcome = "retried"
         log.warning("job %s: %s: %s; retrying", job_id, type(e).__name__, e)
         await _remember_error(w, job_id, e)

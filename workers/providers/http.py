@@ -139,14 +139,10 @@ def retry_after_seconds(resp: httpx.Response) -> float | None:
             return None
 
 
-def error_message(resp: httpx.Response) -> str:
-    """The provider's own words: OpenAI/OpenRouter ``error.message``, Replicate ``detail``."""
-    return error_details(resp)[0]
-
-
 def error_details(resp: httpx.Response) -> tuple[str, str | None, str | None]:
-    """``error_message``, and the ``code`` and ``param`` of an OpenAI-style error object (each
-    None unless ``error_field`` lets it through): what /v1 passes on for SDK users to branch on."""
+    """The provider's own words (OpenAI/OpenRouter ``error.message``, Replicate ``detail``), and
+    the ``code`` and ``param`` of an OpenAI-style error object (each None unless ``error_field``
+    lets it through): what /v1 passes on for SDK users to branch on."""
     try:
         data: Any = resp.json()
     except ValueError:
@@ -214,5 +210,4 @@ async def call(provider: str, send: Callable[[], Awaitable[T]], retry: RetryPoli
             await asyncio.sleep(wait)
 
 
-__all__ = ["ProviderError", "call", "classify", "error_details", "error_message", "json_post", "make_client",
-           "retry_after_seconds"]
+__all__ = ["ProviderError", "call", "classify", "error_details", "json_post", "make_client", "retry_after_seconds"]
