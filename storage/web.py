@@ -80,14 +80,15 @@ class ApiKeyRepository:
                 return await ApiKeyRepository(conn).revoke(uid, prefix)
         async with self.conn.transaction():
             await self.conn.execute("SELECT 1 FROM accounts WHERE uid = $1 FOR UPDATE", uid)
-            others = await self.conn.fetchval(
-                "SELECT count(*) FROM api_keys WHERE uid = $1 AND prefix <> $2 AND revoked_at IS NULL", uid, prefix)
+            live = await self.conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE prefix = $2) AS these, count(*) FILTER (WHERE prefix <> $2) AS others "
+                "FROM api_keys WHERE uid = $1 AND revoked_at IS NULL", uid, prefix)
+            assert live is not None
+            if live["these"] and not live["others"]:
+                return None
             rows = await self.conn.fetch(
                 "UPDATE api_keys SET revoked_at = now() WHERE uid = $1 AND prefix = $2 AND revoked_at IS NULL "
-                "AND $3 RETURNING 1", uid, prefix, others > 0)
-            if not rows and not others and await self.conn.fetchval(
-                    "SELECT 1 FROM api_keys WHERE uid = $1 AND prefix = $2 AND revoked_at IS NULL", uid, prefix):
-                return None
+                "RETURNING 1", uid, prefix)
         return len(rows)
 
     async def exists(self, uid: str, prefix: str) -> bool:
