@@ -63,9 +63,13 @@ class Tasks:
         return await TaskRepository(self.db).charge_batch(items, durable=key[2])
 
     async def _read_batch(self, key_name: str | None, job_ids: list[str]) -> list[asyncpg.Record | None]:
+        if len(job_ids) == 1:  # an idle worker's batch of one: the single-row plan costs half
+            return [await TaskRepository(self.db).for_worker(job_ids[0], key_name)]
         rows = {r["job_id"]: r for r in await TaskRepository(self.db).for_worker_many(job_ids, key_name)}
         return [rows.get(j) for j in job_ids]
 
     async def _complete_batch(self, _: str, items: list[tuple[str, Any]]) -> list[asyncpg.Record | None]:
+        if len(items) == 1:  # as in _read_batch: unnest's plan is the dearer one for a single row
+            return [await TaskRepository(self.db).complete(*items[0])]
         rows = {r["job_id"]: r for r in await TaskRepository(self.db).complete_many(items)}
         return [rows.get(job_id) for job_id, _ in items]
