@@ -6,21 +6,21 @@ import hmac
 import re
 import uuid
 from decimal import Decimal
-from typing import Any
+from typing import Any, NewType
 
 import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.api_models import AccountCreated, Balance, BillingHistory, ProviderKeys
-from ingress.api_requests import KEY_CHARS, HistoryQuery, ProviderKeysUpdate, UidQuery
+from ingress.api_requests import EMAIL_MAX, EMAIL_PATTERN, KEY_CHARS, HistoryQuery, ProviderKeysUpdate, UidQuery
 from ingress.api_spec import READ, api
 from ingress.body import read_json
 from ingress.params import int_param
 from ingress.responses import JSON
 from ingress.schemas import AccountCreate, AdminCredit
 from ingress.state import AppState, state
-from jobs.errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthorized
+from jobs.errors import BadRequest, Conflict, Forbidden, NotFound, RateLimited, Unauthorized
 from jobs.names import PROVIDER_KEY_NAMES
 from jobs.settings import to_dollars, to_micros
 from storage.accounts import AccountRepository
@@ -48,11 +48,31 @@ def _require_admin(st: AppState, request: Request) -> None:
         raise Forbidden("Admin token required: 'Authorization: Bearer <SYNCNODE_ADMIN_TOKEN>'")
 
 
-async def create_account(db: Conn, email: str | None,
+# What valid_email returns: create_account takes nothing else, so no way in skips the rule.
+Email = NewType("Email", str)
+_EMAIL = re.compile(EMAIL_PATTERN)
+
+
+def valid_email(raw: str) -> Email:
+    """An account's email by the one rule (EMAIL_PATTERN, which /openapi.json states), lower-cased
+    without the blanks around it; else BadRequest. Every way in calls this: POST /accounts, the
+    web sign-up and sign-in, `syncnode accounts create` and `set-password`."""
+    if len(raw) > EMAIL_MAX:
+        raise BadRequest(f"Invalid email: longer than {EMAIL_MAX} characters")
+    m = _EMAIL.fullmatch(raw)
+    if m is None:
+        raise BadRequest("Invalid email: expected name@example.com, without spaces or control characters")
+    return Email(m[1].lower())
+
+
+async def create_account(db: Conn, email: Email | None,
                          grant: Decimal) -> dict[str, Any]:
-    """Shared by POST /accounts and `syncnode accounts create`."""
+    """Shared by POST /accounts, the web sign-up and `syncnode accounts create`; call it in a
+    transaction. An email another account has (its own or its sign-in) is a Conflict."""
     uid, key = str(uuid.uuid4()), new_api_key()
     repo = AccountRepository(db)
+    if email is not None and not await repo.claim_email(email):
+        raise Conflict("An account with this email already exists")
     balance = await repo.create(uid, email, to_micros(grant))
     await repo.add_api_key(uid, hash_api_key(key), key[:8])
     return {"uid": uid, "api_key": key, "balance": to_dollars(balance)}
@@ -70,7 +90,7 @@ async def signup_allowance(st: AppState, request: Request) -> None:
 
 
 @api("Create an account with an API key (admin token, or open sign-up)", tags=("accounts",), auth="signup",
-     body=AccountCreate, body_required=False, ok={201: AccountCreated}, errors=(400, 403, 413))
+     body=AccountCreate, body_required=False, ok={201: AccountCreated}, errors=(400, 403, 409, 413, 429))
 async def post_accounts(request: Request) -> Response:
     st = state(request)
     admin = _is_admin(st, request)
@@ -78,10 +98,12 @@ async def post_accounts(request: Request) -> Response:
         raise Forbidden("Sign-up is closed: an admin token is required (or set SYNCNODE_OPEN_SIGNUP=true)")
     body = AccountCreate.model_validate(await read_json(request, 64 << 10)
                                         if request.headers.get("content-length") not in (None, "0") else {})
+    email = None if body.email is None else valid_email(body.email)
     if not admin:
+        # As on the web sign-up: a 409 tells whether an email has an account, and counts here.
         await signup_allowance(st, request)
     async with st.db.acquire() as conn, conn.transaction():
-        created = await create_account(conn, body.email, st.settings.starting_balance)
+        created = await create_account(conn, email, st.settings.starting_balance)
     return JSON(created, status_code=201)
 
 

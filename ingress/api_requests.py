@@ -109,11 +109,19 @@ class UsageQuery(UidQuery):
     days: int = Field(30, ge=1, le=366)
 
 
-EMAIL_PATTERN = r"^\s*[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}\s*$"
+# An account's email, however it arrives (POST /accounts, sign-up, sign-in, the CLI): what
+# ingress/accounts.py valid_email enforces, by this very pattern. One @ and a dot after it; no
+# whitespace, control, invisible or bidi characters inside (a CR/LF would inject a mail header,
+# the others make two addresses look alike); the \ud800-\udfff are what a CLI argument that is
+# not UTF-8 decodes to. Blanks around are dropped. Spelled out rather than \s: Python's and
+# JSON Schema's \s differ. At most 254 characters (RFC 5321's longest path), blanks included.
+EMAIL_MAX = 254
+_EMAIL_CHAR = r"[^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ud800-\udfff\ufeff]"
+EMAIL_PATTERN = rf"^[\t\n\r ]*({_EMAIL_CHAR}{{1,64}}@{_EMAIL_CHAR}{{1,255}}\.{_EMAIL_CHAR}{{1,63}})[\t\n\r ]*$"
 
 
 class SignUpRequest(BaseModel):
-    email: str = Field(max_length=320, json_schema_extra={"pattern": EMAIL_PATTERN})
+    email: str = Field(max_length=EMAIL_MAX, json_schema_extra={"pattern": EMAIL_PATTERN})
     password: str = Field(min_length=8, max_length=1024)
 
 
@@ -123,7 +131,7 @@ class SignInRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["api_key"]},
                                                            {"required": ["email", "password"]}]})
     api_key: str | None = Field(None, min_length=1)
-    email: str | None = Field(None, max_length=320, json_schema_extra={"pattern": EMAIL_PATTERN})
+    email: str | None = Field(None, max_length=EMAIL_MAX, json_schema_extra={"pattern": EMAIL_PATTERN})
     password: str | None = Field(None, min_length=1)
 
 

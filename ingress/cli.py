@@ -51,33 +51,47 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_accounts_create(args: argparse.Namespace) -> int:
-    from ingress.accounts import create_account
+    from ingress.accounts import create_account, valid_email
+    from jobs.errors import BadRequest, Conflict
     from storage.migrate import migrate
 
-    async def go(dsn: str) -> dict[str, Any]:
+    try:  # before any database is started: the same rule and message as POST /accounts
+        email = None if args.email is None else valid_email(args.email)
+    except BadRequest as e:
+        print(e.message, file=sys.stderr)
+        return 2
+
+    async def go(dsn: str) -> dict[str, Any] | str:
         import asyncpg
 
         await migrate(dsn)
         conn = await asyncpg.connect(dsn)
         try:
             async with conn.transaction():
-                return await create_account(conn, args.email, get_settings().starting_balance)
+                return await create_account(conn, email, get_settings().starting_balance)
+        except Conflict as e:
+            return e.message
         finally:
             await conn.close()
 
-    print(json.dumps(_run(go)))
-    return 0
+    return _print_result(_run(go))
 
 
 def cmd_accounts_set_password(args: argparse.Namespace) -> int:
     """Give an account a web sign-in (email + password) or change it; the password comes from
     stdin (--password-stdin) or an interactive prompt, never from the command line."""
+    from ingress.accounts import valid_email
     from ingress.web.passwords import check_strength, hash_password
     from jobs.errors import BadRequest
     from storage.accounts import AccountRepository
     from storage.migrate import migrate
     from storage.web import LoginRepository
 
+    try:  # a login email nobody could sign in with is refused here, not at sign-in
+        login_email = None if args.email is None else valid_email(args.email)
+    except BadRequest as e:
+        print(e.message, file=sys.stderr)
+        return 2
     password = _read_password(args.password_stdin)
     try:
         check_strength(password)
@@ -96,7 +110,7 @@ def cmd_accounts_set_password(args: argparse.Namespace) -> int:
             uid = args.uid or await logins.uid_for_email(args.email_only)
             if uid is None or not await AccountRepository(conn).exists(uid):
                 return "No such account: pass the uid `syncnode accounts create` printed"
-            email = args.email or args.email_only or await logins.account_email(uid)
+            email = login_email or args.email_only or await logins.account_email(uid)
             if not email:
                 return "This account has no email: pass --email"
             try:
@@ -107,7 +121,11 @@ def cmd_accounts_set_password(args: argparse.Namespace) -> int:
         finally:
             await conn.close()
 
-    result = _run(go)
+    return _print_result(_run(go))
+
+
+def _print_result(result: dict[str, Any] | str) -> int:
+    """The JSON answer on stdout; or the refusal, one line on stderr, and exit status 1."""
     if isinstance(result, str):
         print(result, file=sys.stderr)
         return 1

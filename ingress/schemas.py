@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
+from ingress.api_requests import EMAIL_MAX, EMAIL_PATTERN
+
 # Strict: a JSON "5" is not the integer 5 here, as /openapi.json (and every SDK) says.
 STRICT = ConfigDict(strict=True)
 
@@ -71,7 +73,10 @@ class ChatRequest(BaseModel):
 class AccountCreate(BaseModel):
     model_config = STRICT
 
-    email: str | None = Field(None, max_length=320)
+    # Optional; when given, ingress/accounts.py valid_email checks it (one message for every way
+    # an account is made), so the length and pattern here only document that rule.
+    email: str | None = Field(None, json_schema_extra={"maxLength": EMAIL_MAX, "pattern": EMAIL_PATTERN},
+                              description="Kept lower-cased; one account per email (409)")
 
 
 HALF_MICRO = 0.0000005

@@ -8,10 +8,27 @@ import asyncpg
 
 from storage.db import Conn
 
+# pg_advisory_xact_lock(class, hashtext(email)): creations with one email take turns.
+_EMAIL_LOCK = 7_300_002
+
 
 class AccountRepository:
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
+
+    async def email_taken(self, email: str) -> bool:
+        """Whether an account has this (lower-cased) email, as its own or as its web sign-in."""
+        return bool(await self.conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM web_logins WHERE email = $1) "
+            "OR EXISTS (SELECT 1 FROM accounts WHERE lower(email) = $1)", email))
+
+    async def claim_email(self, email: str) -> bool:
+        """Whether the (lower-cased) email is free, holding it until the transaction ends: a
+        second creation with it waits, then sees the first one's row. Older accounts may share
+        an email, so no unique index can say this. Inside a transaction only."""
+        # Two statements: one statement's snapshot predates its wait for the lock.
+        await self.conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _EMAIL_LOCK, email)
+        return not await self.email_taken(email)
 
     async def create(self, uid: str, email: str | None, grant_micros: int) -> int:
         """Create the account with its starting grant; returns the balance."""

@@ -22,9 +22,6 @@ class LoginRepository:
         return await self.conn.fetchrow(
             "SELECT uid, password_hash, updated_at FROM web_logins WHERE email = $1", email.lower())
 
-    async def email_taken(self, email: str) -> bool:
-        return bool(await self.conn.fetchval("SELECT 1 FROM web_logins WHERE email = $1", email.lower()))
-
     async def set_password(self, uid: str, email: str, password_hash: str) -> str:
         """One login per account: setting it again replaces the email and the hash, and its new
         stamp ends the sessions opened with the old one. Returns the stamp.

@@ -4,14 +4,13 @@ create_account's starting grant."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.accounts import create_account, signup_allowance
+from ingress.accounts import Email, create_account, signup_allowance, valid_email
 from ingress.api_models import SignedIn, SignedOut
 from ingress.api_requests import SignInRequest, SignUpRequest
 from ingress.api_spec import api
@@ -22,15 +21,14 @@ from ingress.state import AppState, state
 from ingress.web import passwords, sessions
 from ingress.web.csrf import check_csrf, check_origin
 from jobs.errors import BadRequest, Conflict, Forbidden, RateLimited, Unauthorized
+from storage.accounts import AccountRepository
 from storage.secrets import hash_api_key
 from storage.sessions import FailureCounter
 from storage.web import LoginRepository, stamp
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}$")
-
-
 # Sign-in and sign-up are refused cross-site: the browser's Origin must be this gateway.
 _ORIGIN = {"Origin": "This gateway's own origin"}
+_TAKEN = "An account with this email already exists: sign in instead"
 
 
 def _text(body: dict[str, Any], name: str) -> str:
@@ -40,11 +38,8 @@ def _text(body: dict[str, Any], name: str) -> str:
     return v
 
 
-def _email(body: dict[str, Any]) -> str:
-    email = _text(body, "email").strip().lower()
-    if len(email) > 320 or not _EMAIL.match(email):
-        raise BadRequest("Invalid email: expected name@example.com")
-    return email
+def _email(body: dict[str, Any]) -> Email:
+    return valid_email(_text(body, "email"))
 
 
 async def _signed_in(request: Request, uid: str, body: dict[str, Any], status: int = 200, *,
@@ -85,15 +80,15 @@ async def signup(request: Request) -> Response:
     # Every sign-up is granted starting_balance: a client address gets a few per window. The
     # 409 below tells whether an email has an account, and this limit is what bounds that too.
     await signup_allowance(st, request)
-    if await LoginRepository(st.db).email_taken(email):
-        raise Conflict("An account with this email already exists: sign in instead")
+    if await AccountRepository(st.db).email_taken(email):  # before the slow hash; create_account decides
+        raise Conflict(_TAKEN)
     digest = await passwords.hash_password_async(password)
     try:
         async with st.db.acquire() as conn, conn.transaction():
             created = await create_account(conn, email, st.settings.starting_balance)
             login = await LoginRepository(conn).set_password(created["uid"], email, digest)
-    except asyncpg.UniqueViolationError:
-        raise Conflict("An account with this email already exists: sign in instead")
+    except (Conflict, asyncpg.UniqueViolationError):
+        raise Conflict(_TAKEN)
     return await _signed_in(request, created["uid"], {"api_key": created["api_key"], "balance": created["balance"]},
                             status=201, login_stamp=login)
 

@@ -1,0 +1,187 @@
+"""An account's email passes one rule (ingress/accounts.py valid_email) whichever way the account
+is made: POST /accounts (admin token or open sign-up), the web sign-up, `syncnode accounts create`;
+/openapi.json states that rule; and an email belongs to one account, whichever way it came (409)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from jsonschema import Draft202012Validator
+
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+ORIGIN = {"Origin": "http://gateway.test"}
+PASSWORD = "a long enough password"
+
+# 64 + 1 + 189 = 254 characters: RFC 5321's longest address; one more is refused.
+LONGEST = "a" * 64 + "@" + "b" * 185 + ".com"
+HOSTILE = [
+    "",
+    "no-at-sign.example.com",
+    "two@@example.com",
+    "one@two@example.com",
+    "@example.com",
+    "name@",
+    "name@localhost",
+    "has space@example.com",
+    "name@exa mple.com",
+    "tab\t@example.com",
+    "bell\x07@example.com",
+    "esc\x1b[31m@example.com",
+    "del\x7f@example.com",
+    "c1\x9b@example.com",
+    "nbsp\xa0@example.com",
+    "zero\u200bwidth@example.com",
+    "flip\u202e@example.com",
+    "name@example.com\r\nBcc:victim@example.org",
+    "name@example.com\nX-Injected:yes",
+    "name\r\n@example.com",
+    "x" * 65 + "@example.com",
+    "a" * 64 + "@" + "b" * 186 + ".com",  # 255 characters
+]
+
+
+def _id(email: str) -> str:
+    return ascii(email)[:40]
+
+
+@pytest.fixture
+async def open_signup(app: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    monkeypatch.setattr(app.state.sn.settings, "open_signup", True)
+    monkeypatch.setattr(app.state.sn.settings, "signup_max_per_address", 1000)
+    yield
+    redis = app.state.sn.redis
+    keys = [k async for k in redis.scan_iter("syncnode:signin-fail:signup:*")]
+    if keys:
+        await redis.delete(*keys)
+
+
+@pytest.fixture
+async def spec(client: httpx.AsyncClient) -> dict[str, Any]:
+    doc: dict[str, Any] = (await client.get("/openapi.json")).json()
+    return doc
+
+
+def _body_schema(spec: dict[str, Any], path: str) -> Draft202012Validator:
+    schema = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    return Draft202012Validator({**schema, "components": spec["components"]})
+
+
+def _fresh() -> str:
+    return f"em-{uuid.uuid4().hex[:10]}@example.com"
+
+
+async def _accounts(app: Any) -> int:
+    return int(await app.state.sn.db.fetchval("SELECT count(*) FROM accounts"))
+
+
+async def _stored(app: Any, uid: str) -> str | None:
+    v = await app.state.sn.db.fetchval("SELECT email FROM accounts WHERE uid = $1", uid)
+    return None if v is None else str(v)
+
+
+@pytest.mark.parametrize("email", HOSTILE, ids=_id)
+async def test_a_malformed_email_is_refused_the_same_way_everywhere(
+        email: str, client: httpx.AsyncClient, app: Any, spec: dict[str, Any], open_signup: None) -> None:
+    before = await _accounts(app)
+    assert not _body_schema(spec, "/accounts").is_valid({"email": email})
+    assert not _body_schema(spec, "/ui/signup").is_valid({"email": email, "password": PASSWORD})
+    admin = await client.post("/accounts", headers=ADMIN, json={"email": email})
+    assert admin.status_code == 400, admin.text
+    assert set(admin.json()) == {"error"} and admin.json()["error"].startswith("Invalid email")
+    anyone = await client.post("/accounts", json={"email": email})
+    assert anyone.status_code == 400 and anyone.json() == admin.json()
+    web = await client.post("/ui/signup", json={"email": email, "password": PASSWORD}, headers=ORIGIN)
+    assert web.status_code == 400 and "email" in web.json()["error"]
+    assert await _accounts(app) == before
+
+
+async def test_a_valid_email_is_accepted_and_kept_lower_cased(client: httpx.AsyncClient, app: Any,
+                                                             spec: dict[str, Any]) -> None:
+    tag = uuid.uuid4().hex[:8]
+    for email, kept in ((f" First.Last+{tag}@Example.COM\n", f"first.last+{tag}@example.com"),
+                        (f"{tag}@bücher.example", f"{tag}@bücher.example"),
+                        (tag + LONGEST[len(tag):], tag + LONGEST[len(tag):])):
+        assert _body_schema(spec, "/accounts").is_valid({"email": email}), email
+        r = await client.post("/accounts", headers=ADMIN, json={"email": email})
+        assert r.status_code == 201, r.text
+        assert await _stored(app, r.json()["uid"]) == kept
+
+
+async def test_the_email_stays_optional(client: httpx.AsyncClient, app: Any, spec: dict[str, Any]) -> None:
+    for body in ({}, {"email": None}):
+        assert _body_schema(spec, "/accounts").is_valid(body)
+        r = await client.post("/accounts", headers=ADMIN, json=body)
+        assert r.status_code == 201 and await _stored(app, r.json()["uid"]) is None
+    assert (await client.post("/accounts", headers=ADMIN)).status_code == 201
+
+
+async def test_an_email_belongs_to_one_account_whichever_way_it_came(
+        client: httpx.AsyncClient, app: Any, spec: dict[str, Any], open_signup: None) -> None:
+    assert "409" in spec["paths"]["/accounts"]["post"]["responses"]
+    admin_made, web_made = _fresh(), _fresh()
+    assert (await client.post("/accounts", headers=ADMIN, json={"email": admin_made})).status_code == 201
+    r = await client.post("/ui/signup", json={"email": web_made, "password": PASSWORD}, headers=ORIGIN)
+    assert r.status_code == 201
+    before = await _accounts(app)
+    for email in (admin_made, admin_made.upper(), f" {web_made.upper()}"):
+        r = await client.post("/accounts", headers=ADMIN, json={"email": email})
+        assert r.status_code == 409 and r.json() == {"error": "An account with this email already exists"}
+        assert (await client.post("/accounts", json={"email": email})).status_code == 409
+    # The web sign-up refuses the email an operator gave an account, too (it has no password yet).
+    r = await client.post("/ui/signup", json={"email": admin_made.upper(), "password": PASSWORD}, headers=ORIGIN)
+    assert r.status_code == 409 and "already exists" in r.json()["error"]
+    assert await _accounts(app) == before
+
+
+async def test_two_creations_with_one_email_at_once_make_one_account(client: httpx.AsyncClient, app: Any) -> None:
+    """The check and the insert are not one statement: the email is locked until the first
+    creation commits, so the second one sees its row and is refused."""
+    from decimal import Decimal
+
+    from ingress.accounts import create_account, valid_email
+
+    email = _fresh()
+    async with app.state.sn.db.acquire() as conn, conn.transaction():
+        await create_account(conn, valid_email(email), Decimal("1"))
+        second = asyncio.create_task(client.post("/accounts", headers=ADMIN, json={"email": email}))
+        await asyncio.sleep(0.3)
+        assert not second.done()  # waiting for the first creation to commit or roll back
+    r = await second
+    assert r.status_code == 409, r.text
+    n = await app.state.sn.db.fetchval("SELECT count(*) FROM accounts WHERE email = $1", email)
+    assert n == 1
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    # A subprocess, like an operator's shell: the CLI runs its own event loop.
+    return subprocess.run([sys.executable, "-m", "ingress.cli", "accounts", *args], input=PASSWORD + "\n",
+                          capture_output=True, text=True, env=dict(os.environ), timeout=60)
+
+
+def test_the_cli_follows_the_same_rule(stack: dict[str, Any]) -> None:
+    email = _fresh()
+    r = _cli("create", "--email", f"  {email.upper()}")
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)) == {"uid", "api_key", "balance"}
+    for bad in ("no-at-sign.example.com", "name@example.com\r\nBcc:victim@example.org", "esc\x1b@example.com",
+                "zero\u200bwidth@example.com", HOSTILE[-1], ""):
+        r = _cli("create", "--email", bad)
+        assert r.returncode == 2 and r.stdout == "", (bad, r)
+        assert r.stderr.startswith("Invalid email") and r.stderr.count("\n") == 1, (bad, r.stderr)
+    r = _cli("create", "--email", email)
+    assert r.returncode == 1 and r.stderr == "An account with this email already exists\n"
+    r = _cli("create")  # no email: still an account
+    assert r.returncode == 0, r.stderr
+    uid = json.loads(r.stdout)["uid"]
+    # A sign-in email set by the operator passes the same rule.
+    r = _cli("set-password", "--uid", uid, "--login-email", "bad\n@example.com", "--password-stdin")
+    assert r.returncode == 2 and r.stderr.startswith("Invalid email")
