@@ -112,11 +112,11 @@ class UsageQuery(UidQuery):
 # An account's email, however it arrives (POST /accounts, sign-up, sign-in, the CLI): what
 # ingress/accounts.py valid_email enforces, by this very pattern. One @ and a dot after it; no
 # whitespace, control, invisible or bidi characters inside (a CR/LF would inject a mail header,
-# the others make two addresses look alike); the \ud800-\udfff are what a CLI argument that is
-# not UTF-8 decodes to. Blanks around are dropped. Spelled out rather than \s: Python's and
-# JSON Schema's \s differ. At most 254 characters (RFC 5321's longest path), blanks included.
+# the others make two addresses look alike). Blanks around are dropped. Spelled out rather than
+# \s: Python's and JSON Schema's \s differ. At most 254 characters (RFC 5321's longest path),
+# blanks included.
 EMAIL_MAX = 254
-_EMAIL_CHAR = r"[^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ud800-\udfff\ufeff]"
+_EMAIL_CHAR = r"[^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff]"
 EMAIL_PATTERN = rf"^[\t\n\r ]*({_EMAIL_CHAR}{{1,64}}@{_EMAIL_CHAR}{{1,255}}\.{_EMAIL_CHAR}{{1,63}})[\t\n\r ]*$"
 
 

@@ -161,7 +161,7 @@ async def test_two_creations_with_one_email_at_once_make_one_account(client: htt
     assert n == 1
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str | bytes) -> subprocess.CompletedProcess[str]:
     # A subprocess, like an operator's shell: the CLI runs its own event loop.
     return subprocess.run([sys.executable, "-m", "ingress.cli", "accounts", *args], input=PASSWORD + "\n",
                           capture_output=True, text=True, env=dict(os.environ), timeout=60)
@@ -173,7 +173,7 @@ def test_the_cli_follows_the_same_rule(stack: dict[str, Any]) -> None:
     assert r.returncode == 0, r.stderr
     assert set(json.loads(r.stdout)) == {"uid", "api_key", "balance"}
     for bad in ("no-at-sign.example.com", "name@example.com\r\nBcc:victim@example.org", "esc\x1b@example.com",
-                "zero\u200bwidth@example.com", HOSTILE[-1], ""):
+                "zero\u200bwidth@example.com", HOSTILE[-1], "", b"not-utf-8-\xff@example.com"):
         r = _cli("create", "--email", bad)
         assert r.returncode == 2 and r.stdout == "", (bad, r)
         assert r.stderr.startswith("Invalid email") and r.stderr.count("\n") == 1, (bad, r.stderr)
