@@ -183,3 +183,22 @@ async def test_a_feed_reader_that_dies_is_logged_not_left_unretrieved(
     assert unhandled == []
     assert [r.getMessage() for r in caplog.records if r.name == "syncnode.ingress"] == [
         f"feed {key}: reader died; its relays read for themselves"]
+
+
+async def test_the_feeds_of_a_client_go_with_the_client() -> None:
+    """Feeds are kept per Redis client (per app); an app that is gone, with its client, must not
+    leave its entry behind for the life of the process (every test app made one)."""
+    from ingress.v1 import feed as feed_module
+
+    before = len(feed_module._BY_CLIENT)
+    redis = Redis.from_url(get_settings().redis_url or "")
+    async with feeds(redis).watching(f"feed-test:{uuid4()}") as feed:
+        assert feed.task is not None
+        await asyncio.sleep(0.05)  # blocked in its XREAD
+    await asyncio.wait([feed.task], timeout=3)
+    await feeds(redis).close()
+    await redis.aclose()
+    assert len(feed_module._BY_CLIENT) == before + 1
+    del redis, feed
+    gc.collect()
+    assert len(feed_module._BY_CLIENT) == before

@@ -74,9 +74,18 @@ class Feeds:
     """The feeds of one Redis client (one ingress process), by stream key."""
 
     def __init__(self, redis: Redis) -> None:
-        self.redis = redis
+        # Weak: _BY_CLIENT is keyed by the client, and a value holding its key strongly would keep
+        # every app's entry, and its client, for the life of the process.
+        self._redis = weakref.ref(redis)
         self.feeds: dict[str, Feed] = {}
         self.closed = False
+
+    @property
+    def redis(self) -> Redis:
+        redis = self._redis()
+        if redis is None:  # only a reader that outlived its app asks; it stops as at a failed read
+            raise RedisError("the Redis client of these feeds is gone")
+        return redis
 
     @asynccontextmanager
     async def watching(self, key: str) -> AsyncIterator[Feed]:
