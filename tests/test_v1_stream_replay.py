@@ -1,0 +1,115 @@
+"""A streamed /v1 request replayed with its Idempotency-Key after the task's stream expired gets the
+content the first request got, rebuilt from the completion the task kept (``ingress/v1/replay.py``),
+not an empty stream or a wait ending in a 504; a failure replays as the same error."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import openai
+import pytest
+
+from ingress.v1.replay import chunks
+from jobs import keys
+from tests.fakes import chat_provider
+from tests.fixtures.accounts import Account, audit
+from tests.fixtures.v1 import OpenAIClient
+from workers.assemble import Assembler
+
+NOT_FOUND = {"message": "The model `x` does not exist", "type": "invalid_request_error", "param": "model",
+             "code": "model_not_found"}
+
+
+def user(prompt: str) -> list[Any]:
+    return [{"role": "user", "content": prompt}]
+
+
+async def _expire(app: Any, job_id: str, *, status_too: bool) -> None:
+    redis = app.state.sn.redis
+    assert await redis.delete(keys.chat_stream(job_id)) == 1
+    if status_too:  # what 24 hours later looks like: only Postgres remembers the task
+        await redis.delete(keys.task_status(job_id))
+
+
+@pytest.mark.parametrize("status_too", [False, True], ids=["stream-expired", "stream-and-status-expired"])
+async def test_a_streamed_replay_after_the_stream_expired_gets_the_same_content(
+        oai: OpenAIClient, funded: Account, chat_worker: Any, app: Any, status_too: bool) -> None:
+    client = oai(funded, max_retries=0)
+    key = {"Idempotency-Key": f"s-{uuid.uuid4()}"}
+    prompt = f"replayed {uuid.uuid4()}"
+    opts = {"include_usage": True}
+    first = await client.chat.completions.create(model="chunks-3", messages=user(prompt), stream=True,
+                                                 stream_options=opts, extra_headers=key)
+    one = [c async for c in first]
+    job_id = first.response.headers["x-syncnode-job-id"]
+    await _expire(app, job_id, status_too=status_too)
+    again = await client.chat.completions.create(model="chunks-3", messages=user(prompt), stream=True,
+                                                 stream_options=opts, extra_headers=key)
+    two = [c async for c in again]
+    assert again.response.headers["x-syncnode-job-id"] == job_id
+
+    def text(cs: list[Any]) -> str:
+        return "".join(c.choices[0].delta.content or "" for c in cs if c.choices)
+
+    assert text(one) == text(two) == "w0 w1 w2 "
+    assert [c.usage for c in one if c.usage] == [c.usage for c in two if c.usage] != []
+    assert {c.id for c in one} == {c.id for c in two}
+    assert [c.choices[0].finish_reason for c in two if c.choices] == ["stop"]
+    assert len(chat_provider.calls_with_prompt(prompt)) == 1  # the replay called no provider
+    assert await audit(app, funded.uid) == (4_980_000, 4_980_000)  # and was not charged
+
+
+async def test_a_failed_streamed_replay_after_the_stream_expired_is_the_same_error(
+        oai: OpenAIClient, funded: Account, chat_worker: Any, app: Any) -> None:
+    client = oai(funded, max_retries=0)
+    key = {"Idempotency-Key": f"f-{uuid.uuid4()}"}
+    prompt = f"refused {uuid.uuid4()}"
+
+    async def attempt() -> openai.APIStatusError:
+        with pytest.raises(openai.APIStatusError) as e:
+            await client.chat.completions.create(model="error-404", messages=user(prompt), stream=True,
+                                                 extra_body={"fake_error": NOT_FOUND}, extra_headers=key)
+        return e.value
+
+    a = await attempt()
+    rows = await app.state.sn.db.fetch("SELECT job_id FROM tasks WHERE uid = $1", funded.uid)
+    await app.state.sn.redis.delete(keys.chat_stream(rows[0]["job_id"]))
+    b = await attempt()
+    assert (type(a), a.status_code, a.code, a.param) == (type(b), b.status_code, b.code, b.param)
+    assert (b.status_code, b.code) == (400, "model_not_found")
+    assert await audit(app, funded.uid) == (5_000_000, 5_000_000)
+
+
+def test_the_rebuilt_chunks_assemble_into_the_completion_the_task_kept() -> None:
+    """Whatever a stream assembled into (text, refusals, reasoning, tool calls, several choices,
+    logprobs, usage), the chunks rebuilt from it assemble into the same completion."""
+    sent: list[dict[str, Any]] = [
+        {"id": "gen-1", "created": 1, "model": "m", "provider": "P", "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": "Hel", "reasoning": "think"}},
+            {"index": 1, "delta": {"role": "assistant", "refusal": "no"}}]},
+        {"id": "gen-1", "choices": [
+            {"index": 0, "delta": {"content": "lo", "tool_calls": [
+                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\""}},
+                {"index": 1, "id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]},
+             "logprobs": {"content": [{"token": "lo", "logprob": -0.1}]}},
+            {"index": 1, "delta": {}, "finish_reason": "stop"}]},
+        {"id": "gen-1", "choices": [
+            {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]},
+             "finish_reason": "tool_calls"}]},
+        {"id": "gen-1", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}},
+    ]
+    first = Assembler()
+    for c in sent:
+        first.add(c)
+    kept = first.completion()
+    again = Assembler()
+    for c in chunks(kept):
+        again.add(c)
+    assert again.completion() == kept
+    assert kept["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == "{\"a\": 1}"
+
+
+@pytest.mark.parametrize("kept", [None, "text", {"choices": "x"}, {"choices": [1, {"message": 2}]}])
+def test_an_odd_kept_output_rebuilds_into_an_empty_stream_not_an_error(kept: Any) -> None:
+    assert chunks(kept) == [{"object": "chat.completion.chunk", "choices": []}]
