@@ -113,3 +113,51 @@ def test_the_rebuilt_chunks_assemble_into_the_completion_the_task_kept() -> None
 @pytest.mark.parametrize("kept", [None, "text", {"choices": "x"}, {"choices": [1, {"message": 2}]}])
 def test_an_odd_kept_output_rebuilds_into_an_empty_stream_not_an_error(kept: Any) -> None:
     assert chunks(kept) == [{"object": "chat.completion.chunk", "choices": []}]
+
+
+async def test_a_replay_without_include_usage_gets_no_usage_chunk(
+        oai: OpenAIClient, funded: Account, chat_worker: Any, app: Any) -> None:
+    """The task keeps usage whatever was asked; the first stream relayed it only when asked
+    (a chunk with no choices breaks clients reading chunk.choices[0]), and so must a replay."""
+    client = oai(funded, max_retries=0)
+    key = {"Idempotency-Key": f"u-{uuid.uuid4()}"}
+    prompt = f"no usage {uuid.uuid4()}"
+    first = await client.chat.completions.create(model="chunks-3", messages=user(prompt), stream=True,
+                                                 extra_headers=key)
+    one = [c async for c in first]
+    await _expire(app, first.response.headers["x-syncnode-job-id"], status_too=False)
+    again = await client.chat.completions.create(model="chunks-3", messages=user(prompt), stream=True,
+                                                 extra_headers=key)
+    two = [c async for c in again]
+    assert [c for c in one if not c.choices or c.usage] == []
+    assert [c for c in two if not c.choices or c.usage] == []
+    assert "".join(c.choices[0].delta.content or "" for c in two) == "w0 w1 w2 "
+
+
+async def test_a_stream_that_broke_off_replays_its_text_then_the_error_event(
+        oai: OpenAIClient, funded: Account, chat_worker: Any, app: Any) -> None:
+    """A stream that failed after its first chunk was charged, and the client got the text and
+    then an error event: a replay after the stream expired gets that again, not a 502 for a
+    task it paid for."""
+    client = oai(funded, max_retries=0)
+    key = {"Idempotency-Key": f"m-{uuid.uuid4()}"}
+    prompt = f"midfail {uuid.uuid4()}"
+
+    async def attempt() -> tuple[str, openai.APIError, str]:
+        stream = await client.chat.completions.create(model="midfail-3", messages=user(prompt), stream=True,
+                                                      extra_headers=key)
+        got = []
+        with pytest.raises(openai.APIError) as e:
+            async for c in stream:
+                got.append(c.choices[0].delta.content or "")
+        return "".join(got), e.value, stream.response.headers["x-syncnode-job-id"]
+
+    text, err, job_id = await attempt()
+    row = await app.state.sn.db.fetchrow("SELECT status, refunded FROM tasks WHERE job_id = $1", job_id)
+    assert (row["status"], row["refunded"]) == ("failed", False)
+    await _expire(app, job_id, status_too=True)
+    text2, err2, _ = await attempt()
+    assert text2 == text == "w0 w1 w2 "
+    assert (type(err2), err2.message, err2.code) == (type(err), err.message, err.code)
+    assert len(chat_provider.calls_with_prompt(prompt)) == 1
+    assert await audit(app, funded.uid) == (4_980_000, 4_980_000)
