@@ -41,6 +41,14 @@ HOSTILE = [
     "nbsp\xa0@example.com",
     "zero\u200bwidth@example.com",
     "flip\u202e@example.com",
+    # Unicode's other default-ignorable code points: invisible, so two addresses look alike.
+    "soft\xadhyphen@example.com",
+    "arabic\u061cmark@example.com",
+    "mongolian\u180eseparator@example.com",
+    "variation\ufe0fselector@example.com",
+    "hangul\u3164filler@example.com",
+    "joiner\u034f@example.com",
+    "tag\U000e0041@example.com",
     "name@example.com\r\nBcc:victim@example.org",
     "name@example.com\nX-Injected:yes",
     "name\r\n@example.com",
@@ -114,6 +122,18 @@ async def test_a_valid_email_is_accepted_and_kept_lower_cased(client: httpx.Asyn
         r = await client.post("/accounts", headers=ADMIN, json={"email": email})
         assert r.status_code == 201, r.text
         assert await _stored(app, r.json()["uid"]) == kept
+
+
+async def test_one_address_spelled_two_unicode_ways_is_one_email(client: httpx.AsyncClient, app: Any) -> None:
+    """"ü" precomposed and "u" + combining diaeresis are the same text (canonically equivalent):
+    the email is kept in one form (NFC), so the second spelling finds the first account."""
+    tag = uuid.uuid4().hex[:8]
+    composed, decomposed = f"\u00fcber-{tag}@example.com", f"u\u0308ber-{tag}@example.com"
+    r = await client.post("/accounts", headers=ADMIN, json={"email": decomposed})
+    assert r.status_code == 201, r.text
+    assert await _stored(app, r.json()["uid"]) == composed
+    r = await client.post("/accounts", headers=ADMIN, json={"email": composed.upper()})
+    assert r.status_code == 409, r.text
 
 
 async def test_the_email_stays_optional(client: httpx.AsyncClient, app: Any, spec: dict[str, Any]) -> None:
