@@ -205,3 +205,37 @@ def test_the_cli_follows_the_same_rule(stack: dict[str, Any]) -> None:
     # A sign-in email set by the operator passes the same rule.
     r = _cli("set-password", "--uid", uid, "--login-email", "bad\n@example.com", "--password-stdin")
     assert r.returncode == 2 and r.stderr.startswith("Invalid email")
+
+
+async def test_set_password_cannot_give_one_account_anothers_email(client: httpx.AsyncClient, app: Any) -> None:
+    """The operator's `set-password --login-email` is one more way an email reaches an account:
+    an email another account was made with is refused there too, not only at sign-up."""
+    taken, mine = _fresh(), _fresh()
+    owner = (await client.post("/accounts", headers=ADMIN, json={"email": taken})).json()["uid"]
+    other = (await client.post("/accounts", headers=ADMIN, json={"email": mine})).json()["uid"]
+
+    def set_pw(uid: str, email: str) -> subprocess.CompletedProcess[str]:
+        return _cli("set-password", "--uid", uid, "--login-email", email, "--password-stdin")
+
+    r = await asyncio.to_thread(set_pw, other, taken.upper())
+    assert r.returncode == 1 and "another account" in r.stderr, (r.stdout, r.stderr)
+    assert await app.state.sn.db.fetchval("SELECT count(*) FROM web_logins WHERE email = $1", taken) == 0
+    # Its own email, and the owner's own: both fine.
+    assert (await asyncio.to_thread(set_pw, other, mine)).returncode == 0
+    assert (await asyncio.to_thread(set_pw, owner, taken)).returncode == 0
+
+
+async def test_set_password_signs_in_with_an_older_accounts_email_as_the_rule_spells_it(
+        client: httpx.AsyncClient, app: Any) -> None:
+    """Accounts made before the rule kept their email as given (blanks, capitals). The login
+    set from it must be one the sign-in (which applies the rule) can find, or be refused."""
+    email = _fresh()
+    uid = str(uuid.uuid4())
+    await app.state.sn.db.execute("INSERT INTO accounts (uid, email) VALUES ($1, $2)", uid, f" {email.upper()} ")
+    r = await asyncio.to_thread(_cli, "set-password", "--uid", uid, "--password-stdin")
+    assert r.returncode == 0, r.stderr
+    assert await app.state.sn.db.fetchval("SELECT email FROM web_logins WHERE uid = $1", uid) == email
+    bad = str(uuid.uuid4())
+    await app.state.sn.db.execute("INSERT INTO accounts (uid, email) VALUES ($1, 'nobody@localhost')", bad)
+    r = await asyncio.to_thread(_cli, "set-password", "--uid", bad, "--password-stdin")
+    assert r.returncode == 1 and "--login-email" in r.stderr, r.stderr
