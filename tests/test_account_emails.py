@@ -239,3 +239,42 @@ async def test_set_password_signs_in_with_an_older_accounts_email_as_the_rule_sp
     await app.state.sn.db.execute("INSERT INTO accounts (uid, email) VALUES ($1, 'nobody@localhost')", bad)
     r = await asyncio.to_thread(_cli, "set-password", "--uid", bad, "--password-stdin")
     assert r.returncode == 1 and "--login-email" in r.stderr, r.stderr
+
+
+async def test_the_email_index_migrates_a_database_with_older_accounts_emails(stack: dict[str, Any]) -> None:
+    """Before the rule an account's email was any text (the CLI set no length): duplicates,
+    capitals, blanks, controls, and one longer than a B-tree entry may be (2704 bytes). 0009
+    must still apply, or the gateway would not start; and the lookup must still find them."""
+    from importlib import resources
+
+    import asyncpg
+
+    from storage.accounts import AccountRepository
+    from storage.migrate import migrate
+
+    name = f"emails_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(stack["pg"].dsn)
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        conn = await asyncpg.connect(stack["pg"].dsn, database=name)
+        try:
+            await conn.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, "
+                               "applied_at timestamptz NOT NULL DEFAULT now())")
+            for f in sorted(resources.files("storage.migrations").iterdir(), key=lambda f: f.name):
+                if f.name.endswith(".sql") and f.name < "0009":
+                    await conn.execute(f.read_text())
+                    await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", f.name)
+            huge = "".join(chr(0x4E00 + i % 20_000) for i in range(1500)) + "@example.com"
+            for i, email in enumerate(["a@example.com", "A@EXAMPLE.COM", " a@example.com ", None, "",
+                                       "esc\x1b@x", huge]):
+                await conn.execute("INSERT INTO accounts (uid, email) VALUES ($1, $2)", f"old-{i}", email)
+            assert "0009_account_email_index.sql" in await migrate(stack["pg"].dsn.rsplit("/", 1)[0] + "/" + name)
+            async with conn.transaction():
+                assert not await AccountRepository(conn).claim_email("a@example.com")
+                assert not await AccountRepository(conn).claim_email(huge)
+                assert await AccountRepository(conn).claim_email(_fresh())
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()
