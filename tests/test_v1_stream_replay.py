@@ -161,3 +161,47 @@ async def test_a_stream_that_broke_off_replays_its_text_then_the_error_event(
     assert (type(err2), err2.message, err2.code) == (type(err), err.message, err.code)
     assert len(chat_provider.calls_with_prompt(prompt)) == 1
     assert await audit(app, funded.uid) == (4_980_000, 4_980_000)
+
+
+async def test_a_stream_whose_key_went_before_it_ran_is_the_same_error_when_replayed(
+        oai: OpenAIClient, funded: Account, app: Any) -> None:
+    """The provider key removed between the request and its run is the request's fault (400, as
+    a whole answer says it): the stream's end entry must say so as the task row does, or the
+    first answer (from the stream) and a replay (from the row) differ."""
+    import asyncio
+
+    from tests.fixtures.workers import start_inprocess_worker, stop_inprocess_worker
+
+    client = oai(funded, max_retries=0)
+    key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    prompt = f"keyless {uuid.uuid4()}"
+
+    async def attempt() -> openai.APIStatusError:
+        with pytest.raises(openai.APIStatusError) as e:
+            await client.chat.completions.create(model="chunks-3", messages=user(prompt), stream=True,
+                                                 extra_headers=key)
+        return e.value
+
+    first = asyncio.create_task(attempt())
+    db = app.state.sn.db
+    for _ in range(200):
+        job_id = await db.fetchval("SELECT job_id FROM tasks WHERE uid = $1", funded.uid)
+        if job_id is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert job_id is not None
+    removed = await db.fetch("DELETE FROM provider_keys WHERE uid = $1 RETURNING *", funded.uid)
+    w, task = await start_inprocess_worker("chat")
+    try:
+        a = await first
+    finally:
+        await stop_inprocess_worker(w, task)
+    for row in removed:  # back, or the replay is refused before it finds its task
+        cols = list(row.keys())
+        await db.execute(f"INSERT INTO provider_keys ({', '.join(cols)}) "
+                         f"VALUES ({', '.join(f'${i + 1}' for i in range(len(cols)))})", *row.values())
+    await _expire(app, job_id, status_too=True)
+    b = await attempt()
+    assert (type(b), b.status_code, b.message) == (type(a), a.status_code, a.message)
+    assert a.status_code == 400 and "removed before the task ran" in a.message
+    assert await audit(app, funded.uid) == (5_000_000, 5_000_000)
