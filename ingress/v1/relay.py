@@ -259,7 +259,7 @@ async def open_stream(st: AppState, task_id: int, job_id: str, *, uid: str, canc
         relay = Relay(st, job_id, last_id, feed)
         entries = await relay.first(st.settings.sync_timeout_seconds)
         if not entries:
-            raise timed_out(job_id, task_id)
+            raise timed_out(job_id, task_id, streamed=True)
         fields = entries[0][1]
         if b"d" not in fields and fields.get(b"end") != b"completed" and last_id == "0":
             raise end_failure(fields, job_id)
