@@ -34,10 +34,6 @@ class ReplicateHookQuery(BaseModel):
 # Path parameters.
 
 class TaskPath(BaseModel):
-    id: int = Field(ge=1, le=2**63 - 1, description="The task's id")
-
-
-class StreamPath(BaseModel):
     id: str = Field(pattern=r"^([0-9]{1,18}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$",
                     description="The task's id, or its job_id")
 

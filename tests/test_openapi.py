@@ -45,7 +45,8 @@ async def test_every_route_is_described_with_its_path_parameters(spec: dict[str,
             assert declared == names, (method, path)
             assert all(p["required"] for p in op.get("parameters", []) if p["in"] == "path")
             assert op["responses"] and op["summary"] and op["tags"]
-    assert spec["paths"]["/tasks/{id}"]["get"]["parameters"][0]["schema"]["type"] == "integer"
+    task = spec["paths"]["/tasks/{id}"]["get"]["parameters"][0]
+    assert task["schema"]["type"] == "string" and "job_id" in task["description"]  # the id, or its job_id
 
 
 async def test_who_may_call_is_stated_per_route(spec: dict[str, Any]) -> None:
