@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from jobs.names import KINDS
+from jobs.results import PUBLIC_STATUS
+
 # Query strings.
 
 class UidQuery(BaseModel):
@@ -16,9 +19,16 @@ class JobQuery(UidQuery):
     job_id: str = Field(min_length=1, max_length=200)
 
 
+_KINDS: list[JsonValue] = [*sorted(KINDS)]
+_STATUSES: list[JsonValue] = [*sorted(set(PUBLIC_STATUS.values()))]
+
+
 class TasksQuery(UidQuery):
     page: int = Field(1, ge=1, le=1_000_000)
     size: int = Field(10, ge=1, le=100)
+    # Checked by the handler (ingress/tasks.py _filters); here so the description names them.
+    kind: str | None = Field(None, description="Only tasks of this kind", json_schema_extra={"enum": _KINDS})
+    status: str | None = Field(None, description="Only tasks in this status", json_schema_extra={"enum": _STATUSES})
 
 
 class HistoryQuery(UidQuery):
