@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import unicodedata
 import uuid
 from decimal import Decimal
 from typing import Any, NewType
@@ -58,14 +59,16 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 def valid_email(raw: str) -> Email:
     """An account's email by the one rule (EMAIL_PATTERN, which /openapi.json states), lower-cased
-    without the blanks around it; else BadRequest. Every way in calls this: POST /accounts, the
-    web sign-up and sign-in, `syncnode accounts create` and `set-password`."""
+    and in Unicode's composed form (NFC: "ü" typed as u + combining diaeresis is the same text,
+    and must find the same account) without the blanks around it; else BadRequest. Every way
+    in calls this: POST /accounts, the web sign-up and sign-in, `syncnode accounts create` and
+    `set-password`."""
     if len(raw) > EMAIL_MAX:
         raise BadRequest(f"Invalid email: longer than {EMAIL_MAX} characters")
     m = _EMAIL.fullmatch(raw)
     if m is None or _SURROGATE.search(raw):
         raise BadRequest("Invalid email: expected name@example.com, without spaces or control characters")
-    return Email(m[1].lower())
+    return Email(unicodedata.normalize("NFC", m[1].lower()))
 
 
 async def create_account(db: Conn, email: Email | None,

@@ -118,11 +118,15 @@ class UsageQuery(UidQuery):
 # An account's email, however it arrives (POST /accounts, sign-up, sign-in, the CLI): what
 # ingress/accounts.py valid_email enforces, by this very pattern. One @ and a dot after it; no
 # whitespace, control, invisible or bidi characters inside (a CR/LF would inject a mail header,
-# the others make two addresses look alike). Blanks around are dropped. Spelled out rather than
-# \s: Python's and JSON Schema's \s differ. At most 254 characters (RFC 5321's longest path),
-# blanks included.
+# the others make two addresses look alike: Unicode's Default_Ignorable_Code_Point set, soft
+# hyphen, Arabic letter mark, variation selectors and tags included). Blanks around are dropped.
+# Spelled out rather than \s: Python's and JSON Schema's \s differ. At most 254 characters
+# (RFC 5321's longest path), blanks included. The astral ranges are written \U........, which
+# Python's re and the fuzzer's Rust engine read alike.
 EMAIL_MAX = 254
-_EMAIL_CHAR = r"[^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff]"
+_EMAIL_CHAR = (r"[^@\x00-\x20\x7f-\xa0\xad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f"
+               r"\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb"
+               r"\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
 EMAIL_PATTERN = rf"^[\t\n\r ]*({_EMAIL_CHAR}{{1,64}}@{_EMAIL_CHAR}{{1,255}}\.{_EMAIL_CHAR}{{1,63}})[\t\n\r ]*$"
 
 

@@ -106,22 +106,41 @@ def cmd_accounts_set_password(args: argparse.Namespace) -> int:
         await migrate(dsn)
         conn = await asyncpg.connect(dsn)
         try:
-            logins = LoginRepository(conn)
-            uid = args.uid or await logins.uid_for_email(args.email_only)
-            if uid is None or not await AccountRepository(conn).exists(uid):
+            logins, accounts = LoginRepository(conn), AccountRepository(conn)
+            uid = args.uid or await logins.uid_for_email(_as_email(args.email_only or ""))
+            if uid is None or not await accounts.exists(uid):
                 return "No such account: pass the uid `syncnode accounts create` printed"
-            email = login_email or args.email_only or await logins.account_email(uid)
-            if not email:
+            found = args.email_only or await logins.account_email(uid)
+            if login_email is None and not found:
                 return "This account has no email: pass --email"
+            try:  # an older account's email, kept as given: the sign-in will apply the rule to it
+                email = login_email or valid_email(found or "")
+            except BadRequest:
+                return f"This account's email {found!r} breaks the email rule: pass --login-email"
             try:
-                await LoginRepository(conn).set_password(uid, email, digest)
+                async with conn.transaction():
+                    # One email, one account: as create_account, also against accounts' own emails.
+                    if not await accounts.claim_email(email, uid):
+                        return "This email belongs to another account"
+                    await logins.set_password(uid, email, digest)
             except asyncpg.UniqueViolationError:
                 return "This email already signs in to another account"
-            return {"uid": uid, "email": email.lower(), "password": "set"}
+            return {"uid": uid, "email": email, "password": "set"}
         finally:
             await conn.close()
 
     return _print_result(_run(go))
+
+
+def _as_email(raw: str) -> str:
+    """An email to look an account up by, spelled as the rule keeps it when it passes."""
+    from ingress.accounts import valid_email
+    from jobs.errors import BadRequest
+
+    try:
+        return valid_email(raw)
+    except BadRequest:
+        return raw
 
 
 def _print_result(result: dict[str, Any] | str) -> int:

@@ -51,6 +51,16 @@ class Upstream:
     code: str | None = None
     param: str | None = None
 
+    @classmethod
+    def from_row(cls, row: Row) -> Upstream | None:
+        """What ``TaskRepository.finish_unpaid`` stored of it (its upstream_* columns).
+
+        A provider that ended the task without answering (a network error: all four None) reads
+        back as None: the same HTTP answer (``failure_error``), only without the JSON's nulls."""
+        said = cls(row["upstream_status"], row["upstream_retry_after"], row["upstream_code"],
+                   row["upstream_param"])
+        return None if said == cls(None) else said
+
 
 @dataclass(frozen=True, slots=True)
 class TaskResult:
@@ -66,9 +76,11 @@ class TaskResult:
 
     @classmethod
     def from_row(cls, row: Row) -> TaskResult:
-        """What a whole task row (``SELECT *``) says now."""
+        """What a whole task row (``SELECT *``) says now: for a failure, what the worker's own
+        result said, so that a replay (same Idempotency-Key) answers as the first request did."""
         return cls.finished(row, row["status"], output=row["output"], error=row["error"],
-                            refunded=row["refunded"])
+                            refunded=row["refunded"], client_error=row["client_error"],
+                            upstream=Upstream.from_row(row))
 
     @classmethod
     def finished(cls, row: Row, status: str, *, output: Any = None, error: str | None = None,

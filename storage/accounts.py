@@ -16,19 +16,22 @@ class AccountRepository:
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
-    async def email_taken(self, email: str) -> bool:
-        """Whether an account has this (lower-cased) email, as its own or as its web sign-in."""
+    async def email_taken(self, email: str, but: str | None = None) -> bool:
+        """Whether an account (other than ``but``) has this (lower-cased) email, as its own or as
+        its web sign-in."""
         return bool(await self.conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM web_logins WHERE email = $1) "
-            "OR EXISTS (SELECT 1 FROM accounts WHERE lower(email) = $1)", email))
+            "SELECT EXISTS (SELECT 1 FROM web_logins WHERE email = $1 AND uid IS DISTINCT FROM $2) "
+            "OR EXISTS (SELECT 1 FROM accounts WHERE lower(email) = $1 AND uid IS DISTINCT FROM $2)",
+            email, but))
 
-    async def claim_email(self, email: str) -> bool:
-        """Whether the (lower-cased) email is free, holding it until the transaction ends: a
-        second creation with it waits, then sees the first one's row. Older accounts may share
-        an email, so no unique index can say this. Inside a transaction only."""
+    async def claim_email(self, email: str, uid: str | None = None) -> bool:
+        """Whether the (lower-cased) email is free for ``uid`` (None: an account being made),
+        holding it until the transaction ends: a second claim of it waits, then sees the first
+        one's row. Older accounts may share an email, so no unique index can say this. Inside a
+        transaction only."""
         # Two statements: one statement's snapshot predates its wait for the lock.
         await self.conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _EMAIL_LOCK, email)
-        return not await self.email_taken(email)
+        return not await self.email_taken(email, uid)
 
     async def create(self, uid: str, email: str | None, grant_micros: int) -> int:
         """Create the account with its starting grant; returns the balance."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from jobs.results import Upstream
 from storage.charges import TaskCharges
 
 TERMINAL = ("completed", "failed", "canceled")
@@ -74,12 +75,19 @@ class TaskRepository(TaskCharges):
             job_id, output,
         )
 
-    async def finish_unpaid(self, job_id: str, status: str, error: str) -> asyncpg.Record | None:
-        """Fail or cancel a task and refund its charge, once; None if it was already terminal."""
+    async def finish_unpaid(self, job_id: str, status: str, error: str, *, client_error: bool | None = None,
+                            upstream: Upstream | None = None) -> asyncpg.Record | None:
+        """Fail or cancel a task and refund its charge, once; None if it was already terminal.
+
+        ``client_error`` and ``upstream`` are kept as the worker's result says them, so that a
+        replay answers from the row (``TaskResult.from_row``) as the first request was answered."""
+        up = upstream or Upstream(None)
         return await self.conn.fetchrow(
             """
             WITH t AS (
-                UPDATE tasks SET status = $2, error = $3, refunded = true, updated_at = now()
+                UPDATE tasks SET status = $2, error = $3, refunded = true, updated_at = now(),
+                                 client_error = $4, upstream_status = $5, upstream_retry_after = $6,
+                                 upstream_code = $7, upstream_param = $8
                 WHERE job_id = $1 AND status NOT IN ('completed', 'failed', 'canceled')
                 RETURNING id, uid, cost_micros, model, updated_at
             ), l AS (
@@ -91,7 +99,7 @@ class TaskRepository(TaskCharges):
             )
             SELECT * FROM t
             """,
-            job_id, status, error,
+            job_id, status, error, client_error, up.status, up.retry_after, up.code, up.param,
         )
 
     async def withdraw(self, job_id: str, error: str) -> asyncpg.Record | None:

@@ -41,6 +41,14 @@ HOSTILE = [
     "nbsp\xa0@example.com",
     "zero\u200bwidth@example.com",
     "flip\u202e@example.com",
+    # Unicode's other default-ignorable code points: invisible, so two addresses look alike.
+    "soft\xadhyphen@example.com",
+    "arabic\u061cmark@example.com",
+    "mongolian\u180eseparator@example.com",
+    "variation\ufe0fselector@example.com",
+    "hangul\u3164filler@example.com",
+    "joiner\u034f@example.com",
+    "tag\U000e0041@example.com",
     "name@example.com\r\nBcc:victim@example.org",
     "name@example.com\nX-Injected:yes",
     "name\r\n@example.com",
@@ -116,6 +124,18 @@ async def test_a_valid_email_is_accepted_and_kept_lower_cased(client: httpx.Asyn
         assert await _stored(app, r.json()["uid"]) == kept
 
 
+async def test_one_address_spelled_two_unicode_ways_is_one_email(client: httpx.AsyncClient, app: Any) -> None:
+    """"ü" precomposed and "u" + combining diaeresis are the same text (canonically equivalent):
+    the email is kept in one form (NFC), so the second spelling finds the first account."""
+    tag = uuid.uuid4().hex[:8]
+    composed, decomposed = f"\u00fcber-{tag}@example.com", f"u\u0308ber-{tag}@example.com"
+    r = await client.post("/accounts", headers=ADMIN, json={"email": decomposed})
+    assert r.status_code == 201, r.text
+    assert await _stored(app, r.json()["uid"]) == composed
+    r = await client.post("/accounts", headers=ADMIN, json={"email": composed.upper()})
+    assert r.status_code == 409, r.text
+
+
 async def test_the_email_stays_optional(client: httpx.AsyncClient, app: Any, spec: dict[str, Any]) -> None:
     for body in ({}, {"email": None}):
         assert _body_schema(spec, "/accounts").is_valid(body)
@@ -185,3 +205,76 @@ def test_the_cli_follows_the_same_rule(stack: dict[str, Any]) -> None:
     # A sign-in email set by the operator passes the same rule.
     r = _cli("set-password", "--uid", uid, "--login-email", "bad\n@example.com", "--password-stdin")
     assert r.returncode == 2 and r.stderr.startswith("Invalid email")
+
+
+async def test_set_password_cannot_give_one_account_anothers_email(client: httpx.AsyncClient, app: Any) -> None:
+    """The operator's `set-password --login-email` is one more way an email reaches an account:
+    an email another account was made with is refused there too, not only at sign-up."""
+    taken, mine = _fresh(), _fresh()
+    owner = (await client.post("/accounts", headers=ADMIN, json={"email": taken})).json()["uid"]
+    other = (await client.post("/accounts", headers=ADMIN, json={"email": mine})).json()["uid"]
+
+    def set_pw(uid: str, email: str) -> subprocess.CompletedProcess[str]:
+        return _cli("set-password", "--uid", uid, "--login-email", email, "--password-stdin")
+
+    r = await asyncio.to_thread(set_pw, other, taken.upper())
+    assert r.returncode == 1 and "another account" in r.stderr, (r.stdout, r.stderr)
+    assert await app.state.sn.db.fetchval("SELECT count(*) FROM web_logins WHERE email = $1", taken) == 0
+    # Its own email, and the owner's own: both fine.
+    assert (await asyncio.to_thread(set_pw, other, mine)).returncode == 0
+    assert (await asyncio.to_thread(set_pw, owner, taken)).returncode == 0
+
+
+async def test_set_password_signs_in_with_an_older_accounts_email_as_the_rule_spells_it(
+        client: httpx.AsyncClient, app: Any) -> None:
+    """Accounts made before the rule kept their email as given (blanks, capitals). The login
+    set from it must be one the sign-in (which applies the rule) can find, or be refused."""
+    email = _fresh()
+    uid = str(uuid.uuid4())
+    await app.state.sn.db.execute("INSERT INTO accounts (uid, email) VALUES ($1, $2)", uid, f" {email.upper()} ")
+    r = await asyncio.to_thread(_cli, "set-password", "--uid", uid, "--password-stdin")
+    assert r.returncode == 0, r.stderr
+    assert await app.state.sn.db.fetchval("SELECT email FROM web_logins WHERE uid = $1", uid) == email
+    bad = str(uuid.uuid4())
+    await app.state.sn.db.execute("INSERT INTO accounts (uid, email) VALUES ($1, 'nobody@localhost')", bad)
+    r = await asyncio.to_thread(_cli, "set-password", "--uid", bad, "--password-stdin")
+    assert r.returncode == 1 and "--login-email" in r.stderr, r.stderr
+
+
+async def test_the_email_index_migrates_a_database_with_older_accounts_emails(stack: dict[str, Any]) -> None:
+    """Before the rule an account's email was any text (the CLI set no length): duplicates,
+    capitals, blanks, controls, and one longer than a B-tree entry may be (2704 bytes). 0009
+    must still apply, or the gateway would not start; and the lookup must still find them."""
+    from importlib import resources
+
+    import asyncpg
+
+    from storage.accounts import AccountRepository
+    from storage.migrate import migrate
+
+    name = f"emails_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(stack["pg"].dsn)
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        conn = await asyncpg.connect(stack["pg"].dsn, database=name)
+        try:
+            await conn.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, "
+                               "applied_at timestamptz NOT NULL DEFAULT now())")
+            for f in sorted(resources.files("storage.migrations").iterdir(), key=lambda f: f.name):
+                if f.name.endswith(".sql") and f.name < "0009":
+                    await conn.execute(f.read_text())
+                    await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", f.name)
+            huge = "".join(chr(0x4E00 + i % 20_000) for i in range(1500)) + "@example.com"
+            for i, email in enumerate(["a@example.com", "A@EXAMPLE.COM", " a@example.com ", None, "",
+                                       "esc\x1b@x", huge]):
+                await conn.execute("INSERT INTO accounts (uid, email) VALUES ($1, $2)", f"old-{i}", email)
+            assert "0009_account_email_index.sql" in await migrate(stack["pg"].dsn.rsplit("/", 1)[0] + "/" + name)
+            async with conn.transaction():
+                assert not await AccountRepository(conn).claim_email("a@example.com")
+                assert not await AccountRepository(conn).claim_email(huge)
+                assert await AccountRepository(conn).claim_email(_fresh())
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()

@@ -19,7 +19,9 @@ _AT = datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=UTC)
 def _row(**over: Any) -> dict[str, Any]:
     """The columns of a task row a result reads (a finishing statement returns a subset)."""
     return {"id": 7, "model": "openai/gpt-4o", "cost_micros": 20_000, "updated_at": _AT, "status": "completed",
-            "output": {"choices": [{"message": {"content": "hi"}}]}, "error": None, "refunded": False, **over}
+            "output": {"choices": [{"message": {"content": "hi"}}]}, "error": None, "refunded": False,
+            "client_error": None, "upstream_status": None, "upstream_retry_after": None, "upstream_code": None,
+            "upstream_param": None, **over}
 
 
 @pytest.mark.parametrize("result", [

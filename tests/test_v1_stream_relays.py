@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
@@ -183,3 +184,33 @@ async def test_a_feed_reader_that_dies_is_logged_not_left_unretrieved(
     assert unhandled == []
     assert [r.getMessage() for r in caplog.records if r.name == "syncnode.ingress"] == [
         f"feed {key}: reader died; its relays read for themselves"]
+
+
+async def test_the_feeds_of_a_client_go_with_the_client() -> None:
+    """Feeds are kept per Redis client (per app); an app that is gone, with its client, must not
+    leave its entry, and with it the client, behind for the life of the process."""
+    redis = Redis.from_url(get_settings().redis_url or "")
+    async with feeds(redis).watching(f"feed-test:{uuid4()}") as feed:
+        assert feed.task is not None
+        await asyncio.sleep(0.05)  # blocked in its XREAD
+    await asyncio.wait([feed.task], timeout=3)
+    await feeds(redis).close()
+    await redis.aclose()
+    gone = weakref.ref(redis)
+    del redis, feed
+    gc.collect()
+    assert gone() is None
+
+
+async def test_a_feed_reader_whose_client_is_gone_ends() -> None:
+    """A reader holds its client only for a read in flight; with the client gone (its app gone) a
+    reader ends at once instead of failing a read every half second for the life of the process."""
+    redis = Redis.from_url(get_settings().redis_url or "")
+    left = feeds(redis)
+    await redis.aclose()
+    del redis
+    gc.collect()
+    async with left.watching(f"feed-test:{uuid4()}") as feed:
+        assert feed.task is not None
+        done, _ = await asyncio.wait([feed.task], timeout=2)
+        assert done and not feed.task.cancelled() and feed.task.exception() is None

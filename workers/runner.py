@@ -48,7 +48,8 @@ async def finish_failed(w: WorkerContext, job_id: str, error: str, *, status: st
                         client_error: bool = False, upstream: Upstream | None = None) -> bool:
     """Fail (or cancel) and refund once; announce whatever the final state turned out to be.
     True if this call was the one that failed it."""
-    row = await TaskRepository(w.db).finish_unpaid(job_id, status, error)
+    row = await TaskRepository(w.db).finish_unpaid(job_id, status, error, client_error=client_error,
+                                                    upstream=upstream)
     if row is not None:
         await w.status.publish(job_id, TaskResult.finished(row, status, error=error, refunded=True,
                                                            client_error=client_error, upstream=upstream))

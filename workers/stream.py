@@ -30,11 +30,12 @@ import httpx
 import orjson
 
 from jobs import keys
+from jobs.results import Upstream
 from storage.tasks import TaskRepository
 from workers.assemble import Assembler
 from workers.context import WorkerContext
 from workers.providers import chat as chat_api
-from workers.providers.errors import ProviderError, ProviderRejected, ProviderRetryable, ProviderStreamBroken
+from workers.providers.errors import ProviderError, ProviderRetryable, ProviderStreamBroken
 from workers.providers.http import call
 from workers.providers.retry import RetryPolicy
 
@@ -60,7 +61,6 @@ class StreamRun:
         # The work ran for a task that is not a stream (its request says so, and never changes).
         self.plain = False
         self.started = False
-        self.failure: ProviderError | None = None
 
     async def _xadd(self, *entries: dict[str, Any]) -> None:
         """Append entries in one round trip (the chunks of one network read go together)."""
@@ -81,11 +81,7 @@ class StreamRun:
             self.started = True
             raise ProviderStreamBroken("SyncNode", "the worker streaming this task stopped mid-stream; "
                                        "the charge is refunded", refund=True)
-        try:
-            return await self._relay(w, row, key)
-        except ProviderError as e:
-            self.failure = e
-            raise
+        return await self._relay(w, row, key)
 
     async def _relay(self, w: WorkerContext, row: asyncpg.Record, key: str) -> Any:
         req: dict[str, Any] = row["request"]
@@ -187,16 +183,18 @@ class StreamRun:
             return
         fields: dict[str, Any] = {"end": row["status"]}
         if row["status"] != "completed":
-            e = self.failure
+            # Whose fault and what the provider said, from the row (finish_unpaid kept them): a
+            # task failed before its work ran (no provider error here) says it as a replay will.
+            up = Upstream.from_row(row)
             fields.update(error=row["error"] or row["status"], started=int(self.started),
-                          client_error=int(isinstance(e, ProviderRejected)))
-            if e is not None and e.status:
-                fields["upstream_status"] = e.status
-            if isinstance(e, ProviderRetryable) and e.retry_after is not None:
-                fields["retry_after"] = e.retry_after
-            if e is not None and e.code is not None:
-                fields["upstream_code"] = e.code
-            if e is not None and e.param is not None:
-                fields["upstream_param"] = e.param
+                          client_error=int(bool(row["client_error"])))
+            if up is not None and up.status:
+                fields["upstream_status"] = up.status
+            if up is not None and up.retry_after is not None:
+                fields["retry_after"] = up.retry_after
+            if up is not None and up.code is not None:
+                fields["upstream_code"] = up.code
+            if up is not None and up.param is not None:
+                fields["upstream_param"] = up.param
         with contextlib.suppress(Exception):
             await self._xadd(fields)

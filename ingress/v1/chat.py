@@ -23,8 +23,9 @@ from ingress.responses import JSON
 from ingress.schemas import Message
 from ingress.state import state
 from ingress.submit import submit
-from ingress.v1 import relay
+from ingress.v1 import relay, replay
 from ingress.v1.answer import timed_out
+from jobs import keys
 from jobs.names import CHAT, CHATGPT
 
 
@@ -64,6 +65,10 @@ async def chat_completions(request: Request) -> Response:
     if is_async:
         return relay.accepted(st, sub.task_id, sub.job_id, req.stream)
     if req.stream:
+        if sub.result is not None and not await st.redis.exists(keys.chat_stream(sub.job_id)):
+            # A replay, its stream expired: usage relayed as the worker relays it (workers/stream.py).
+            usage = bool((req.stream_options or {}).get("include_usage"))
+            return replay.answer(sub.result, sub.task_id, sub.job_id, usage=usage)
         return await relay.open_stream(st, sub.task_id, sub.job_id, uid=who.uid, cancel_on_disconnect=True)
     if sub.result is None:
         raise timed_out(sub.job_id, sub.task_id)

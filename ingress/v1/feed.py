@@ -74,7 +74,9 @@ class Feeds:
     """The feeds of one Redis client (one ingress process), by stream key."""
 
     def __init__(self, redis: Redis) -> None:
-        self.redis = redis
+        # Weak: _BY_CLIENT is keyed by the client, and a value holding its key strongly would keep
+        # every app's entry, and its client, for the life of the process.
+        self._redis = weakref.ref(redis)
         self.feeds: dict[str, Feed] = {}
         self.closed = False
 
@@ -106,24 +108,36 @@ class Feeds:
             await asyncio.wait(tasks, timeout=_BLOCK_MS / 1000 + 2)
 
     async def _run(self, key: str, feed: Feed) -> None:
-        last = "0-0"
-        with suppress(RedisError):
-            top = await self.redis.xrevrange(key, count=1)
-            last = top[0][0].decode() if top else "0-0"
+        top = await self._read(key, None)
+        last = top[0][0] if top else "0-0"
         feed.start = entry_key(last)
         while self.feeds.get(key) is feed and not self.closed:
             try:
-                res = await self.redis.xread({key: last}, count=512, block=_BLOCK_MS)
+                got = await self._read(key, last)
             except RedisError:
                 log.warning("feed of %s: Redis read failed; relays fall back to their own reads", key,
                             exc_info=True)
                 feed.wake()
                 await asyncio.sleep(0.5)
                 continue
-            if res:
-                got = [(eid.decode(), fields) for eid, fields in res[0][1]]
+            if got is None:  # the app, and its client, are gone: nobody is left to read for
+                return
+            if got:
                 last = got[-1][0]
                 feed.add(got)
+
+    async def _read(self, key: str, last: str | None) -> list[Entry] | None:
+        """Entries after ``last`` (blocking), or the last entry when ``last`` is None (an error
+        reads as none then); None when the client is gone. The client is held only for the read."""
+        redis = self._redis()
+        if redis is None:
+            return None
+        if last is None:
+            with suppress(RedisError):
+                return [(eid.decode(), fields) for eid, fields in await redis.xrevrange(key, count=1)]
+            return []
+        res = await redis.xread({key: last}, count=512, block=_BLOCK_MS)
+        return [(eid.decode(), fields) for eid, fields in res[0][1]] if res else []
 
 
 def _reader_ended(task: asyncio.Task[None]) -> None:
