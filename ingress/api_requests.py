@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from jobs.names import KINDS
+from jobs.results import PUBLIC_STATUS
+
 # Query strings.
 
 class UidQuery(BaseModel):
@@ -16,9 +19,16 @@ class JobQuery(UidQuery):
     job_id: str = Field(min_length=1, max_length=200)
 
 
+_KINDS: list[JsonValue] = [*sorted(KINDS)]
+_STATUSES: list[JsonValue] = [*sorted(set(PUBLIC_STATUS.values()))]
+
+
 class TasksQuery(UidQuery):
     page: int = Field(1, ge=1, le=1_000_000)
     size: int = Field(10, ge=1, le=100)
+    # Checked by the handler (ingress/tasks.py _filters); here so the description names them.
+    kind: str | None = Field(None, description="Only tasks of this kind", json_schema_extra={"enum": _KINDS})
+    status: str | None = Field(None, description="Only tasks in this status", json_schema_extra={"enum": _STATUSES})
 
 
 class HistoryQuery(UidQuery):
@@ -34,10 +44,6 @@ class ReplicateHookQuery(BaseModel):
 # Path parameters.
 
 class TaskPath(BaseModel):
-    id: int = Field(ge=1, le=2**63 - 1, description="The task's id")
-
-
-class StreamPath(BaseModel):
     id: str = Field(pattern=r"^([0-9]{1,18}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$",
                     description="The task's id, or its job_id")
 

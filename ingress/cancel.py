@@ -18,8 +18,8 @@ from ingress.api_requests import TaskPath, UidQuery
 from ingress.api_spec import READ, api
 from ingress.responses import JSON
 from ingress.state import AppState, state
-from ingress.tasks import _task_id
-from jobs.errors import Conflict, NotFound
+from ingress.tasks import owned_task
+from jobs.errors import Conflict
 from jobs.names import MEDIA_CANCEL, MEDIA_KINDS
 from jobs.queue import Job
 from jobs.results import PUBLIC_STATUS, TaskResult
@@ -45,9 +45,7 @@ async def cancel_task(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
     repo = TaskRepository(st.db)
-    row = await repo.get(who.uid, _task_id(request))
-    if row is None:
-        raise NotFound("Task not found")
+    row = await owned_task(request, who.uid)
     job_id = row["job_id"]
     if row["status"] not in TERMINAL:
         if row["status"] == "queued" and await _cancel_queued(st, job_id, row["pool"]):
@@ -59,8 +57,9 @@ async def cancel_task(request: Request) -> Response:
             raise Conflict("This task is already running and cannot be canceled; it will finish shortly")
     deadline = time.monotonic() + _WAIT_S
     while True:
-        row = await repo.by_job_id(job_id)
-        assert row is not None
+        now = await repo.by_job_id(job_id)
+        assert now is not None
+        row = now
         if row["status"] in TERMINAL or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.05)

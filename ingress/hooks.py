@@ -33,12 +33,11 @@ from ingress.api_spec import READ, api
 from ingress.responses import JSON
 from ingress.slots import slot
 from ingress.state import AppState, state
-from ingress.tasks import _task_id
+from ingress.tasks import owned_task
 from jobs import keys
-from jobs.errors import BadRequest, NotFound, RateLimited
+from jobs.errors import BadRequest, RateLimited
 from jobs.settings import Settings
 from storage.egress import FetchRefused, Resolver, check_literal, vetted_addresses
-from storage.tasks import TaskRepository
 from storage.webhooks import WebhookRepository, new_signing_secret, signing_secrets
 
 WebhookEvent = Literal["start", "output", "completed"]
@@ -197,9 +196,7 @@ def _iso(v: Any) -> Any:
 async def list_deliveries(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
-    task = await TaskRepository(st.db).get(who.uid, _task_id(request))
-    if task is None:
-        raise NotFound("Task not found")
+    task = await owned_task(request, who.uid)
     events = await WebhookRepository(st.db).for_task(task["id"])
     return JSON({
         "task_id": task["id"], "job_id": task["job_id"], "webhook": task["webhook"],

@@ -63,13 +63,23 @@ def _filters(request: Request) -> tuple[str | None, list[str] | None]:
 # Task ids are bigserial: more than 18 digits cannot exist and would overflow int8 in the query
 # (a 500); int() alone would also take "+1", " 1", "1_0" and non-ASCII digits.
 _TASK_ID = re.compile(r"[0-9]{1,18}")
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _task_id(request: Request) -> int:
+async def owned_task(request: Request, uid: str) -> asyncpg.Record:
+    """The caller's task named in the path by its id or by its job_id: /generate, /face-swap/run,
+    /moderate and the reference's chat routes answer with the job_id alone, so a task that only
+    took its id could not be read, canceled or deleted with what its caller was given."""
     raw = request.path_params["id"]
-    if not isinstance(raw, str) or not _TASK_ID.fullmatch(raw):
+    repo = TaskRepository(state(request).db)
+    row = None
+    if isinstance(raw, str) and _TASK_ID.fullmatch(raw):
+        row = await repo.get(uid, int(raw))
+    elif isinstance(raw, str) and _JOB_ID.fullmatch(raw):
+        row = await repo.by_job_id(raw)
+    if row is None or row["uid"] != uid or row["deleted_at"] is not None:
         raise NotFound("Task not found")
-    return int(raw)
+    return row
 
 
 @api("One task", tags=("tasks",), auth="bearer", path=TaskPath, query=UidQuery, ok={200: TaskDetail},
@@ -77,9 +87,7 @@ def _task_id(request: Request) -> int:
 async def get_task(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
-    row = await TaskRepository(st.db).get(who.uid, _task_id(request))
-    if row is None:
-        raise NotFound("Task not found")
+    row = await owned_task(request, who.uid)
     return JSON({**_summary(row), "kind": row["kind"], "output": row["output"], "error": row["error"],
                  "refunded": row["refunded"], "request": row["request"],
                  "updated_at": row["updated_at"].isoformat().replace("+00:00", "Z")})
@@ -90,12 +98,13 @@ async def get_task(request: Request) -> Response:
 async def delete_task(request: Request) -> Response:
     st = state(request)
     who = await st.auth.principal(request, request.query_params.get("uid"), public=False)
-    status = await TaskRepository(st.db).soft_delete(who.uid, _task_id(request))
+    task_id = (await owned_task(request, who.uid))["id"]
+    status = await TaskRepository(st.db).soft_delete(who.uid, task_id)
     if status is None:
         raise NotFound("Task not found")
     if status not in ("completed", "failed", "canceled"):
         raise Conflict("Task is still in progress: cancel it or wait for it to finish before deleting")
-    return JSON({"deleted": True, "id": _task_id(request)})
+    return JSON({"deleted": True, "id": task_id})
 
 
 @api("Status and output of a task (also the body of its completion webhooks)", tags=("tasks",), auth="bearer",

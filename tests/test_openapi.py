@@ -45,7 +45,8 @@ async def test_every_route_is_described_with_its_path_parameters(spec: dict[str,
             assert declared == names, (method, path)
             assert all(p["required"] for p in op.get("parameters", []) if p["in"] == "path")
             assert op["responses"] and op["summary"] and op["tags"]
-    assert spec["paths"]["/tasks/{id}"]["get"]["parameters"][0]["schema"]["type"] == "integer"
+    task = spec["paths"]["/tasks/{id}"]["get"]["parameters"][0]
+    assert task["schema"]["type"] == "string" and "job_id" in task["description"]  # the id, or its job_id
 
 
 async def test_who_may_call_is_stated_per_route(spec: dict[str, Any]) -> None:
@@ -176,3 +177,19 @@ async def test_a_host_name_the_resolver_cannot_encode_is_400(client: httpx.Async
     assert r.status_code == 400 and "resolve" in r.json()["error"], r.text
     r = await client.post("/moderate", headers=funded.headers, json={"imageUrl": url})
     assert r.status_code == 400, r.text
+
+
+async def test_task_list_filters_are_described_with_the_values_the_handler_takes(
+        spec: dict[str, Any], client: httpx.AsyncClient, funded: Account) -> None:
+    # README: "GET /tasks takes kind and status"; the description had page and size only.
+    from jobs.names import KINDS
+
+    params = {p["name"]: p["schema"] for p in spec["paths"]["/tasks"]["get"]["parameters"]}
+    assert params["kind"]["enum"] == sorted(KINDS)
+    assert params["status"]["enum"] == ["canceled", "completed", "failed", "in_progress"]
+    for name, schema in (("kind", params["kind"]), ("status", params["status"])):
+        for value in schema["enum"]:
+            r = await client.get("/tasks", params={name: value}, headers=funded.headers)
+            assert r.status_code == 200, (name, value, r.text)
+        r = await client.get("/tasks", params={name: "nope"}, headers=funded.headers)
+        assert r.status_code == 400 and name in r.json()["error"]

@@ -168,3 +168,21 @@ async def test_a_loopback_webhook_is_refused_before_the_charge(oai: OpenAIClient
     assert "webhook" in e.value.message.lower()
     assert sent(prompt) == []
     assert await audit(app, funded.uid) == (5_000_000, 5_000_000)
+
+
+async def test_a_sync_timeout_points_a_whole_completion_at_its_task_not_at_a_stream(
+        app: Any, funded: Account, chat_worker: Any) -> None:
+    # The 504 named /v1/tasks/{id}/stream for every task; a task that was not streamed has none (404).
+    from ingress.app import create_app
+
+    slow_app = create_app(app.state.sn.settings.model_copy(update={"sync_timeout_seconds": 0.3}))
+    async with slow_app.router.lifespan_context(slow_app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=slow_app), base_url="http://gateway.test",
+            headers=funded.headers) as c:
+        r = await c.post("/v1/chat/completions", json={"model": "slow-1", "messages": user("takes a while")})
+        assert r.status_code == 504 and r.headers["x-should-retry"] == "false"
+        error = r.json()["error"]
+        task_id, message = error["task_id"], error["message"]
+        assert f"GET /tasks/{task_id}" in message and "/stream" not in message, message
+        stream = await c.get(f"/v1/tasks/{task_id}/stream")
+        assert stream.status_code == 404

@@ -126,3 +126,18 @@ async def test_moderation_bad_input_says_what_is_wrong_in_openai_terms(gateway: 
             assert expected in message, (value, message)
             assert "constrained" not in message and "imageUrl" not in message and "imageBase64" not in message
     assert await audit(app, funded.uid) == (5_000_000, 5_000_000)  # nothing charged
+
+
+async def test_moderation_idempotency_key_replays_every_input_and_charges_once(
+        oai: OpenAIClient, funded: Account, moderation_worker: Any, app: Any) -> None:
+    # It used to be dropped: every retry of the same request was charged again.
+    client = oai(funded, max_retries=0)
+    key = {"Idempotency-Key": f"m-{uuid.uuid4()}"}
+    first = await client.moderations.create(input=["Have a lovely day!", "You idiot"], extra_headers=key)
+    again = await client.moderations.create(input=["Have a lovely day!", "You idiot"], extra_headers=key)
+    assert again.id == first.id
+    assert [r.model_dump() for r in again.results] == [r.model_dump() for r in first.results]
+    for other in (["Have a lovely day!"], ["Have a lovely day!", "You fool"]):
+        with pytest.raises(openai.ConflictError):
+            await client.moderations.create(input=other, extra_headers=key)
+    assert await audit(app, funded.uid) == (4_980_000, 4_980_000)  # two inputs at $0.01, once

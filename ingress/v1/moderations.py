@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -17,18 +18,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.api_models import V1Moderations
-from ingress.api_spec import PAID, api
+from ingress.api_spec import IDEMPOTENCY, PAID, api
 from ingress.auth import Principal
 from ingress.body import read_json
 from ingress.hooks import WebhookTarget, checked_webhook, pop_webhook_fields
 from ingress.moderation import ModerationRequest, load_image, task_request
 from ingress.responses import JSON
 from ingress.state import AppState, state
-from ingress.submit import ensure_can_pay, paid_work, refusal, submit
+from ingress.submit import Submitted, body_hash, ensure_can_pay, paid_work, refusal, replay, submit
 from ingress.v1.answer import timed_out
 from jobs import keys
 from jobs.errors import BadRequest, SyncNodeError
 from jobs.names import MODERATION
+from storage.tasks import TaskRepository
 
 MAX_INPUTS = 32
 # OpenAI's omni-moderation categories: every result names all of them, as OpenAI's does.
@@ -123,8 +125,44 @@ def result(output: dict[str, Any], th: float, underage: float) -> dict[str, Any]
             "category_applied_input_types": applied, "coverage": coverage}
 
 
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """One input's share of the request's Idempotency-Key: each input is a task of its own."""
+    key: str
+    request_hash: bytes
+
+
+def idempotency(key: str | None, body: dict[str, Any], hook: WebhookTarget | None,
+                n: int) -> list[Idempotency | None]:
+    """The first input takes the key as sent (so reusing it on another route is a 409, as
+    everywhere), the others a key derived from it; every hash covers the whole request and the
+    input's place in it, so another body under the same key is a 409 whichever input is compared."""
+    if key is None:
+        return [None] * n
+    return [Idempotency(key if i == 0 else f"{key}#{i}", body_hash(MODERATION, {"body": body, "input": i}, hook))
+            for i in range(n)]
+
+
 async def _one(st: AppState, who: Principal, m: ModerationRequest, calls: int,
-               hook: WebhookTarget | None) -> dict[str, Any]:
+               hook: WebhookTarget | None, idem: Idempotency | None) -> dict[str, Any]:
+    sub = None if idem is None else await replay(st, who, idem.key, idem.request_hash, wait=True)
+    if sub is None:
+        sub = await _submit(st, who, m, calls, hook, idem)
+    if sub.result is None:
+        raise timed_out(sub.job_id, sub.task_id)
+    output = sub.result.raise_for_failure(sub.job_id).output
+    s = st.settings
+    model = sub.result.model or _model(st)
+    return {"job_id": sub.job_id, "model": model,
+            **result(output, s.moderation_category_threshold, s.moderation_underage_threshold)}
+
+
+def _model(st: AppState) -> str:
+    return st.settings.moderation_openai_model if st.settings.moderation_openai_key else "local"
+
+
+async def _submit(st: AppState, who: Principal, m: ModerationRequest, calls: int,
+                  hook: WebhookTarget | None, idem: Idempotency | None) -> Submitted:
     img = None
     if m.imageUrl or m.imageBase64:
         # Image work before the charge: for no more of the account's requests than it can pay for.
@@ -142,33 +180,31 @@ async def _one(st: AppState, who: Principal, m: ModerationRequest, calls: int,
         assert img is not None and digest is not None
         await st.redis.set(keys.blob(digest), img.data, ex=st.settings.moderation_blob_ttl_seconds)
 
-    model = st.settings.moderation_openai_model if st.settings.moderation_openai_key else "local"
-    sub = await submit(st, who, MODERATION, model=model, prompt=(m.text or m.imageUrl or "[image]")[:500],
-                       request=task_request(m, img, digest), idempotency_key=None, wait=True,
-                       prepare=store_blob if img is not None else None, webhook=hook)
-    if sub.result is None:
-        raise timed_out(sub.job_id, sub.task_id)
-    output = sub.result.raise_for_failure(sub.job_id).output
-    s = st.settings
-    return {"job_id": sub.job_id, "model": model,
-            **result(output, s.moderation_category_threshold, s.moderation_underage_threshold)}
+    return await submit(st, who, MODERATION, model=_model(st), prompt=(m.text or m.imageUrl or "[image]")[:500],
+                        request=task_request(m, img, digest), wait=True,
+                        idempotency_key=idem.key if idem else None, request_hash=idem.request_hash if idem else None,
+                        prepare=store_blob if img is not None else None, webhook=hook)
 
 
 @api("Our moderation backends in OpenAI's shape, with their honest coverage", tags=("v1",), auth="bearer",
-     body=ModerationsRequest, webhooks=True, ok={200: V1Moderations}, errors=PAID)
+     body=ModerationsRequest, webhooks=True, headers=IDEMPOTENCY, ok={200: V1Moderations}, errors=PAID)
 async def moderations(request: Request) -> Response:
     st = state(request)
     # The credential, then whether the account can pay, from the headers: nothing read before.
     who = await st.auth.principal(request, None, public=False)
-    calls = await ensure_can_pay(st, who, MODERATION, None)
+    key = request.headers.get("idempotency-key")
+    calls = await ensure_can_pay(st, who, MODERATION, key)
     body = await read_json(request, st.settings.max_media_body_bytes)
     hook_fields = pop_webhook_fields(body)
     req = ModerationsRequest.model_validate(body)
     hook = await checked_webhook(st, who.uid, calls, hook_fields)
     items = inputs(req)
-    if len(items) > calls:  # one charge per input: all of them must be covered
+    # A replay is answered from its tasks (or refused, 409) whatever the balance is now.
+    replaying = key is not None and await TaskRepository(st.db).by_idempotency_key(who.uid, key) is not None
+    if len(items) > calls and not replaying:  # one charge per input: all of them must be covered
         price = MODERATION.price_micros(st.settings)
         raise refusal(MODERATION, price * len(items), account_exists=True, has_key=True)
-    done = await asyncio.gather(*(_one(st, who, m, calls, hook) for m in items))
+    idems = idempotency(key, body, hook, len(items))
+    done = await asyncio.gather(*(_one(st, who, m, calls, hook, i) for m, i in zip(items, idems, strict=True)))
     return JSON({"id": f"modr-{done[0]['job_id']}", "model": done[0]["model"],
                  "results": [{k: v for k, v in d.items() if k not in ("job_id", "model")} for d in done]})

@@ -32,22 +32,21 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from ingress.api_requests import StreamPath
+from ingress.api_requests import TaskPath
 from ingress.api_spec import Raw, api
 from ingress.responses import JSON
 from ingress.slots import slot
 from ingress.state import AppState, state
+from ingress.tasks import owned_task
 from ingress.v1.answer import NO_RETRY, timed_out
 from ingress.v1.feed import Feed, feeds
 from jobs import keys
 from jobs.errors import BadRequest, GatewayTimeout, NotFound, RateLimited, SyncNodeError
 from jobs.results import Upstream, failure_error
-from storage.tasks import TERMINAL, TaskRepository
+from storage.tasks import TERMINAL
 
 Entry = tuple[str, dict[bytes, bytes]]
 _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}", re.ASCII)
-_TASK_ID = re.compile(r"\d{1,18}", re.ASCII)
-_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _BLOCK_MS = 1000
 # One event (as tools read a stream: its fields); data is a chunk's JSON, an error's, or [DONE].
 EVENTS = Raw("text/event-stream", {"type": "object", "required": ["data"], "properties": {
@@ -259,7 +258,7 @@ async def open_stream(st: AppState, task_id: int, job_id: str, *, uid: str, canc
         relay = Relay(st, job_id, last_id, feed)
         entries = await relay.first(st.settings.sync_timeout_seconds)
         if not entries:
-            raise timed_out(job_id, task_id)
+            raise timed_out(job_id, task_id, streamed=True)
         fields = entries[0][1]
         if b"d" not in fields and fields.get(b"end") != b"completed" and last_id == "0":
             raise end_failure(fields, job_id)
@@ -275,7 +274,7 @@ async def open_stream(st: AppState, task_id: int, job_id: str, *, uid: str, canc
     return SSEResponse(relay.frames(entries), headers, cancel if cancel_on_disconnect else None, stack.aclose)
 
 
-@api("A streamed task's events, from after Last-Event-ID", tags=("v1",), auth="bearer", path=StreamPath,
+@api("A streamed task's events, from after Last-Event-ID", tags=("v1",), auth="bearer", path=TaskPath,
      headers={"Last-Event-ID": "Resume after this event id"},
      ok={200: EVENTS},
      errors=(400, 401, 402, 403, 404, 429, 502, 504))
@@ -283,16 +282,7 @@ async def task_stream(request: Request) -> Response:
     """GET /v1/tasks/{id}/stream: a streamed task's events, after ``Last-Event-ID`` if sent."""
     st = state(request)
     who = await st.auth.principal(request, None, public=False)
-    raw = request.path_params["id"]
-    repo = TaskRepository(st.db)
-    if _TASK_ID.fullmatch(raw):
-        row = await repo.get(who.uid, int(raw))
-    elif _JOB_ID.fullmatch(raw):
-        row = await repo.by_job_id(raw)
-    else:
-        row = None  # neither a task id nor a job id: nothing to look up
-    if row is None or row["uid"] != who.uid or row["deleted_at"] is not None:
-        raise NotFound("Task not found")
+    row = await owned_task(request, who.uid)
     if not (isinstance(row["request"], dict) and row["request"].get("stream") is True):
         raise NotFound("This task was not streamed: GET /tasks/{id} holds its answer")
     last = request.headers.get("last-event-id", "").strip() or "0"
