@@ -120,17 +120,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         assert settings.database_url and settings.redis_url, "DATABASE_URL and REDIS_URL must be set"
         db = await create_pool(settings.database_url, min_size=4, max_size=40)
-        # BLPOP waits hold a connection each, so the pool's size is how many sync calls can wait at
-        # once; beyond it a request waits for a connection (then a 503), never more connections.
-        # A Redis that is down answers 503 at once (refused) or after the connect timeout; reads are
-        # bounded just above the longest BLPOP (a sync wait). One retry on a fresh connection: after
-        # a Redis restart the pool's idle connections are dead, and the first command on one must
-        # not fail the request.
+        # The pool is bounded: beyond its size a request waits for a connection (then a 503), never
+        # more connections. A Redis that is down answers 503 at once (refused), after the connect
+        # timeout, or, when it takes connections and answers nothing, after the read timeout (our
+        # blocking reads last a second at most). One retry on a fresh connection: after a Redis
+        # restart the pool's idle connections are dead, and the first command on one must not fail
+        # the request.
         redis = Redis.from_pool(packed_by_hiredis(BlockingConnectionPool.from_url(
             settings.redis_url, max_connections=settings.redis_max_connections,
             timeout=settings.redis_pool_timeout_seconds,
             socket_connect_timeout=settings.redis_connect_timeout_seconds,
-            socket_timeout=settings.sync_timeout_seconds + 10, socket_keepalive=True,
+            socket_timeout=settings.redis_read_timeout_seconds, socket_keepalive=True,
             retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])))
         queue = JobQueue(redis, settings.status_ttl_seconds)
         gateway = StripeGateway(settings) if settings.stripe_secret_key is not None else None

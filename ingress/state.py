@@ -33,10 +33,10 @@ class AppState:
     auth: Authenticator
     # Charges, batched across concurrent requests (storage/task_batches.py).
     tasks: Tasks
+    # Where synchronous requests hear their task ended (one reply list per process).
+    replies: Replies
     # Card payments; None without STRIPE_SECRET_KEY.
     billing: Billing | None = None
-    # Where synchronous requests hear their task ended (None: each waits on its own done list).
-    replies: Replies | None = None
     # Per-account limits (ingress/limits.py); None turns them all off.
     limiter: Limiter | None = None
 

@@ -187,16 +187,14 @@ async def _charge_and_enqueue(st: AppState, who: Principal, kind: TaskKind, job_
     if outcome.recharge:
         await _recharge(st, who.uid, 0)
     status = StatusStore.initial(who.uid, outcome.task_id, kind.name)
-    if wait and st.replies is not None:
+    if wait:
         status["reply"] = st.replies.key
     job = Job(kind.pool, kind.function, new.job_id, (new.job_id,), status=status)
     try:
         if prepare is not None:
             await prepare()
-        if wait and st.replies is not None:
+        if wait:
             result = await st.replies.wait(new.job_id, st.queue.enqueue(job), st.settings.sync_timeout_seconds)
-        elif wait:
-            result = await st.queue.enqueue_and_wait(job, st.settings.sync_timeout_seconds)
         else:
             await st.queue.enqueue(job)
             result = None

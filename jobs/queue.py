@@ -24,7 +24,6 @@ from redis.exceptions import NoScriptError, WatchError
 from jobs import keys
 from jobs.batch import Combiner
 from jobs.logs import REQUEST_ID
-from jobs.results import TaskResult
 from jobs.serialize import dumps
 
 _ENQUEUE_LUA = """
@@ -146,27 +145,6 @@ class JobQueue:
                     raise r
             return [bool(r) for r in res]
         raise RuntimeError("could not load the enqueue script")
-
-    async def enqueue_and_wait(self, job: Job, timeout: float) -> TaskResult | None:
-        """Enqueue and block for the worker's result in the same round trip.
-
-        Returns the result the worker pushed, or None when ``timeout`` passed first.
-        """
-        # EVAL, not EVALSHA: if Redis had lost the script (restart, failover, SCRIPT FLUSH), a
-        # NOSCRIPT reply would leave the pipelined BLPOP waiting the whole timeout for nothing.
-        _, n, ks, argv = self._call(_with_request_id(job), "")
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.eval(_ENQUEUE_LUA, n, *ks, *argv)
-            pipe.blpop([keys.done(job.job_id)], timeout=max(timeout, 0.01))
-            res = await pipe.execute(raise_on_error=False)
-        for r in res:
-            if isinstance(r, Exception):
-                raise r
-        return None if res[1] is None else TaskResult.from_json(res[1][1])
-
-    async def wait(self, job_id: str, timeout: float) -> TaskResult | None:
-        res = await self.redis.blpop([keys.done(job_id)], timeout=max(timeout, 0.01))
-        return None if res is None else TaskResult.from_json(res[1])
 
     async def states(self, job_ids: list[str]) -> list[str]:
         """``state`` of many jobs in one round trip."""

@@ -255,8 +255,11 @@ class Settings(BaseSettings):
     # for this long. `syncnode up` waits this long (plus a margin) before SIGKILL.
     shutdown_grace_seconds: float = 30.0
     # The ingress's Redis client: a server that does not answer a connect in this long is down
-    # (503), not a hang. Reads are bounded just above the sync timeout (the longest BLPOP).
+    # (503), not a hang; so is one that takes the connection and then answers nothing (a stopped
+    # process, a partition) for redis_read_timeout_seconds. No ingress command blocks for more
+    # than a second (the reply list's BLPOP, a stream relay's XREAD), so this bounds only a hang.
     redis_connect_timeout_seconds: float = 2.0
+    redis_read_timeout_seconds: float = Field(5.0, ge=2.0)
 
     # Web UI (issue 9): sessions and sign-in throttling.
     session_ttl_seconds: int = 14 * 24 * 3600

@@ -92,7 +92,6 @@ async def test_redis_down_at_enqueue_answers_503_and_costs_nothing(
     async def down(*args: Any, **kwargs: Any) -> Any:
         raise RedisConnectionError("connection refused")
 
-    monkeypatch.setattr(app.state.sn.queue, "enqueue_and_wait", down)
     monkeypatch.setattr(app.state.sn.queue, "enqueue", down)
     for headers in ({}, {"Prefer": "respond-async"}, {"Idempotency-Key": f"k-{uuid.uuid4()}"}):
         r = await client.post(CHAT_PATH, headers={**funded.headers, **headers}, json={"model": "m", "prompt": "later"})
