@@ -48,6 +48,10 @@ class TaskPath(BaseModel):
                     description="The task's id, or its job_id")
 
 
+class ModelPath(BaseModel):
+    model: str = Field(min_length=1, max_length=200, description="A model id as GET /v1/models lists it")
+
+
 class FilePath(BaseModel):
     path: str = Field(min_length=1, description="<job_id>/<n>.<ext>, as a task's output names it")
 

@@ -87,6 +87,7 @@ ROUTES = [
     Route("/v1/chat/completions", v1_chat.chat_completions, methods=["POST"]),
     Route("/v1/tasks/{id}/stream", v1_relay.task_stream, methods=["GET"]),
     Route("/v1/models", v1_models.list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", v1_models.retrieve_model, methods=["GET"]),
     Route("/v1/moderations", v1_moderations.moderations, methods=["POST"]),
     Route("/v1/embeddings", v1_embeddings.embeddings, methods=["POST"]),
     # Per-account limits (issue 11).

@@ -31,6 +31,20 @@ async def test_models_are_those_the_stored_keys_reach_and_the_lists_are_cached(
     assert nothing.data == []
 
 
+async def test_a_model_is_retrieved_by_its_id_slash_included_and_others_are_404(
+        oai: OpenAIClient, make_account: MakeAccount) -> None:
+    acct = await make_account(keys={"openrouter_key": "sk-or-v1-r"})
+    client = oai(acct, max_retries=0)
+    m = await client.models.retrieve("anthropic/claude-3.5-sonnet")
+    assert (m.id, m.object, m.owned_by) == ("anthropic/claude-3.5-sonnet", "model", "anthropic")
+    for missing in ("gpt-4o-mini", "nobody/none", "openai/gpt-4o/extra"):  # the first needs an OpenAI key
+        with pytest.raises(openai.NotFoundError) as e:
+            await client.models.retrieve(missing)
+        assert (e.value.code, e.value.param) == ("model_not_found", "model")
+    with pytest.raises(openai.AuthenticationError):
+        await oai(api_key="sk-not-ours", max_retries=0).models.retrieve("openai/gpt-4o")
+
+
 async def test_models_with_a_key_the_provider_refuses_is_400(oai: OpenAIClient, make_account: MakeAccount) -> None:
     # The caller's stored key is theirs to fix (a 502 made the SDK retry, and schemathesis flag a server error).
     acct = await make_account(keys={"chatgpt_key": "not-an-openai-key"})

@@ -1,4 +1,4 @@
-"""GET /v1/models: the models the caller's stored keys can reach, in OpenAI's list shape.
+"""GET /v1/models (and /v1/models/{model}): the models the caller's stored keys can reach, in OpenAI's list shape.
 
 OpenRouter's list is public and the same for everyone: cached once (Redis, TTL
 ``v1_models_ttl_seconds``). OpenAI's depends on the key's organisation: cached per key (by hash).
@@ -16,13 +16,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.api_models import V1ModelList
+from ingress.api_models import V1Model, V1ModelList
+from ingress.api_requests import ModelPath
 from ingress.api_spec import api
 from ingress.responses import JSON
 from ingress.state import AppState, state
 from ingress.v1.routing import stored_keys
 from jobs import keys
-from jobs.errors import BadRequest, RateLimited, UpstreamError
+from jobs.errors import BadRequest, NotFound, RateLimited, UpstreamError
 from storage.accounts import AccountRepository
 
 
@@ -89,9 +90,7 @@ async def _key(st: AppState, uid: str, name: str) -> str:
     return st.box.decrypt(ct)
 
 
-@api("The models the caller's stored keys can reach", tags=("v1",), auth="bearer", ok={200: V1ModelList},
-     errors=(400, 401, 403, 429, 502))
-async def list_models(request: Request) -> Response:
+async def _models(request: Request) -> list[dict[str, Any]]:
     st = state(request)
     who = await st.auth.principal(request, None, public=False)
     have = await stored_keys(st.db, who.uid)
@@ -105,4 +104,21 @@ async def list_models(request: Request) -> Response:
         key = await _key(st, who.uid, "openrouter_key")
         data += await _cached(st, request, "OpenRouter", "all", f"{s.openrouter_base_url}/models", key,
                              "openrouter_key")
-    return JSON({"object": "list", "data": data})
+    return data
+
+
+@api("The models the caller's stored keys can reach", tags=("v1",), auth="bearer", ok={200: V1ModelList},
+     errors=(400, 401, 403, 429, 502))
+async def list_models(request: Request) -> Response:
+    return JSON({"object": "list", "data": await _models(request)})
+
+
+@api("One model the caller's stored keys can reach (the OpenAI SDKs' models.retrieve)", tags=("v1",),
+     auth="bearer", path=ModelPath, ok={200: V1Model}, errors=(400, 401, 403, 404, 429, 502))
+async def retrieve_model(request: Request) -> Response:
+    wanted = request.path_params["model"]
+    for m in await _models(request):
+        if m["id"] == wanted:
+            return JSON(m)
+    raise NotFound(f"The model '{wanted[:200]}' does not exist or your stored keys cannot reach it",
+                   code="model_not_found", param="model")
