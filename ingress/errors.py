@@ -62,9 +62,15 @@ async def syncnode_error(request: Request, exc: Exception) -> Response:
     return JSON(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
+def validation_param(exc: ValidationError) -> str | None:
+    """The request field the first problem is in (OpenAI's ``error.param``: the SDKs show it)."""
+    loc = [str(p) for p in exc.errors()[0]["loc"] if p != "__root__"]
+    return loc[0] if loc else None
+
+
 async def validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ValidationError)
-    return await syncnode_error(request, BadRequest(describe_validation(exc)))
+    return await syncnode_error(request, BadRequest(describe_validation(exc), param=validation_param(exc)))
 
 
 def allowed_methods(request: Request) -> str:

@@ -126,7 +126,11 @@ async def test_bad_requests_and_unknown_routes_answer_in_openai_shape(oai: OpenA
                                                                       gateway: str) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         await oai(funded).chat.completions.create(model="m", messages=[])
-    assert "messages" in e.value.message
+    assert "messages" in e.value.message and e.value.param == "messages"
+    with pytest.raises(openai.BadRequestError) as e:
+        await oai(funded).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],
+                                                  n=99)
+    assert e.value.param == "n"
     with pytest.raises(openai.NotFoundError):
         await oai(funded).files.list()
     async with httpx.AsyncClient() as c:
