@@ -20,7 +20,7 @@ from jobs.logs import UID
 from jobs.settings import Settings, to_micros
 from storage.accounts import AccountRepository
 from storage.secrets import API_KEY_PREFIX, hash_api_key
-from storage.sessions import SessionStore
+from storage.sessions import Session, SessionStore
 from storage.web import LoginRepository
 
 # The web UI's session cookie (ingress/web): a credential for the JSON API when no header is sent.
@@ -140,11 +140,20 @@ class Authenticator:
         if session is None:
             raise Unauthorized("Your session has ended: sign in again")
         check_csrf(request, session.csrf, self.settings)
-        if session.key_hash and await self._key_uid(bytes.fromhex(session.key_hash)) != session.uid:
-            raise Unauthorized("Your session has ended: the API key it was opened with was revoked")
-        if session.login_stamp and await LoginRepository(self.db).login_stamp(session.uid) != session.login_stamp:
-            raise Unauthorized("Your session has ended: the password changed, sign in again")
+        ended = await self.session_ended(session)
+        if ended:
+            raise Unauthorized(ended)
         return Principal(session.uid, "session")
+
+    async def session_ended(self, session: Session) -> str | None:
+        """Why a stored session no longer signs anyone in (the API key it was opened with was
+        revoked, the password changed), else None. Pages ask this too, so a dead session gets the
+        sign-in page rather than a shell whose every call answers 401."""
+        if session.key_hash and await self._key_uid(bytes.fromhex(session.key_hash)) != session.uid:
+            return "Your session has ended: the API key it was opened with was revoked"
+        if session.login_stamp and await LoginRepository(self.db).login_stamp(session.uid) != session.login_stamp:
+            return "Your session has ended: the password changed, sign in again"
+        return None
 
     async def _key_uid(self, digest: bytes) -> str | None:
         uid: str | None = self._keys.get(digest)

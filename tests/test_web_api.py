@@ -282,3 +282,27 @@ async def test_a_session_ends_with_the_key_or_password_it_was_opened_with(
     assert r.status_code == 401 and "password changed" in r.json()["error"]
     r = await client.post("/ui/signin", json={"email": "stamp@example.com", "password": new}, headers=ORIGIN)
     assert r.status_code == 200 and (await client.get("/balance")).status_code == 200
+
+
+async def test_pages_send_an_ended_session_to_sign_in(
+        client: httpx.AsyncClient, app: Any, make_account: MakeAccount, open_signup: None) -> None:
+    """The pages apply the API's rule: a session whose key was revoked (or whose password
+    changed) gets the sign-in page, not a dashboard shell whose every call answers 401."""
+    from ingress.web.passwords import hash_password
+    from storage.web import LoginRepository
+
+    acct = await make_account()
+    spare = (await client.post("/keys", headers=acct.headers)).json()["api_key"]
+    assert (await client.post("/ui/signin", json={"api_key": spare}, headers=ORIGIN)).status_code == 200
+    assert (await client.get("/ui/keys")).status_code == 200
+    await client.delete(f"/keys/{spare[:8]}", headers=acct.headers)
+    r = await client.get("/ui/keys")
+    assert r.status_code == 303 and r.headers["location"] == "/ui/signin?next=%2Fui%2Fkeys"
+    assert (await client.get("/ui/signin")).status_code == 200  # not bounced back to the dead page
+    client.cookies.clear()
+    created = await sign_up(client, "pages-stamp@example.com")
+    assert (await client.get("/")).status_code == 200
+    await LoginRepository(app.state.sn.db).set_password(created["uid"], "pages-stamp@example.com",
+                                                        hash_password("new password 2"))
+    r = await client.get("/")
+    assert r.status_code == 303 and r.headers["location"].startswith("/ui/signin")

@@ -15,8 +15,14 @@ def store(st: AppState) -> SessionStore:
 
 
 async def current(request: Request) -> Session | None:
+    """The signed-in session, or None: no cookie, expired, or ended (its key revoked, the
+    password changed) by the same rule the JSON API applies to the cookie."""
     token = request.cookies.get(SESSION_COOKIE)
-    return await store(state(request)).get(token) if token else None
+    st = state(request)
+    session = await store(st).get(token) if token else None
+    if session is None or await st.auth.session_ended(session):
+        return None
+    return session
 
 
 def set_cookie(response: Response, st: AppState, token: str) -> None:
