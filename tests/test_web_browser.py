@@ -309,3 +309,19 @@ async def test_docs_are_public_and_sign_in_takes_an_api_key(page: Page, ui: Live
     await page.get_by_role("button", name="Sign in with key").click()
     await expect(page).to_have_url(ui.url + "/ui/keys")  # back where the sign-in started
     await expect(page.locator("#uid")).to_have_text(acct.uid)
+
+
+async def test_the_python_snippet_sends_the_body_as_typed(page: Page, ui: LiveServer) -> None:
+    """true / false / null become True / False / None in the Python code, and only outside
+    strings: "is this true?" was copied as "is this True?", another prompt than the one sent."""
+    import ast
+
+    await sign_up(page, ui)
+    await page.goto(ui.url + "/ui/playground")
+    body = {"model": "m", "messages": [{"role": "user", "content": 'is this true, false or null? say "true"'}],
+            "stream": False, "n": None, "logprobs": True}
+    await page.get_by_label("JSON body").fill(json.dumps(body))
+    await page.get_by_role("tab", name="Python").click()
+    code = await page.locator("#play-code").text_content() or ""
+    literal = code.split("json=", 1)[1].rsplit(",\n)", 1)[0]
+    assert ast.literal_eval(literal) == body, code

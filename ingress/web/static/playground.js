@@ -117,7 +117,9 @@
         (json ? `,\n    "Content-Type": "application/json"\n  },\n  body: JSON.stringify(${json.replace(/\n/g, "\n  ")})\n});` : "\n  }\n});") +
         "\nconst result = await response.json();\nconsole.log(result);";
     } else {
-      const py = json ? json.replace(/\btrue\b/g, "True").replace(/\bfalse\b/g, "False").replace(/\bnull\b/g, "None") : null;
+      // JSON's literals become Python's outside strings only: "is this true?" stays as typed.
+      const PY = { true: "True", false: "False", null: "None" };
+      const py = json ? json.replace(/"(?:[^"\\]|\\.)*"|\b(true|false|null)\b/g, (m, lit) => (lit ? PY[lit] : m)) : null;
       text = `import os\nimport requests\n\nresponse = requests.${m.toLowerCase()}(\n    "${full}",\n    headers={"Authorization": "Bearer " + os.environ["SYNCNODE_API_KEY"]${prefer ? ', "Prefer": "respond-async"' : ""}},` +
         (py ? `\n    json=${py.replace(/\n/g, "\n    ")},` : "") + "\n)\nprint(response.json())";
     }
