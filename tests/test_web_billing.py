@@ -26,6 +26,29 @@ async def test_billing_without_stripe_says_so(page: Page, ui: LiveServer) -> Non
     await shot(page, "18-billing-no-stripe")
 
 
+async def test_billing_amount_fields_take_what_the_api_takes(page: Page, ui: LiveServer) -> None:
+    """An emptied field was sent as 0 (Number("")) and saved as a $0 floor; the top-up field
+    refused $7.50, which the API takes, and let $1 through to a 400."""
+    await sign_up(page, ui)
+    await page.goto(ui.url + "/ui/billing")
+    floor = page.get_by_label("When the balance falls below (USD)")
+    await expect(floor).not_to_have_value("")
+    before = (await (await page.request.get(ui.url + "/billing-threshold")).json())["recharge_below"]
+    assert before > 0
+    await floor.fill("")
+    await page.get_by_role("button", name="Save auto-recharge").click()
+    assert await floor.evaluate("e => e.validity.valueMissing")
+    await expect(page.locator("#toast")).not_to_have_text("Auto-recharge saved")
+    assert (await (await page.request.get(ui.url + "/billing-threshold")).json())["recharge_below"] == before
+    amount = page.get_by_label("Top-up amount (USD)")
+    for value, valid in (("7.50", True), ("1000", True), ("2", False), ("1000.01", False), ("7.555", False)):
+        await amount.fill(value)
+        assert await amount.evaluate("e => e.validity.valid") is valid, value
+    recharge = page.get_by_label("Recharge amount (USD)")
+    await recharge.fill("3")
+    assert not await recharge.evaluate("e => e.validity.valid")
+
+
 async def test_billing_with_localstripe(page: Page, stripe_ui: tuple[LiveServer, str]) -> None:
     server, _ = stripe_ui
     await sign_up(page, server)

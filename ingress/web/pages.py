@@ -105,7 +105,9 @@ async def keys(request: Request) -> Response:
 
 @api("Web UI page: Billing", tags=("web",), auth="none", ok=PAGE, errors=(404,))
 async def billing(request: Request) -> Response:
-    return await _render(request, "billing.html")
+    # The amount fields take what the API takes (whole cents within the top-up bounds), no less.
+    s = state(request).settings
+    return await _render(request, "billing.html", topup_min=s.topup_min, topup_max=s.topup_max)
 
 
 @api("Web UI page: Playground", tags=("web",), auth="none", ok=PAGE, errors=(404,))
