@@ -306,3 +306,14 @@ async def test_pages_send_an_ended_session_to_sign_in(
                                                         hash_password("new password 2"))
     r = await client.get("/")
     assert r.status_code == 303 and r.headers["location"].startswith("/ui/signin")
+
+
+async def test_the_tasks_filter_offers_every_kind_the_api_filters_by(client: httpx.AsyncClient,
+                                                                     open_signup: None) -> None:
+    from jobs.names import KINDS
+
+    await sign_up(client, "kinds@example.com")
+    page = (await client.get("/ui/tasks")).text
+    assert "embeddings" in KINDS  # /v1/embeddings tasks were listed but could not be picked
+    for kind in KINDS:
+        assert f"<option>{kind}</option>" in page, kind

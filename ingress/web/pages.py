@@ -18,6 +18,7 @@ from ingress.api_spec import Raw, api
 from ingress.state import state
 from ingress.web import sessions
 from jobs.errors import NotFound
+from jobs.names import KINDS
 
 _HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(_HERE / "templates"))
@@ -87,7 +88,8 @@ async def signup(request: Request) -> Response:
 
 @api("Web UI page: Task history", tags=("web",), auth="none", ok=PAGE, errors=(404,))
 async def tasks(request: Request) -> Response:
-    return await _render(request, "tasks.html")
+    # Every kind GET /tasks filters by (embeddings included), not a list kept by hand.
+    return await _render(request, "tasks.html", kinds=list(KINDS))
 
 
 @api("Web UI page: One task", tags=("web",), auth="none", path=PageTaskPath, ok=PAGE, errors=(404,))
