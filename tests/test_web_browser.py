@@ -325,3 +325,18 @@ async def test_the_python_snippet_sends_the_body_as_typed(page: Page, ui: LiveSe
     code = await page.locator("#play-code").text_content() or ""
     literal = code.split("json=", 1)[1].rsplit(",\n)", 1)[0]
     assert ast.literal_eval(literal) == body, code
+
+
+async def test_a_failed_task_does_not_wait_for_output(page: Page, ui: LiveServer, chat_worker: Any) -> None:
+    """A failed task's page said "No output yet.", as if something were still coming."""
+    await sign_up(page, ui)
+    await set_provider_key(page, ui, "OpenRouter key", "openrouter_key", "sk-or-v1-browser-test-0002")
+    await page.goto(ui.url + "/ui/playground")
+    body = {"model": "reject-400", "messages": [{"role": "user", "content": "x"}]}
+    await page.get_by_label("JSON body").fill(json.dumps(body))
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("#play-status")).to_have_text("HTTP 400")
+    await page.goto(ui.url + "/ui/tasks")
+    await page.locator("#task-rows a").first.click()
+    await expect(page.locator("#task-meta")).to_contain_text("failed")
+    await expect(page.locator("#task-output")).to_have_text("No output.")

@@ -143,9 +143,10 @@ function mediaUrls(out, acc = []) {
   else if (out && typeof out === "object") Object.values(out).forEach((o) => mediaUrls(o, acc));
   return acc;
 }
-function renderOutput(box, kind, output) {
+function renderOutput(box, kind, output, status) {
   box.textContent = "";
-  if (output == null) { box.append(el("p", { class: "muted", text: "No output yet." })); return; }
+  // "yet" only while it runs: a failed or canceled task has nothing more to come.
+  if (output == null) { box.append(el("p", { class: "muted", text: status === "in_progress" ? "No output yet." : "No output." })); return; }
   const chat = output.choices && output.choices[0] && output.choices[0].message;
   if (chat && typeof chat.content === "string") box.append(el("div", { class: "output-text", text: chat.content }));
   if (kind === "generate" || kind === "face_swap" || !chat) {
@@ -171,7 +172,7 @@ async function initTask() {
     add("Cost", money(t.cost)); add("Refunded", t.refunded ? "yes (the charge was returned)" : "no");
     add("Job id", el("code", { class: "wrap", text: t.job_id })); add("Created", when(t.created_at)); add("Updated", when(t.updated_at));
     if (t.error) add("Error", t.error);
-    renderOutput($("#task-output"), t.kind, t.output);
+    renderOutput($("#task-output"), t.kind, t.output, t.status);
     // Base64 images (face swap) would fill the page: long strings are shortened for display.
     $("#task-request").textContent = JSON.stringify(t.request, (k, v) => (typeof v === "string" && v.length > 200 ? v.slice(0, 60) + `… (${v.length} characters)` : v), 2);
     const running = t.status === "in_progress";
