@@ -340,3 +340,13 @@ async def test_a_failed_task_does_not_wait_for_output(page: Page, ui: LiveServer
     await page.locator("#task-rows a").first.click()
     await expect(page.locator("#task-meta")).to_contain_text("failed")
     await expect(page.locator("#task-output")).to_have_text("No output.")
+
+
+async def test_pages_load_without_a_missing_resource(page: Page, ui: LiveServer) -> None:
+    """Every page asked for /favicon.ico, a 404 logged as an error in the browser's console."""
+    failed: list[str] = []
+    page.on("console", lambda m: failed.append(m.text) if "Failed to load resource" in m.text else None)
+    for path in ("/ui/signin", "/ui/signup", "/ui/docs"):
+        await page.goto(ui.url + path)
+        await page.wait_for_load_state("networkidle")
+    assert not failed, failed
