@@ -278,11 +278,15 @@ def _up(args: argparse.Namespace, s: Settings, stack: list[EmbeddedPostgres | Em
         sup.add(pool, [py, "-m", "ingress.cli", "worker", pool], env)
     url = s.public_url_ or f"http://localhost:{port}"
     me = down_command().removesuffix(" down")
-    banner = (f"\n  SyncNode on {url}\n"
-              f"  web UI:             {url}/   (sign-up needs SYNCNODE_OPEN_SIGNUP=true)\n"
-              f"  create an account:  {me} accounts create   (or POST {url}/accounts with SYNCNODE_ADMIN_TOKEN)\n"
-              f"  Ctrl-C stops everything (or `{me} down` from another terminal).\n\n")
-    return sup.run(port, banner)
+    return sup.run(port, up_banner(url, me, s.open_signup))
+
+
+def up_banner(url: str, me: str, open_signup: bool) -> str:
+    signup = "open sign-up is on" if open_signup else "sign-up needs SYNCNODE_OPEN_SIGNUP=true"
+    return (f"\n  SyncNode on {url}\n"
+            f"  web UI:             {url}/   ({signup})\n"
+            f"  create an account:  {me} accounts create   (or POST {url}/accounts with SYNCNODE_ADMIN_TOKEN)\n"
+            f"  Ctrl-C stops everything (or `{me} down` from another terminal).\n\n")
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -249,3 +249,12 @@ def test_port_taken_by_another_program_is_said_in_one_line(tmp_path: Path) -> No
     assert f"port {port} is already in use" in lines[0] and "--port" in lines[0]
     assert not (tmp_path / "data" / "postgres").exists(), "nothing is started"
     assert not (tmp_path / "data" / "syncnode.pid").exists()
+
+
+@pytest.mark.parametrize(("open_signup", "said"), [(False, "sign-up needs SYNCNODE_OPEN_SIGNUP=true"),
+                                                   (True, "open sign-up is on")])
+def test_the_banner_says_how_sign_up_stands(open_signup: bool, said: str) -> None:
+    from ingress.cli import up_banner
+
+    text = up_banner("http://localhost:8000", "make", open_signup)
+    assert f"web UI:             http://localhost:8000/   ({said})" in text

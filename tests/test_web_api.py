@@ -106,6 +106,9 @@ async def test_sign_in_checks_input_and_origin(client: httpx.AsyncClient, open_s
     assert r.status_code == 400 and "email" in r.json()["error"]
     r = await client.post("/ui/signup", json={"email": "short@example.com", "password": "short"}, headers=ORIGIN)
     assert r.status_code == 400 and "password" in r.json()["error"]
+    for weak in (" " * 8, "\t" * 12, "aaaaaaaa", "abababab"):  # long enough, and the first guesses
+        r = await client.post("/ui/signup", json={"email": "weak@example.com", "password": weak}, headers=ORIGIN)
+        assert r.status_code == 400 and "password" in r.json()["error"], weak
     r = await client.post("/ui/signup", json={"email": "IN@example.com", "password": PASSWORD}, headers=ORIGIN)
     assert r.status_code == 409
     r = await client.post("/ui/signin", json={"email": "IN@Example.com", "password": PASSWORD}, headers=ORIGIN)

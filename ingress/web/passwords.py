@@ -55,6 +55,9 @@ async def _run(fn: Callable[[], T]) -> T:
 def check_strength(password: str) -> None:
     if not MIN_LENGTH <= len(password) <= MAX_LENGTH:
         raise BadRequest(f"Invalid password: use {MIN_LENGTH} to {MAX_LENGTH} characters")
+    if len(set(password)) < 3 or not password.strip():
+        # Eight spaces, or "aaaaaaaa": length alone lets through what anyone would guess first.
+        raise BadRequest("Invalid password: use at least three different characters, not only blanks")
 
 
 def hash_password(password: str) -> str:
