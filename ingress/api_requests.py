@@ -43,9 +43,12 @@ class ReplicateHookQuery(BaseModel):
 
 # Path parameters.
 
+# A task named in a path: its id (bigserial: at most 18 digits) or its job_id.
+TASK_REF = r"([0-9]{1,18}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+
+
 class TaskPath(BaseModel):
-    id: str = Field(pattern=r"^([0-9]{1,18}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$",
-                    description="The task's id, or its job_id")
+    id: str = Field(pattern=f"^{TASK_REF}$", description="The task's id, or its job_id")
 
 
 class ModelPath(BaseModel):
@@ -108,7 +111,7 @@ class UidBody(BaseModel):
 
 
 class PageTaskPath(BaseModel):
-    id: int = Field(ge=0, description="The task's id (the page loads it)")
+    id: str = Field(pattern=f"^{TASK_REF}$", description="The task's id, or its job_id (the page loads it)")
 
 
 class KeyPrefixPath(BaseModel):

@@ -233,3 +233,9 @@ async def test_the_task_page_refuses_ids_that_cannot_exist(client: httpx.AsyncCl
     assert r.status_code == 200
     assert (await client.get("/ui/tasks/99999999999999999999")).status_code == 404
     assert (await client.get("/ui/tasks/12")).status_code == 200
+    # The job_id every submit answers with names its task too (the billing history shows job ids).
+    job_id = "0b8d2c1e-7f3a-4c5d-9e6f-1a2b3c4d5e6f"
+    page = await client.get(f"/ui/tasks/{job_id}")
+    assert page.status_code == 200 and f'data-id="{job_id}"' in page.text
+    for bad in ("0", "000", "-1", "1e3", "abc", "%3Cscript%3E", job_id.upper(), job_id + "0"):
+        assert (await client.get(f"/ui/tasks/{bad}")).status_code == 404, bad

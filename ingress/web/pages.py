@@ -4,6 +4,7 @@ fills it from the JSON API (the same endpoints users call), so no page has logic
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -13,7 +14,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ingress.api_requests import NextQuery, PageTaskPath
+from ingress.api_requests import TASK_REF, NextQuery, PageTaskPath
 from ingress.api_spec import Raw, api
 from ingress.state import state
 from ingress.web import sessions
@@ -21,6 +22,7 @@ from jobs.errors import NotFound
 from jobs.names import KINDS
 
 _HERE = Path(__file__).parent
+_TASK_REF = re.compile(TASK_REF)
 templates = Jinja2Templates(directory=str(_HERE / "templates"))
 static = StaticFiles(directory=str(_HERE / "static"))
 
@@ -94,8 +96,10 @@ async def tasks(request: Request) -> Response:
 
 @api("Web UI page: One task", tags=("web",), auth="none", path=PageTaskPath, ok=PAGE, errors=(404,))
 async def task(request: Request) -> Response:
+    # The task's id or its job_id, as GET /tasks/{id} takes them (the billing history shows job ids);
+    # anything else cannot name a task, and is not echoed into the page.
     task_id = request.path_params["id"]
-    if not 0 < task_id < 10**18:  # no such task can exist (bigserial); do not echo huge numbers
+    if not _TASK_REF.fullmatch(task_id) or task_id.strip("0") == "":
         raise NotFound("Task not found")
     return await _render(request, "task.html", task_id=task_id)
 
