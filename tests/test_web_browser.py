@@ -126,6 +126,12 @@ async def test_create_and_revoke_an_api_key(page: Page, ui: LiveServer) -> None:
     async with httpx.AsyncClient(base_url=ui.url) as http:
         r = await http.get("/balance", headers={"Authorization": f"Bearer {new_key}"})
         assert r.status_code == 200 and r.json() == {"balance": 5.0}
+        # Revoking asks first: dismissed, the key still works.
+        page.once("dialog", lambda d: d.dismiss())
+        await page.get_by_role("button", name=f"Revoke key {new_key[:8]}").click()
+        await expect(page.locator("#key-rows")).not_to_contain_text("revoked")
+        assert (await http.get("/balance", headers={"Authorization": f"Bearer {new_key}"})).status_code == 200
+        page.once("dialog", lambda d: d.accept())
         await page.get_by_role("button", name=f"Revoke key {new_key[:8]}").click()
         await expect(page.locator("#key-rows")).to_contain_text("revoked")
         r = await http.get("/balance", headers={"Authorization": f"Bearer {new_key}"})
@@ -291,6 +297,17 @@ async def test_every_playground_endpoint_renders_and_free_reads_answer(page: Pag
     await page.get_by_label("JSON body").fill("{not json")
     await page.get_by_role("button", name="Send").click()
     await expect(page.locator("#play-status")).to_have_text("invalid JSON")
+    # A task id left empty is said, not sent as GET /tasks/ (which lists every task).
+    await page.get_by_label("Endpoint").select_option("task")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("#play-status")).to_have_text("not sent")
+    await expect(page.locator("#play-answer")).to_contain_text("Enter the id first")
+    # No answer at all (the network gone): the error is shown and Send works again.
+    await page.get_by_label("Endpoint").select_option("balance")
+    await page.route("**/balance*", lambda route: route.abort())
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("#play-answer")).to_contain_text("could not be reached")
+    await expect(page.get_by_role("button", name="Send")).to_be_enabled()
 
 
 async def test_docs_are_public_and_sign_in_takes_an_api_key(page: Page, ui: LiveServer,

@@ -16,8 +16,15 @@ const el = (tag, attrs, ...kids) => {
 async function api(method, path, body, extra) {
   const headers = { "X-CSRF-Token": CSRF, ...(extra || {}) };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const r = await fetch(path, { method, headers, credentials: "same-origin",
-                                body: body === undefined ? undefined : JSON.stringify(body) });
+  let r;
+  try {
+    r = await fetch(path, { method, headers, credentials: "same-origin",
+                            body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {
+    // No answer at all (the gateway down, the network gone): an error the page shows, not a throw
+    // that leaves a button disabled and says nothing.
+    return { status: 0, ok: false, data: { error: `The gateway could not be reached (${e.message || e}); try again` } };
+  }
   let data = null;
   try { data = await r.json(); } catch (e) { data = null; }
   return { status: r.status, ok: r.ok, data };
@@ -203,6 +210,8 @@ async function initKeys() {
     for (const k of res.data.keys) {
       const revoke = el("button", { type: "button", class: "danger", "aria-label": `Revoke key ${k.prefix}`, text: "Revoke" });
       revoke.onclick = async () => {
+        // Undoable by no one: a program using this key stops working at once.
+        if (!confirm(`Revoke key ${k.prefix}…? Anything using it stops working at once.`)) return;
         const r = await api("DELETE", `/keys/${encodeURIComponent(k.prefix)}`);
         if (r.ok) { toast(`Key ${k.prefix}… revoked`); loadKeys(); } else toast(errorOf(r));
       };

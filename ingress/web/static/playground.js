@@ -91,6 +91,8 @@
     }
     return path + (String(q) ? "?" + q : "");
   }
+  // A path part left empty would call another route ("/tasks/" lists every task): say so instead.
+  function missing() { return Object.keys(current.query || {}).find((k) => current.path.includes(`{${k}}`) && !$("#q-" + k).value.trim()); }
   async function body() {
     if (!current.body) return undefined;
     const b = JSON.parse($("#q-body").value);
@@ -139,6 +141,8 @@
   async function send(ev) {
     ev.preventDefault();
     let b;
+    const empty = missing();
+    if (empty) { show("not sent", { error: `Enter the ${empty} first` }); return; }
     try { b = await body(); } catch (e) { show("invalid JSON", { error: String(e.message || e) }); return; }
     const btn = $("#send"); btn.disabled = true;
     show("sending…", null); $("#play-answer").textContent = "";
