@@ -25,6 +25,14 @@ def user(prompt: str) -> list[Any]:
     return [{"role": "user", "content": prompt}]
 
 
+async def refused(client: Any, model: str, prompt: str, key: dict[str, str], **kw: Any) -> openai.APIStatusError:
+    """The SDK's exception for a streamed request the gateway answers with an error."""
+    with pytest.raises(openai.APIStatusError) as e:
+        await client.chat.completions.create(model=model, messages=user(prompt), stream=True, extra_headers=key,
+                                             **kw)
+    return e.value
+
+
 async def _expire(app: Any, job_id: str, *, status_too: bool) -> None:
     redis = app.state.sn.redis
     assert await redis.delete(keys.chat_stream(job_id)) == 1
@@ -66,11 +74,8 @@ async def test_a_failed_streamed_replay_after_the_stream_expired_is_the_same_err
     key = {"Idempotency-Key": f"f-{uuid.uuid4()}"}
     prompt = f"refused {uuid.uuid4()}"
 
-    async def attempt() -> openai.APIStatusError:
-        with pytest.raises(openai.APIStatusError) as e:
-            await client.chat.completions.create(model="error-404", messages=user(prompt), stream=True,
-                                                 extra_body={"fake_error": NOT_FOUND}, extra_headers=key)
-        return e.value
+    def attempt() -> Any:
+        return refused(client, "error-404", prompt, key, extra_body={"fake_error": NOT_FOUND})
 
     a = await attempt()
     rows = await app.state.sn.db.fetch("SELECT job_id FROM tasks WHERE uid = $1", funded.uid)
@@ -176,11 +181,8 @@ async def test_a_stream_whose_key_went_before_it_ran_is_the_same_error_when_repl
     key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
     prompt = f"keyless {uuid.uuid4()}"
 
-    async def attempt() -> openai.APIStatusError:
-        with pytest.raises(openai.APIStatusError) as e:
-            await client.chat.completions.create(model="chunks-3", messages=user(prompt), stream=True,
-                                                 extra_headers=key)
-        return e.value
+    def attempt() -> Any:
+        return refused(client, "chunks-3", prompt, key)
 
     first = asyncio.create_task(attempt())
     db = app.state.sn.db
