@@ -43,8 +43,12 @@ class ReplicateHookQuery(BaseModel):
 
 # Path parameters.
 
-# A task named in a path: its id (bigserial: at most 18 digits) or its job_id.
-TASK_REF = r"([0-9]{1,18}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+# A task named in a path: its id or its job_id. Task ids are bigserial: more than 18 digits cannot
+# exist and would overflow int8 in a query (a 500); int() alone would also take "+1", " 1", "1_0"
+# and non-ASCII digits.
+TASK_ID = r"[0-9]{1,18}"
+JOB_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+TASK_REF = f"({TASK_ID}|{JOB_ID})"
 
 
 class TaskPath(BaseModel):

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.api_models import StatusDocument, TaskDeleted, TaskDetail, TaskList
-from ingress.api_requests import JobQuery, TaskPath, TasksQuery, UidQuery
+from ingress.api_requests import JOB_ID, TASK_ID, JobQuery, TaskPath, TasksQuery, UidQuery
 from ingress.api_spec import READ, api
 from ingress.params import int_param, text_param
 from ingress.responses import JSON
@@ -60,10 +60,8 @@ def _filters(request: Request) -> tuple[str | None, list[str] | None]:
     return kind, statuses
 
 
-# Task ids are bigserial: more than 18 digits cannot exist and would overflow int8 in the query
-# (a 500); int() alone would also take "+1", " 1", "1_0" and non-ASCII digits.
-_TASK_ID = re.compile(r"[0-9]{1,18}")
-_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_TASK_ID = re.compile(TASK_ID)
+_JOB_ID = re.compile(JOB_ID)
 
 
 async def owned_task(request: Request, uid: str) -> asyncpg.Record:
