@@ -193,14 +193,14 @@ async def moderations(request: Request) -> Response:
     # The credential, then whether the account can pay, from the headers: nothing read before.
     who = await st.auth.principal(request, None, public=False)
     key = request.headers.get("idempotency-key")
-    calls = await ensure_can_pay(st, who, MODERATION, key)
+    # A replay is answered from its tasks (or refused, 409) whatever the balance is now.
+    replaying = key is not None and await TaskRepository(st.db).by_idempotency_key(who.uid, key) is not None
+    calls = 1 if replaying else await ensure_can_pay(st, who, MODERATION, None)
     body = await read_json(request, st.settings.max_media_body_bytes)
     hook_fields = pop_webhook_fields(body)
     req = ModerationsRequest.model_validate(body)
     hook = await checked_webhook(st, who.uid, calls, hook_fields)
     items = inputs(req)
-    # A replay is answered from its tasks (or refused, 409) whatever the balance is now.
-    replaying = key is not None and await TaskRepository(st.db).by_idempotency_key(who.uid, key) is not None
     if len(items) > calls and not replaying:  # one charge per input: all of them must be covered
         price = MODERATION.price_micros(st.settings)
         raise refusal(MODERATION, price * len(items), account_exists=True, has_key=True)
